@@ -1,0 +1,24 @@
+"""Engine and session factory. One engine per process; sessions are per unit of work."""
+
+from __future__ import annotations
+
+from sqlalchemy import Engine, create_engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from billing_core.settings import sqlalchemy_url
+
+
+def make_engine(url: str, *, pool_size: int = 10, max_overflow: int = 10) -> Engine:
+    return create_engine(
+        sqlalchemy_url(url),
+        pool_size=pool_size,
+        max_overflow=max_overflow,
+        pool_pre_ping=True,
+        # A ledger statement that waits this long on a lock is stuck, not busy: fail and let the caller retry.
+        connect_args={"options": "-c lock_timeout=10s -c statement_timeout=60s", "application_name": "billing"},
+    )
+
+
+def make_session_factory(engine: Engine) -> sessionmaker[Session]:
+    # expire_on_commit=False: results handed back after commit stay readable without a new query.
+    return sessionmaker(engine, expire_on_commit=False, autoflush=False)

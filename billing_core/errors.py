@@ -1,0 +1,69 @@
+"""Typed errors of the domain.
+
+Every error carries a stable machine-readable ``code`` so the HTTP layer and the CLI can map it without
+parsing messages, and ``details`` with the figures a caller needs (required vs available credits, ...).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class BillingError(Exception):
+    """Base of every error the domain raises on purpose."""
+
+    code = "billing_error"
+
+    def __init__(self, message: str, **details: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"code": self.code, "message": self.message, **self.details}
+
+
+class InvalidAmount(BillingError):
+    code = "invalid_amount"
+
+
+class InvalidCommand(BillingError):
+    """A command field is malformed (overlong key, bad account name, bad TTL, missing reason...)."""
+
+    code = "invalid_request"
+
+
+class UnknownAccount(BillingError):
+    code = "unknown_account"
+
+
+class UnknownHold(BillingError):
+    code = "unknown_hold"
+
+
+class UnknownGrant(BillingError):
+    code = "unknown_grant"
+
+
+class InsufficientCredits(BillingError):
+    code = "insufficient_credits"
+
+
+class AccountFlagged(BillingError):
+    """The wallet carries a negative balance from a clawback; new holds wait until it is settled."""
+
+    code = "account_negative"
+
+
+class HoldNotPending(BillingError):
+    code = "hold_not_pending"
+
+
+class IdempotencyConflict(BillingError):
+    """The idempotency key was used before with a different request body."""
+
+    code = "idempotency_conflict"
+
+
+class MissingSetting(BillingError):
+    code = "missing_setting"

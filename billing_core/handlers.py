@@ -1,0 +1,458 @@
+"""One handler per command, shaped ``handle(book, cmd)``, and the table that maps commands to them.
+
+A handler looks up its idempotency key first (a replay answers with the first entry; another body under
+the same key is a conflict), locks the wallets it touches, checks, drafts postings on the ``Book``, and
+flushes. The unit of work around it commits once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.orm import Session, sessionmaker
+
+from billing_core import unit_of_work
+from billing_core.commands import (
+    Adjust,
+    CaptureHold,
+    ClawBack,
+    Command,
+    DebitUsage,
+    ExpireGrants,
+    ExpireHolds,
+    GrantCredits,
+    PlaceHold,
+    PurchaseCredits,
+    ReleaseHold,
+    TransferCredits,
+)
+from billing_core.errors import (
+    AccountFlagged,
+    HoldNotPending,
+    InsufficientCredits,
+    InvalidCommand,
+    UnknownAccount,
+    UnknownHold,
+)
+from billing_core.ledger import Book, EntryDraft, ExistingEntry, WalletState, fingerprint
+from billing_core.units import format_credits
+
+
+@dataclass(frozen=True)
+class HoldView:
+    id: str
+    account: str
+    amount_mc: int
+    status: str
+    expires_at: datetime
+    captured_mc: int | None = None
+
+
+@dataclass(frozen=True)
+class Receipt:
+    """What a command did: its entry, and whether this call was a replay of an earlier one."""
+
+    entry_id: int
+    kind: str
+    idempotency_key: str
+    replayed: bool
+    grant_id: int | None = None
+    hold: HoldView | None = None
+
+
+@dataclass(frozen=True)
+class SweepResult:
+    count: int
+    entry_ids: tuple[int, ...]
+
+
+GRANTING_KINDS = frozenset({"purchase", "grant", "adjustment"})
+HOLD_KINDS = frozenset({"hold", "capture", "release"})
+
+
+def _receipt(book: Book, cmd: Command, entry: EntryDraft | ExistingEntry, replayed: bool) -> Receipt:
+    """The receipt of an entry already written: the grant or hold it made, found from the entry."""
+    entry_id = entry.id
+    assert entry_id is not None
+    grant_id = None
+    if cmd.kind in GRANTING_KINDS:
+        grant_id = book.session.execute(
+            text("SELECT id FROM grants WHERE entry_id = :e AND source <> 'debt' ORDER BY id LIMIT 1"),
+            {"e": entry_id},
+        ).scalar()
+    hold = _hold_for_entry(book.session, entry_id) if cmd.kind in HOLD_KINDS else None
+    return Receipt(entry_id, cmd.kind, cmd.idempotency_key, replayed, grant_id, hold)
+
+
+def _hold_for_entry(session: Session, entry_id: int) -> HoldView | None:
+    row = session.execute(
+        text(
+            "SELECT h.id, w.account, h.amount_mc, h.status, h.expires_at, h.captured_mc FROM holds h "
+            "JOIN wallets w ON w.id = h.wallet_id WHERE h.placed_entry_id = :e OR h.settled_entry_id = :e"
+        ),
+        {"e": entry_id},
+    ).first()
+    return HoldView(*row) if row else None
+
+
+def _replay(book: Book, cmd: Command) -> tuple[str, Receipt | None]:
+    fp = fingerprint(cmd.kind, cmd.body())
+    existing = book.find_entry(cmd.idempotency_key, fp)
+    return fp, (_receipt(book, cmd, existing, replayed=True) if existing else None)
+
+
+def _insufficient(required: int, available: int, account: str) -> InsufficientCredits:
+    return InsufficientCredits(
+        f"account {account!r} has {format_credits(available)} credits available, {format_credits(required)} required",
+        account=account,
+        required=format_credits(required),
+        available=format_credits(available),
+    )
+
+
+def _require_spendable(book: Book, wallet: WalletState, amount_mc: int) -> None:
+    available = book.spendable(wallet)
+    if available < amount_mc:
+        raise _insufficient(amount_mc, available, wallet.account)
+
+
+def _future_expiry(book: Book, expires_at: datetime | None) -> None:
+    if expires_at is not None and expires_at <= book.now:
+        raise InvalidCommand("expires_at must be in the future", field="expires_at")
+
+
+def _finish(book: Book, cmd: Command, entry: EntryDraft, **extra: Any) -> Receipt:
+    book.flush()
+    assert entry.id is not None
+    return Receipt(entry.id, cmd.kind, cmd.idempotency_key, False, **extra)
+
+
+# -- credits in ---------------------------------------------------------------------------------------
+def purchase_credits(book: Book, cmd: PurchaseCredits) -> Receipt:
+    fp, replay = _replay(book, cmd)
+    if replay:
+        return replay
+    _future_expiry(book, cmd.expires_at)
+    wallet = book.lock_wallet(cmd.account, create=True)
+    entry = book.entry("purchase", cmd.idempotency_key, fp, external_ref=cmd.external_ref, metadata=cmd.metadata)
+    lot = book.new_grant(entry, wallet, "purchase", cmd.amount_mc, cmd.expires_at, external_ref=cmd.external_ref)
+    book.post(entry, book.system_account("stripe_clearing"), -cmd.amount_mc)
+    return dataclasses.replace(_finish(book, cmd, entry), grant_id=lot.id)
+
+
+def grant_credits(book: Book, cmd: GrantCredits) -> Receipt:
+    fp, replay = _replay(book, cmd)
+    if replay:
+        return replay
+    _future_expiry(book, cmd.expires_at)
+    wallet = book.lock_wallet(cmd.account, create=True)
+    metadata = {**cmd.metadata, **({"reason": cmd.reason} if cmd.reason else {})}
+    entry = book.entry("grant", cmd.idempotency_key, fp, external_ref=cmd.external_ref, metadata=metadata)
+    lot = book.new_grant(entry, wallet, cmd.source, cmd.amount_mc, cmd.expires_at, external_ref=cmd.external_ref)
+    book.post(entry, book.system_account("promotional"), -cmd.amount_mc)
+    return dataclasses.replace(_finish(book, cmd, entry), grant_id=lot.id)
+
+
+# -- credits out --------------------------------------------------------------------------------------
+def debit_usage(book: Book, cmd: DebitUsage) -> Receipt:
+    fp, replay = _replay(book, cmd)
+    if replay:
+        return replay
+    wallet = book.lock_wallet(cmd.account)
+    _require_spendable(book, wallet, cmd.amount_mc)
+    entry = book.entry(
+        "usage",
+        cmd.idempotency_key,
+        fp,
+        external_ref=cmd.external_ref,
+        metadata=cmd.metadata,
+        occurred_at=cmd.occurred_at,
+    )
+    book.draw(entry, wallet, cmd.amount_mc)
+    book.post(entry, book.system_account("usage_revenue"), cmd.amount_mc)
+    return _finish(book, cmd, entry)
+
+
+def claw_back(book: Book, cmd: ClawBack) -> Receipt:
+    fp, replay = _replay(book, cmd)
+    if replay:
+        return replay
+    wallet = book.lock_wallet(cmd.account)
+    metadata = {**cmd.metadata, "reason": cmd.reason}
+    entry = book.entry("clawback", cmd.idempotency_key, fp, external_ref=cmd.external_ref, metadata=metadata)
+    left = cmd.amount_mc
+    if cmd.grant_ref:
+        targets = (
+            book.session.execute(
+                text(
+                    "SELECT id FROM grants WHERE wallet_id = :w AND external_ref = :ref AND source <> 'debt' "
+                    "ORDER BY id"
+                ),
+                {"w": wallet.id, "ref": cmd.grant_ref},
+            )
+            .scalars()
+            .all()
+        )
+        for lot in book.grant_lots(list(targets)).values():
+            left -= book.take_from(entry, wallet, lot, left)
+    _, shortfall = book.draw(entry, wallet, left)
+    book.run_into_debt(entry, wallet, shortfall)
+    book.post(entry, book.system_account("refunds"), cmd.amount_mc)
+    return _finish(book, cmd, entry)
+
+
+def adjust(book: Book, cmd: Adjust) -> Receipt:
+    fp, replay = _replay(book, cmd)
+    if replay:
+        return replay
+    metadata = {**cmd.metadata, "reason": cmd.reason, "actor": cmd.actor}
+    adjustments = book.system_account("adjustments")
+    if cmd.amount_mc > 0:
+        wallet = book.lock_wallet(cmd.account, create=True)
+        entry = book.entry("adjustment", cmd.idempotency_key, fp, metadata=metadata)
+        lot = book.new_grant(entry, wallet, "adjustment", cmd.amount_mc, None)
+        book.post(entry, adjustments, -cmd.amount_mc)
+        return dataclasses.replace(_finish(book, cmd, entry), grant_id=lot.id)
+    wallet = book.lock_wallet(cmd.account)
+    _require_spendable(book, wallet, -cmd.amount_mc)
+    entry = book.entry("adjustment", cmd.idempotency_key, fp, metadata=metadata)
+    book.draw(entry, wallet, -cmd.amount_mc)
+    book.post(entry, adjustments, -cmd.amount_mc)
+    return _finish(book, cmd, entry)
+
+
+def transfer_credits(book: Book, cmd: TransferCredits) -> Receipt:
+    fp, replay = _replay(book, cmd)
+    if replay:
+        return replay
+    if book.session.execute(text("SELECT 1 FROM wallets WHERE account = :a"), {"a": cmd.from_account}).first() is None:
+        raise UnknownAccount(f"unknown account {cmd.from_account!r}", account=cmd.from_account)
+    # Both wallets in one locking statement, sorted by id: opposite transfers cannot deadlock.
+    wallets = book.lock_wallets([cmd.from_account, cmd.to_account], create=True)
+    source, target = wallets[cmd.from_account], wallets[cmd.to_account]
+    _require_spendable(book, source, cmd.amount_mc)
+    entry = book.entry("transfer", cmd.idempotency_key, fp, metadata=cmd.metadata)
+    draws, _ = book.draw(entry, source, cmd.amount_mc)
+    for lot, take in draws:
+        book.new_grant(entry, target, "transfer", take, lot.expires_at, priority=lot.priority)
+    return _finish(book, cmd, entry)
+
+
+# -- holds --------------------------------------------------------------------------------------------
+def place_hold(book: Book, cmd: PlaceHold) -> Receipt:
+    fp, replay = _replay(book, cmd)
+    if replay:
+        return replay
+    wallet = book.lock_wallet(cmd.account)
+    if wallet.negative_since is not None:
+        raise AccountFlagged(
+            f"account {cmd.account!r} has a negative balance; new holds wait until it is settled",
+            account=cmd.account,
+        )
+    _require_spendable(book, wallet, cmd.amount_mc)
+    entry = book.entry("hold", cmd.idempotency_key, fp, metadata=cmd.metadata)
+    draws, _ = book.draw(entry, wallet, cmd.amount_mc)
+    for lot, take in draws:  # the held side keeps each grant's provenance, for capture and release
+        book.post(entry, wallet.held_account_id, take, lot)
+    book.flush()
+    hold = HoldView(
+        id="hold_" + secrets.token_hex(12),
+        account=cmd.account,
+        amount_mc=cmd.amount_mc,
+        status="pending",
+        expires_at=book.now + timedelta(seconds=cmd.ttl_seconds),
+    )
+    book.session.execute(
+        text(
+            "INSERT INTO holds (id, wallet_id, amount_mc, status, expires_at, placed_entry_id) "
+            "VALUES (:id, :w, :amt, 'pending', :exp, :e)"
+        ),
+        {"id": hold.id, "w": wallet.id, "amt": hold.amount_mc, "exp": hold.expires_at, "e": entry.id},
+    )
+    assert entry.id is not None
+    return Receipt(entry.id, cmd.kind, cmd.idempotency_key, False, hold=hold)
+
+
+@dataclass(frozen=True)
+class _LockedHold:
+    id: str
+    wallet: WalletState
+    amount_mc: int
+    status: str
+    expires_at: datetime
+    allocations: list[tuple[int, int]]  # (grant id, amount held from it), in the order drawn
+
+
+def _lock_hold(book: Book, hold_id: str) -> _LockedHold:
+    wallet_id = book.session.execute(text("SELECT wallet_id FROM holds WHERE id = :id"), {"id": hold_id}).scalar()
+    if wallet_id is None:
+        raise UnknownHold(f"no hold {hold_id!r}", hold_id=hold_id)
+    wallet = book.lock_wallet_by_id(wallet_id)
+    # Re-read under the wallet lock: a concurrent capture or release has committed or not, never half.
+    row = book.session.execute(
+        text("SELECT amount_mc, status, expires_at, placed_entry_id FROM holds WHERE id = :id"), {"id": hold_id}
+    ).one()
+    allocations = book.session.execute(
+        text("SELECT grant_id, amount_mc FROM postings WHERE entry_id = :e AND account_id = :held ORDER BY id"),
+        {"e": row.placed_entry_id, "held": wallet.held_account_id},
+    ).all()
+    return _LockedHold(hold_id, wallet, row.amount_mc, row.status, row.expires_at, [tuple(a) for a in allocations])
+
+
+def _settle_hold(book: Book, entry: EntryDraft, hold: _LockedHold, capture_mc: int) -> None:
+    """Empty the hold; the first ``capture_mc`` of it (in drawing order) is consumed, the rest goes back."""
+    lots = book.grant_lots([gid for gid, _ in hold.allocations])
+    left = capture_mc
+    for gid, held in hold.allocations:
+        lot = lots[gid]
+        book.post(entry, hold.wallet.held_account_id, -held, lot)
+        used = min(held, left)
+        left -= used
+        if held - used:
+            book.return_to_grant(entry, hold.wallet, lot, held - used)
+    if left:  # captured above the hold: the excess comes from available, and may leave debt
+        _, shortfall = book.draw(entry, hold.wallet, left)
+        book.run_into_debt(entry, hold.wallet, shortfall)
+    book.post(entry, book.system_account("usage_revenue"), capture_mc)
+
+
+def _close_hold(book: Book, hold: _LockedHold, entry: EntryDraft, status: str, captured: int | None) -> HoldView:
+    book.flush()
+    book.session.execute(
+        text(
+            "UPDATE holds SET status = :s, captured_mc = :c, settled_entry_id = :e, settled_at = :now "
+            "WHERE id = :id AND status = 'pending'"
+        ),
+        {"s": status, "c": captured, "e": entry.id, "now": book.now, "id": hold.id},
+    )
+    return HoldView(hold.id, hold.wallet.account, hold.amount_mc, status, hold.expires_at, captured)
+
+
+def _pending(hold: _LockedHold) -> None:
+    if hold.status != "pending":
+        raise HoldNotPending(f"hold {hold.id} is {hold.status}", hold_id=hold.id, status=hold.status)
+
+
+def capture_hold(book: Book, cmd: CaptureHold) -> Receipt:
+    fp, replay = _replay(book, cmd)
+    if replay:
+        return replay
+    hold = _lock_hold(book, cmd.hold_id)
+    _pending(hold)
+    entry = book.entry("capture", cmd.idempotency_key, fp, metadata={**cmd.metadata, "hold_id": hold.id})
+    _settle_hold(book, entry, hold, cmd.amount_mc)
+    view = _close_hold(book, hold, entry, "captured", cmd.amount_mc)
+    assert entry.id is not None
+    return Receipt(entry.id, cmd.kind, cmd.idempotency_key, False, hold=view)
+
+
+def release_hold(book: Book, cmd: ReleaseHold) -> Receipt:
+    fp, replay = _replay(book, cmd)
+    if replay:
+        return replay
+    hold = _lock_hold(book, cmd.hold_id)
+    _pending(hold)
+    entry = book.entry("release", cmd.idempotency_key, fp, metadata={"hold_id": hold.id})
+    _settle_hold(book, entry, hold, 0)
+    view = _close_hold(book, hold, entry, "released", None)
+    assert entry.id is not None
+    return Receipt(entry.id, cmd.kind, cmd.idempotency_key, False, hold=view)
+
+
+# -- sweeps -------------------------------------------------------------------------------------------
+def _lock_wallet_ids(book: Book, wallet_ids: list[int]) -> dict[int, WalletState]:
+    names = (
+        book.session.execute(
+            text("SELECT account FROM wallets WHERE id = ANY(CAST(:ids AS bigint[]))"), {"ids": wallet_ids}
+        )
+        .scalars()
+        .all()
+    )
+    return {w.id: w for w in book.lock_wallets(list(names)).values()}
+
+
+def expire_holds(book: Book, cmd: ExpireHolds) -> SweepResult:
+    now = cmd.now or book.now
+    due = book.session.execute(
+        text("SELECT id, wallet_id FROM holds WHERE status = 'pending' AND expires_at <= :now ORDER BY id LIMIT :n"),
+        {"now": now, "n": cmd.limit},
+    ).all()
+    if not due:
+        return SweepResult(0, ())
+    _lock_wallet_ids(book, sorted({r.wallet_id for r in due}))
+    closing: list[tuple[_LockedHold, EntryDraft]] = []
+    for r in due:
+        hold = _lock_hold(book, r.id)
+        if hold.status != "pending":  # captured or released while we were waiting for the lock
+            continue
+        key = f"hold-expiry:{hold.id}"
+        entry = book.entry(
+            "hold_expiry", key, fingerprint("hold_expiry", {"hold_id": hold.id}), metadata={"hold_id": hold.id}
+        )
+        _settle_hold(book, entry, hold, 0)
+        closing.append((hold, entry))
+    book.flush()
+    for hold, entry in closing:
+        _close_hold(book, hold, entry, "expired", None)
+    return SweepResult(len(closing), tuple(e.id for _, e in closing if e.id is not None))
+
+
+def expire_grants(book: Book, cmd: ExpireGrants) -> SweepResult:
+    now = cmd.now or book.now
+    due = book.session.execute(
+        text(
+            "SELECT id, wallet_id FROM grants WHERE expires_at <= :now AND remaining_mc > 0 AND source <> 'debt' "
+            "ORDER BY id LIMIT :n"
+        ),
+        {"now": now, "n": cmd.limit},
+    ).all()
+    if not due:
+        return SweepResult(0, ())
+    wallets = _lock_wallet_ids(book, sorted({r.wallet_id for r in due}))
+    lots = book.grant_lots([r.id for r in due])
+    expiry = book.system_account("expiry")
+    entries = []
+    for r in due:
+        lot = lots[r.id]
+        if lot.remaining_mc <= 0:
+            continue
+        entry = book.entry(
+            "grant_expiry",
+            f"grant-expiry:{r.id}",
+            fingerprint("grant_expiry", {"grant_id": r.id}),
+            metadata={"grant_id": r.id},
+            occurred_at=lot.expires_at,
+        )
+        amount = lot.remaining_mc
+        book.post_to_wallet(entry, wallets[r.wallet_id], lot, -amount)
+        book.post(entry, expiry, amount)
+        entries.append(entry)
+    book.flush()
+    return SweepResult(len(entries), tuple(e.id for e in entries if e.id is not None))
+
+
+HANDLERS: dict[type, Callable[[Book, Any], Any]] = {
+    PurchaseCredits: purchase_credits,
+    GrantCredits: grant_credits,
+    DebitUsage: debit_usage,
+    PlaceHold: place_hold,
+    CaptureHold: capture_hold,
+    ReleaseHold: release_hold,
+    ExpireHolds: expire_holds,
+    ExpireGrants: expire_grants,
+    ClawBack: claw_back,
+    Adjust: adjust,
+    TransferCredits: transfer_credits,
+}
+
+
+def execute(session_factory: sessionmaker[Session], cmd: object, *, now: datetime | None = None) -> Any:
+    """Run one command in its own transaction (retrying transient conflicts) and return its result."""
+    handler = HANDLERS[type(cmd)]
+    return unit_of_work.run(session_factory, lambda uow: handler(uow.book, cmd), now=now)

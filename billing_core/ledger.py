@@ -1,0 +1,486 @@
+"""The posting engine: one ``Book`` per transaction collects entries, postings and grant changes on
+locked wallets, then writes them in one fixed order.
+
+Lock order, everywhere (it is what keeps concurrent commands free of deadlocks):
+1. wallet rows, ``SELECT ... ORDER BY id FOR UPDATE``, all of them before anything else is written;
+2. ledger entries, inserted in idempotency-key order (the unique index is a lock too);
+3. grants, postings and the customers' ledger accounts: they belong to wallets locked in step 1;
+4. system accounts, one ``UPDATE`` each in id order, last, so the hot rows are held the shortest time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.orm import Session
+
+from billing_core.errors import IdempotencyConflict, UnknownAccount
+from billing_core.grants import PRIORITY_BY_SOURCE, GrantLot, in_spending_order, plan_draws
+
+
+class ConcurrentDuplicate(Exception):
+    """Another transaction committed the same idempotency key after we looked: retry the whole command."""
+
+
+def fingerprint(kind: str, body: dict[str, Any]) -> str:
+    """sha256 of the canonical JSON of a request: what makes a replay a replay and not a conflict."""
+    canonical = json.dumps({"kind": kind, **body}, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+@dataclass
+class WalletState:
+    id: int
+    account: str
+    available_account_id: int
+    held_account_id: int
+    negative_since: datetime | None
+    lots: list[GrantLot] | None = None  # loaded on first use: open grants (remaining <> 0)
+    touched: bool = False
+
+    def debt_lot(self) -> GrantLot | None:
+        assert self.lots is not None
+        return next((lot for lot in self.lots if lot.source == "debt"), None)
+
+
+@dataclass
+class EntryDraft:
+    kind: str
+    idempotency_key: str
+    fingerprint: str
+    occurred_at: datetime
+    external_ref: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+    postings: list[tuple[int, GrantLot | None, int]] = field(default_factory=list)
+    id: int | None = None
+
+
+@dataclass(frozen=True)
+class ExistingEntry:
+    id: int
+    kind: str
+    fingerprint: str
+    created_at: datetime
+
+
+_SYSTEM_IDS: dict[str, dict[str, int]] = {}
+
+
+class Book:
+    """The effects of one transaction, held in memory until ``flush``; see the module docstring."""
+
+    def __init__(self, session: Session, now: datetime) -> None:
+        self.session = session
+        self.now = now
+        self.wallets: dict[str, WalletState] = {}
+        self.entries: list[EntryDraft] = []
+        self.new_lots: list[GrantLot] = []
+        self.deltas: dict[int, int] = defaultdict(int)
+        self._last_entry_for_wallet: dict[int, EntryDraft] = {}
+        self.entries_written: list[EntryDraft] = []
+
+    # -- reading -------------------------------------------------------------------------------------
+    def system_account(self, kind: str) -> int:
+        bind = self.session.get_bind()
+        key = str(bind.url)
+        ids = _SYSTEM_IDS.get(key)
+        if ids is None or kind not in ids:
+            rows = self.session.execute(text("SELECT kind, id FROM ledger_accounts WHERE code LIKE 'system:%'")).all()
+            ids = {row.kind: row.id for row in rows}
+            _SYSTEM_IDS[key] = ids
+        return ids[kind]
+
+    def find_entries(self, keys: list[str]) -> dict[str, ExistingEntry]:
+        if not keys:
+            return {}
+        rows = self.session.execute(
+            text(
+                "SELECT id, kind, idempotency_key, fingerprint, created_at FROM ledger_entries "
+                "WHERE idempotency_key = ANY(CAST(:keys AS text[]))"
+            ),
+            {"keys": keys},
+        ).all()
+        return {r.idempotency_key: ExistingEntry(r.id, r.kind, r.fingerprint, r.created_at) for r in rows}
+
+    def find_entry(self, key: str, fp: str) -> ExistingEntry | None:
+        """The first entry of this key when the request is a replay; a conflict when the body differs."""
+        existing = self.find_entries([key]).get(key)
+        if existing is not None and existing.fingerprint != fp:
+            raise IdempotencyConflict("idempotency key already used with a different request", idempotency_key=key)
+        return existing
+
+    # -- locking -------------------------------------------------------------------------------------
+    def lock_wallets(
+        self, accounts: list[str], *, create: bool = False, missing_ok: bool = False
+    ) -> dict[str, WalletState]:
+        """Lock the named wallets (sorted by id, in one statement). Unknown names raise ``UnknownAccount``,
+        unless ``create`` (they are created empty) or ``missing_ok`` (they are left out of the answer)."""
+        wanted = sorted(set(accounts) - set(self.wallets))
+        if not wanted:
+            return {a: self.wallets[a] for a in accounts}
+        if self.entries:
+            raise RuntimeError("wallets must all be locked before the first entry is drafted")
+        if create:
+            self._create_missing(wanted)
+        rows = self.session.execute(
+            text(
+                "SELECT id, account, available_account_id, held_account_id, negative_since FROM wallets "
+                "WHERE account = ANY(CAST(:accounts AS text[])) ORDER BY id FOR UPDATE"
+            ),
+            {"accounts": wanted},
+        ).all()
+        for r in rows:
+            self.wallets[r.account] = WalletState(
+                r.id, r.account, r.available_account_id, r.held_account_id, r.negative_since
+            )
+        missing = [a for a in wanted if a not in self.wallets]
+        if missing and not (create or missing_ok):
+            raise UnknownAccount(f"unknown account {missing[0]!r}", account=missing[0])
+        return {a: self.wallets[a] for a in accounts if a in self.wallets}
+
+    def lock_wallet(self, account: str, *, create: bool = False) -> WalletState:
+        return self.lock_wallets([account], create=create)[account]
+
+    def lock_wallet_by_id(self, wallet_id: int) -> WalletState:
+        account = self.session.execute(
+            text("SELECT account FROM wallets WHERE id = :id"), {"id": wallet_id}
+        ).scalar_one()
+        return self.lock_wallet(account)
+
+    def _create_missing(self, accounts: list[str]) -> None:
+        # A wallet is created, empty, the first time an account is named. ON CONFLICT makes two
+        # transactions naming the same new account at once both succeed with one wallet.
+        self.session.execute(
+            text(
+                """
+                WITH new AS (
+                    SELECT a FROM unnest(CAST(:accounts AS text[])) AS a
+                    WHERE NOT EXISTS (SELECT 1 FROM wallets w WHERE w.account = a)
+                ), avail AS (
+                    INSERT INTO ledger_accounts (code, kind)
+                    SELECT 'available:' || a, 'available' FROM new ORDER BY a
+                    ON CONFLICT (code) DO NOTHING RETURNING id, substr(code, 11) AS account
+                ), held AS (
+                    INSERT INTO ledger_accounts (code, kind)
+                    SELECT 'held:' || a, 'held' FROM new ORDER BY a
+                    ON CONFLICT (code) DO NOTHING RETURNING id, substr(code, 6) AS account
+                )
+                INSERT INTO wallets (account, available_account_id, held_account_id)
+                SELECT avail.account, avail.id, held.id FROM avail JOIN held USING (account)
+                ORDER BY avail.account
+                ON CONFLICT (account) DO NOTHING
+                """
+            ),
+            {"accounts": accounts},
+        )
+
+    def lots(self, wallet: WalletState) -> list[GrantLot]:
+        """The wallet's open grants (remaining <> 0), loaded once per transaction under the wallet lock."""
+        if wallet.lots is None:
+            self.load_lots([wallet])
+        assert wallet.lots is not None
+        return wallet.lots
+
+    def load_lots(self, wallets: list[WalletState]) -> None:
+        """Load the open grants of several wallets in one query."""
+        todo = {w.id: w for w in wallets if w.lots is None}
+        if not todo:
+            return
+        for w in todo.values():
+            w.lots = []
+        rows = self.session.execute(
+            text(
+                "SELECT id, wallet_id, source, amount_mc, remaining_mc, expires_at, priority, external_ref "
+                "FROM grants WHERE wallet_id = ANY(CAST(:ids AS bigint[])) AND remaining_mc <> 0"
+            ),
+            {"ids": list(todo)},
+        ).all()
+        for r in rows:
+            todo[r.wallet_id].lots.append(self._lot(r))  # type: ignore[union-attr]
+
+    def grant_lots(self, grant_ids: list[int]) -> dict[int, GrantLot]:
+        """Lots by id, including exhausted ones (a hold release returns credits to a grant at zero).
+        Their wallets must be locked already."""
+        self.load_lots(list(self.wallets.values()))
+        known = {lot.id: lot for w in self.wallets.values() for lot in w.lots or [] if lot.id is not None}
+        missing = [g for g in set(grant_ids) if g not in known]
+        if missing:
+            rows = self.session.execute(
+                text(
+                    "SELECT id, wallet_id, source, amount_mc, remaining_mc, expires_at, priority, external_ref "
+                    "FROM grants WHERE id = ANY(CAST(:ids AS bigint[]))"
+                ),
+                {"ids": missing},
+            ).all()
+            wallets_by_id = {w.id: w for w in self.wallets.values()}
+            for r in rows:
+                lot = self._lot(r)
+                self.lots(wallets_by_id[r.wallet_id]).append(lot)
+                known[r.id] = lot
+        return {g: known[g] for g in grant_ids}
+
+    @staticmethod
+    def _lot(r: Any) -> GrantLot:
+        return GrantLot(
+            wallet_id=r.wallet_id,
+            source=r.source,
+            remaining_mc=r.remaining_mc,
+            expires_at=r.expires_at,
+            priority=r.priority,
+            id=r.id,
+            amount_mc=r.amount_mc,
+            external_ref=r.external_ref,
+        )
+
+    def spendable(self, wallet: WalletState) -> int:
+        return sum(lot.remaining_mc for lot in in_spending_order(self.lots(wallet), self.now))
+
+    # -- drafting ------------------------------------------------------------------------------------
+    def entry(
+        self,
+        kind: str,
+        idempotency_key: str,
+        fp: str,
+        *,
+        external_ref: str | None = None,
+        metadata: dict[str, Any] | None = None,
+        occurred_at: datetime | None = None,
+    ) -> EntryDraft:
+        draft = EntryDraft(kind, idempotency_key, fp, occurred_at or self.now, external_ref, metadata or {})
+        self.entries.append(draft)
+        return draft
+
+    def post(self, entry: EntryDraft, account_id: int, amount_mc: int, lot: GrantLot | None = None) -> None:
+        if amount_mc == 0:
+            return
+        entry.postings.append((account_id, lot, amount_mc))
+        self.deltas[account_id] += amount_mc
+
+    def post_to_wallet(self, entry: EntryDraft, wallet: WalletState, lot: GrantLot, amount_mc: int) -> None:
+        """A posting on the available account, always through a grant so the grant stays its sub-ledger."""
+        if amount_mc == 0:
+            return
+        lot.remaining_mc += amount_mc
+        lot.dirty = True
+        wallet.touched = True
+        self._last_entry_for_wallet[wallet.id] = entry
+        self.post(entry, wallet.available_account_id, amount_mc, lot)
+
+    def draw(self, entry: EntryDraft, wallet: WalletState, amount_mc: int) -> tuple[list[tuple[GrantLot, int]], int]:
+        """Take up to ``amount_mc`` from spendable grants in spending order; returns draws and shortfall."""
+        draws, shortfall = plan_draws(self.lots(wallet), amount_mc, self.now)
+        for lot, take in draws:
+            self.post_to_wallet(entry, wallet, lot, -take)
+        return draws, shortfall
+
+    def take_from(self, entry: EntryDraft, wallet: WalletState, lot: GrantLot, amount_mc: int) -> int:
+        """Take up to ``amount_mc`` from one grant, if it is spendable; returns what was taken."""
+        if not lot.spendable_at(self.now):
+            return 0
+        take = min(lot.remaining_mc, amount_mc)
+        self.post_to_wallet(entry, wallet, lot, -take)
+        return take
+
+    def run_into_debt(self, entry: EntryDraft, wallet: WalletState, amount_mc: int) -> None:
+        """Post an unpaid amount against the wallet's debt grant (negative remaining; the wallet is flagged)."""
+        if amount_mc == 0:
+            return
+        self.lots(wallet)
+        debt = wallet.debt_lot()
+        if debt is None:
+            debt = self.new_grant(entry, wallet, "debt", 0, None)
+        self.post_to_wallet(entry, wallet, debt, -amount_mc)
+
+    def new_grant(
+        self,
+        entry: EntryDraft,
+        wallet: WalletState,
+        source: str,
+        amount_mc: int,
+        expires_at: datetime | None,
+        *,
+        priority: int | None = None,
+        external_ref: str | None = None,
+    ) -> GrantLot:
+        """A new lot in the wallet, funded by a posting of ``amount_mc`` (the caller posts the other side)."""
+        lot = GrantLot(
+            wallet_id=wallet.id,
+            source=source,
+            remaining_mc=0,
+            expires_at=expires_at,
+            priority=PRIORITY_BY_SOURCE[source] if priority is None else priority,
+            amount_mc=amount_mc,
+            external_ref=external_ref,
+            entry_key=entry.idempotency_key,
+        )
+        self.lots(wallet).append(lot)
+        self.new_lots.append(lot)
+        self.post_to_wallet(entry, wallet, lot, amount_mc)
+        return lot
+
+    def return_to_grant(self, entry: EntryDraft, wallet: WalletState, lot: GrantLot, amount_mc: int) -> None:
+        """Credits coming back from a hold go to the grant they came from; if it has expired meanwhile, they
+        expire now instead of reviving a dead grant (so each grant expires exactly once)."""
+        if lot.expired_at(self.now):
+            self.post(entry, self.system_account("expiry"), amount_mc)
+        else:
+            self.post_to_wallet(entry, wallet, lot, amount_mc)
+
+    def _settle_debts(self) -> None:
+        # Credits arriving in a wallet that owes pay the debt first, in spending order, inside the entry that
+        # brought them: a flagged wallet is cleared by the same transaction that funds it.
+        for wallet in self.wallets.values():
+            if not wallet.touched or wallet.lots is None:
+                continue
+            debt = wallet.debt_lot()
+            if debt is None or debt.remaining_mc == 0:
+                continue
+            entry = self._last_entry_for_wallet[wallet.id]
+            draws, _ = plan_draws(wallet.lots, -debt.remaining_mc, self.now)
+            for lot, take in draws:
+                self.post_to_wallet(entry, wallet, lot, -take)
+                self.post_to_wallet(entry, wallet, debt, take)
+
+    # -- writing -------------------------------------------------------------------------------------
+    def flush(self) -> None:
+        """Write everything drafted, in the module's lock order. Raises ``ConcurrentDuplicate`` when another
+        transaction committed one of our idempotency keys since we looked (the caller retries)."""
+        if not self.entries:
+            return
+        self._settle_debts()
+        s = self.session
+        ordered = sorted(self.entries, key=lambda e: e.idempotency_key)
+        rows = s.execute(
+            text(
+                """
+                INSERT INTO ledger_entries (kind, idempotency_key, fingerprint, external_ref, metadata, occurred_at)
+                SELECT k, key, fp, ref, CAST(meta AS jsonb), occ
+                FROM unnest(CAST(:kinds AS text[]), CAST(:keys AS text[]), CAST(:fps AS text[]),
+                            CAST(:refs AS text[]), CAST(:metas AS text[]), CAST(:occs AS timestamptz[]))
+                     WITH ORDINALITY AS t(k, key, fp, ref, meta, occ, n)
+                ORDER BY n
+                ON CONFLICT (idempotency_key) DO NOTHING
+                RETURNING id, idempotency_key
+                """
+            ),
+            {
+                "kinds": [e.kind for e in ordered],
+                "keys": [e.idempotency_key for e in ordered],
+                "fps": [e.fingerprint for e in ordered],
+                "refs": [e.external_ref for e in ordered],
+                "metas": [json.dumps(e.metadata, sort_keys=True, default=str) for e in ordered],
+                "occs": [e.occurred_at for e in ordered],
+            },
+        ).all()
+        ids = {r.idempotency_key: r.id for r in rows}
+        if len(ids) != len(ordered):
+            raise ConcurrentDuplicate(next(e.idempotency_key for e in ordered if e.idempotency_key not in ids))
+        for e in self.entries:
+            e.id = ids[e.idempotency_key]
+
+        if self.new_lots:
+            new_ids = (
+                s.execute(
+                    text(
+                        """
+                    INSERT INTO grants (wallet_id, source, amount_mc, remaining_mc, expires_at, priority,
+                                        entry_id, external_ref)
+                    SELECT w, src, amt, rem, exp, pri, ent, ref
+                    FROM unnest(CAST(:w AS bigint[]), CAST(:src AS text[]), CAST(:amt AS bigint[]),
+                                CAST(:rem AS bigint[]), CAST(:exp AS timestamptz[]), CAST(:pri AS smallint[]),
+                                CAST(:ent AS bigint[]), CAST(:ref AS text[]))
+                         WITH ORDINALITY AS t(w, src, amt, rem, exp, pri, ent, ref, n)
+                    ORDER BY n
+                    RETURNING id
+                    """
+                    ),
+                    {
+                        "w": [lot.wallet_id for lot in self.new_lots],
+                        "src": [lot.source for lot in self.new_lots],
+                        "amt": [lot.amount_mc for lot in self.new_lots],
+                        "rem": [lot.remaining_mc for lot in self.new_lots],
+                        "exp": [lot.expires_at for lot in self.new_lots],
+                        "pri": [lot.priority for lot in self.new_lots],
+                        "ent": [ids[lot.entry_key] for lot in self.new_lots],  # type: ignore[index]
+                        "ref": [lot.external_ref for lot in self.new_lots],
+                    },
+                )
+                .scalars()
+                .all()
+            )
+            # INSERT ... SELECT ... ORDER BY returns rows in insertion order, which is the ORDER BY's.
+            for lot, new_id in zip(self.new_lots, new_ids, strict=True):
+                lot.id = new_id
+                lot.dirty = False
+
+        dirty = [lot for w in self.wallets.values() for lot in (w.lots or []) if lot.dirty and lot.id is not None]
+        if dirty:
+            s.execute(
+                text(
+                    "UPDATE grants g SET remaining_mc = v.rem FROM unnest(CAST(:ids AS bigint[]), "
+                    "CAST(:rems AS bigint[])) AS v(id, rem) WHERE g.id = v.id"
+                ),
+                {"ids": [lot.id for lot in dirty], "rems": [lot.remaining_mc for lot in dirty]},
+            )
+            for lot in dirty:
+                lot.dirty = False
+
+        postings = [(e.id, acc, lot.id if lot else None, amt) for e in self.entries for acc, lot, amt in e.postings]
+        if postings:
+            cols = list(zip(*postings, strict=True))
+            s.execute(
+                text(
+                    "INSERT INTO postings (entry_id, account_id, grant_id, amount_mc) "
+                    "SELECT * FROM unnest(CAST(:e AS bigint[]), CAST(:a AS bigint[]), CAST(:g AS bigint[]), "
+                    "CAST(:m AS bigint[]))"
+                ),
+                {"e": list(cols[0]), "a": list(cols[1]), "g": list(cols[2]), "m": list(cols[3])},
+            )
+
+        self._write_flags()
+        self._write_balances()
+        self.entries_written, self.entries = self.entries, []
+        self.new_lots = []
+        self.deltas = defaultdict(int)
+
+    def _write_flags(self) -> None:
+        for wallet in self.wallets.values():
+            if not wallet.touched or wallet.lots is None:
+                continue
+            debt = wallet.debt_lot()
+            owes = debt is not None and debt.remaining_mc < 0
+            if owes and wallet.negative_since is None:
+                wallet.negative_since = self.now
+            elif not owes and wallet.negative_since is not None:
+                wallet.negative_since = None
+            else:
+                continue
+            self.session.execute(
+                text("UPDATE wallets SET negative_since = :since, updated_at = now() WHERE id = :id"),
+                {"since": wallet.negative_since, "id": wallet.id},
+            )
+
+    def _write_balances(self) -> None:
+        system_ids = set(_SYSTEM_IDS.get(str(self.session.get_bind().url), {}).values())
+        customer = {a: d for a, d in self.deltas.items() if d and a not in system_ids}
+        if customer:
+            self.session.execute(
+                text(
+                    "UPDATE ledger_accounts la SET balance_mc = la.balance_mc + v.d FROM unnest("
+                    "CAST(:ids AS bigint[]), CAST(:ds AS bigint[])) AS v(id, d) WHERE la.id = v.id"
+                ),
+                {"ids": list(customer), "ds": list(customer.values())},
+            )
+        # One statement per system account, ascending id: a multi-row UPDATE locks rows in plan order,
+        # which two transactions could take in opposite orders.
+        for account_id in sorted(a for a in self.deltas if a in system_ids and self.deltas[a]):
+            self.session.execute(
+                text("UPDATE ledger_accounts SET balance_mc = balance_mc + :d WHERE id = :id"),
+                {"d": self.deltas[account_id], "id": account_id},
+            )

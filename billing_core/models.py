@@ -1,0 +1,177 @@
+"""The ledger's tables (SQLAlchemy 2 declarative). The schema itself changes only through ``migrations/``.
+
+Shape, in billing words:
+- ``LedgerAccount``: a balance bucket. Each customer has two (``available`` and ``held``); the system has one
+  per counterparty (Stripe clearing, promotional grants, usage revenue, refunds, expiry, adjustments).
+  ``balance_mc`` caches the sum of the account's postings; ``billing check`` proves it.
+- ``Wallet``: the customer account as the API names it (``user_42``). Its row is the lock every
+  command on that customer's money takes first.
+- ``Grant``: a lot of credits in a wallet (a purchase, a promotion, a plan allowance...). Every posting to
+  the available account names its grant, so a grant's ``remaining_mc`` is the sum of its postings and
+  expiry and refunds know exactly which credits they touch. A wallet's debt (a clawback of credits already
+  spent) is one grant of source ``debt`` whose remaining is negative.
+- ``LedgerEntry`` / ``Posting``: immutable; an entry's postings sum to zero.
+- ``Hold``: a reservation, two-phase: credits move from available to held, then are captured or released.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    DateTime,
+    ForeignKey,
+    Index,
+    SmallInteger,
+    String,
+    func,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class LedgerAccount(Base):
+    __tablename__ = "ledger_accounts"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    code: Mapped[str] = mapped_column(String(160), unique=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    balance_mc: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+    __table_args__ = (
+        CheckConstraint(
+            "kind IN ('available', 'held', 'stripe_clearing', 'promotional', 'usage_revenue', "
+            "'refunds', 'expiry', 'adjustments')",
+            name="ledger_accounts_kind",
+        ),
+    )
+
+
+class Wallet(Base):
+    __tablename__ = "wallets"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    account: Mapped[str] = mapped_column(String(128), unique=True)
+    available_account_id: Mapped[int] = mapped_column(ForeignKey("ledger_accounts.id"), unique=True)
+    held_account_id: Mapped[int] = mapped_column(ForeignKey("ledger_accounts.id"), unique=True)
+    # Set while the wallet carries debt (a negative balance from a clawback or an over-capture).
+    negative_since: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    email: Mapped[str | None] = mapped_column(String(320))
+    name: Mapped[str | None] = mapped_column(String(200))
+    low_balance_threshold_mc: Mapped[int | None] = mapped_column(BigInteger)
+    stripe_customer_id: Mapped[str | None] = mapped_column(String(255), unique=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class LedgerEntry(Base):
+    __tablename__ = "ledger_entries"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    idempotency_key: Mapped[str] = mapped_column(String(255), unique=True)
+    # sha256 of the canonical request body: the same key with another body is a conflict, not a replay.
+    fingerprint: Mapped[str] = mapped_column(String(64))
+    external_ref: Mapped[str | None] = mapped_column(String(255))
+    metadata_: Mapped[dict[str, Any]] = mapped_column("metadata", JSONB, server_default=text("'{}'::jsonb"))
+    occurred_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+    __table_args__ = (
+        CheckConstraint(
+            "kind IN ('purchase', 'grant', 'usage', 'hold', 'capture', 'release', 'hold_expiry', "
+            "'grant_expiry', 'clawback', 'adjustment', 'transfer')",
+            name="ledger_entries_kind",
+        ),
+        Index("ix_ledger_entries_external_ref", "external_ref", postgresql_where=text("external_ref IS NOT NULL")),
+    )
+
+
+class Grant(Base):
+    __tablename__ = "grants"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    wallet_id: Mapped[int] = mapped_column(ForeignKey("wallets.id"))
+    source: Mapped[str] = mapped_column(String(32))
+    amount_mc: Mapped[int] = mapped_column(BigInteger)
+    remaining_mc: Mapped[int] = mapped_column(BigInteger)
+    expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # Lower draws first among grants expiring at the same time: promotional credits before paid ones.
+    priority: Mapped[int] = mapped_column(SmallInteger)
+    entry_id: Mapped[int] = mapped_column(ForeignKey("ledger_entries.id"))
+    external_ref: Mapped[str | None] = mapped_column(String(255))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+    __table_args__ = (
+        CheckConstraint(
+            "source IN ('purchase', 'promotional', 'plan', 'adjustment', 'transfer', 'debt')",
+            name="grants_source",
+        ),
+        CheckConstraint(
+            "(source = 'debt' AND remaining_mc <= 0) OR (source <> 'debt' AND remaining_mc >= 0)",
+            name="grants_remaining_sign",
+        ),
+        Index("ix_grants_wallet_open", "wallet_id", postgresql_where=text("remaining_mc <> 0")),
+        Index("ix_grants_expiring", "expires_at", postgresql_where=text("remaining_mc > 0")),
+        Index("ix_grants_external_ref", "external_ref", postgresql_where=text("external_ref IS NOT NULL")),
+        Index("uq_grants_one_debt_per_wallet", "wallet_id", unique=True, postgresql_where=text("source = 'debt'")),
+    )
+
+
+class Posting(Base):
+    __tablename__ = "postings"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    entry_id: Mapped[int] = mapped_column(ForeignKey("ledger_entries.id"))
+    account_id: Mapped[int] = mapped_column(ForeignKey("ledger_accounts.id"))
+    grant_id: Mapped[int | None] = mapped_column(ForeignKey("grants.id"))
+    amount_mc: Mapped[int] = mapped_column(BigInteger)
+
+    __table_args__ = (
+        CheckConstraint("amount_mc <> 0", name="postings_nonzero"),
+        Index("ix_postings_entry", "entry_id"),
+        Index("ix_postings_account_entry", "account_id", "entry_id"),
+        Index("ix_postings_grant", "grant_id", postgresql_where=text("grant_id IS NOT NULL")),
+    )
+
+
+class Hold(Base):
+    __tablename__ = "holds"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    wallet_id: Mapped[int] = mapped_column(ForeignKey("wallets.id"))
+    amount_mc: Mapped[int] = mapped_column(BigInteger)
+    status: Mapped[str] = mapped_column(String(16))
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    placed_entry_id: Mapped[int] = mapped_column(ForeignKey("ledger_entries.id"), unique=True)
+    settled_entry_id: Mapped[int | None] = mapped_column(ForeignKey("ledger_entries.id"))
+    captured_mc: Mapped[int | None] = mapped_column(BigInteger)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    settled_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    __table_args__ = (
+        CheckConstraint("status IN ('pending', 'captured', 'released', 'expired')", name="holds_status"),
+        CheckConstraint("amount_mc > 0", name="holds_amount_positive"),
+        Index("ix_holds_pending_expiry", "expires_at", postgresql_where=text("status = 'pending'")),
+        Index("ix_holds_wallet", "wallet_id"),
+    )
+
+
+# System accounts, created by the first migration. The order here is the lock order (ids ascending).
+SYSTEM_ACCOUNTS: tuple[str, ...] = (
+    "stripe_clearing",
+    "promotional",
+    "usage_revenue",
+    "refunds",
+    "expiry",
+    "adjustments",
+)

@@ -1,0 +1,84 @@
+"""Unit of work: one transaction per command or batch; nothing inside a handler commits.
+
+``run`` retries the whole transaction when PostgreSQL reports a deadlock or a serialization failure, or
+when another transaction committed one of our idempotency keys first: the retry then finds the committed
+entry and answers with it, so a race between duplicates ends as a replay, never as a second posting.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from types import TracebackType
+from typing import TypeVar
+
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.orm import Session, sessionmaker
+
+from billing_core.ledger import Book, ConcurrentDuplicate
+
+T = TypeVar("T")
+RETRYABLE_SQLSTATES = {"40001", "40P01", "55P03"}  # serialization failure, deadlock, lock not available
+
+
+def utcnow() -> datetime:
+    # datetime.now(UTC) rather than utcnow(): aware, and freezegun patches it in tests.
+    return datetime.now(UTC)
+
+
+class UnitOfWork:
+    def __init__(self, session_factory: sessionmaker[Session], now: datetime | None = None) -> None:
+        self.session_factory = session_factory
+        self.now = now
+
+    def __enter__(self) -> UnitOfWork:
+        self.session = self.session_factory()
+        self.book = Book(self.session, self.now or utcnow())
+        self._committed = False
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        try:
+            if not self._committed:
+                self.session.rollback()
+        finally:
+            self.session.close()
+
+    def commit(self) -> None:
+        self.book.flush()
+        self.session.commit()
+        self._committed = True
+
+
+def is_retryable(exc: BaseException) -> bool:
+    if isinstance(exc, ConcurrentDuplicate):
+        return True
+    if isinstance(exc, DBAPIError):
+        sqlstate = getattr(exc.orig, "sqlstate", None)
+        return sqlstate in RETRYABLE_SQLSTATES
+    return False
+
+
+def run(
+    session_factory: sessionmaker[Session],
+    work: Callable[[UnitOfWork], T],
+    *,
+    now: datetime | None = None,
+    attempts: int = 8,
+) -> T:
+    """Run ``work`` in a unit of work and commit; retry transient conflicts with jittered backoff."""
+    for attempt in range(1, attempts + 1):
+        try:
+            with UnitOfWork(session_factory, now) as uow:
+                result = work(uow)
+                uow.commit()
+                return result
+        except Exception as exc:
+            if attempt == attempts or not is_retryable(exc):
+                raise
+            time.sleep(random.uniform(0, 0.002 * 2**attempt))
+    raise AssertionError("unreachable")

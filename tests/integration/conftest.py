@@ -1,0 +1,138 @@
+"""Fixtures on the real PostgreSQL started by ``scripts/test``.
+
+Each pytest worker gets its own database cloned from the migrated template, so workers never see each
+other; each test starts from an empty ledger (TRUNCATE, then the system accounts as the migration seeds
+them). Truncation rather than savepoint rollback because the concurrency tests need committed rows seen
+by many connections.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import psycopg
+import pytest
+from sqlalchemy import Engine, text
+from sqlalchemy.orm import Session, sessionmaker
+
+from billing_core import ledger
+from billing_core.db import make_engine, make_session_factory
+from billing_core.handlers import execute
+from billing_core.models import SYSTEM_ACCOUNTS
+from billing_core.settings import sqlalchemy_url
+
+TABLES = ("holds", "postings", "grants", "ledger_entries", "wallets", "ledger_accounts")
+
+
+def _require(name: str) -> str:
+    value = os.environ.get(name)
+    if not value:
+        pytest.exit(f"{name} is not set: run the integration tests through scripts/test", returncode=2)
+    return value
+
+
+@pytest.fixture(scope="session")
+def database_url() -> Iterator[str]:
+    admin_url = _require("BILLING_TEST_PG_ADMIN_URL")
+    template = _require("BILLING_TEST_TEMPLATE_DB")
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+    name = f"billing_test_{worker}"
+    libpq_admin = sqlalchemy_url(admin_url).replace("postgresql+psycopg://", "postgresql://")
+    with psycopg.connect(libpq_admin, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
+        conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
+    yield admin_url.rsplit("/", 1)[0] + "/" + name
+
+
+@pytest.fixture(scope="session")
+def engine(database_url: str) -> Iterator[Engine]:
+    # Big enough for the 64-thread test: every thread holds a connection while it waits on the wallet lock.
+    eng = make_engine(database_url, pool_size=10, max_overflow=80)
+    yield eng
+    eng.dispose()
+
+
+@pytest.fixture
+def session_factory(engine: Engine) -> Iterator[sessionmaker[Session]]:
+    with engine.begin() as conn:
+        conn.execute(text(f"TRUNCATE {', '.join(TABLES)} RESTART IDENTITY CASCADE"))
+        conn.execute(
+            text("INSERT INTO ledger_accounts (code, kind) SELECT 'system:' || k, k FROM unnest(CAST(:k AS text[])) k"),
+            {"k": list(SYSTEM_ACCOUNTS)},
+        )
+    ledger._SYSTEM_IDS.clear()
+    yield make_session_factory(engine)
+
+
+@dataclass
+class WalletView:
+    available_mc: int
+    held_mc: int
+    flagged: bool
+
+
+class LedgerProbe:
+    """Reads the ledger's rows directly, for assertions: balances, grants, counts, snapshots."""
+
+    def __init__(self, engine: Engine, session_factory: sessionmaker[Session]) -> None:
+        self.engine = engine
+        self.session_factory = session_factory
+
+    def run(self, cmd: object, now: datetime | None = None) -> Any:
+        return execute(self.session_factory, cmd, now=now)
+
+    def scalar(self, sql: str, **params: Any) -> Any:
+        with self.engine.connect() as conn:
+            return conn.execute(text(sql), params).scalar()
+
+    def rows(self, sql: str, **params: Any) -> list[Any]:
+        with self.engine.connect() as conn:
+            return list(conn.execute(text(sql), params).all())
+
+    def wallet(self, account: str) -> WalletView | None:
+        rows = self.rows(
+            "SELECT a.balance_mc, h.balance_mc, w.negative_since IS NOT NULL FROM wallets w "
+            "JOIN ledger_accounts a ON a.id = w.available_account_id "
+            "JOIN ledger_accounts h ON h.id = w.held_account_id WHERE w.account = :acc",
+            acc=account,
+        )
+        return WalletView(*rows[0]) if rows else None
+
+    def available(self, account: str) -> int:
+        view = self.wallet(account)
+        assert view is not None, f"no wallet {account}"
+        return view.available_mc
+
+    def system(self, kind: str) -> int:
+        return self.scalar("SELECT balance_mc FROM ledger_accounts WHERE code = :c", c=f"system:{kind}")
+
+    def grants(self, account: str) -> list[Any]:
+        return self.rows(
+            "SELECT g.id, g.source, g.amount_mc, g.remaining_mc, g.expires_at, g.external_ref FROM grants g "
+            "JOIN wallets w ON w.id = g.wallet_id WHERE w.account = :acc ORDER BY g.id",
+            acc=account,
+        )
+
+    def snapshot(self) -> dict[str, Any]:
+        """Everything that could change: row counts of every table and every balance."""
+        counts = {t: self.scalar(f"SELECT count(*) FROM {t}") for t in TABLES}
+        balances = self.rows("SELECT code, balance_mc FROM ledger_accounts ORDER BY code")
+        grants = self.rows("SELECT id, remaining_mc FROM grants ORDER BY id")
+        holds = self.rows("SELECT id, status FROM holds ORDER BY id")
+        flags = self.rows("SELECT account, negative_since FROM wallets ORDER BY account")
+        return {"counts": counts, "balances": balances, "grants": grants, "holds": holds, "flags": flags}
+
+    def assert_consistent(self) -> None:
+        from billing_core.checks import check_ledger
+
+        report = check_ledger(self.engine)
+        assert report.ok, "\n".join(str(f) for f in report.findings)
+
+
+@pytest.fixture
+def probe(engine: Engine, session_factory: sessionmaker[Session]) -> LedgerProbe:
+    return LedgerProbe(engine, session_factory)
