@@ -240,7 +240,7 @@ def transfer_credits(book: Book, cmd: TransferCredits) -> Receipt:
     entry = book.entry("transfer", cmd.idempotency_key, fp, metadata=cmd.metadata)
     draws, _ = book.draw(entry, source, cmd.amount_mc)
     for lot, take in draws:
-        book.new_grant(entry, target, "transfer", take, lot.expires_at, priority=lot.priority)
+        book.credit_lot(entry, target, "transfer", take, lot.expires_at, priority=lot.priority)
     return _finish(book, cmd, entry)
 
 

@@ -324,6 +324,26 @@ class Book:
         self.post_to_wallet(entry, wallet, lot, amount_mc)
         return lot
 
+    def credit_lot(
+        self,
+        entry: EntryDraft,
+        wallet: WalletState,
+        source: str,
+        amount_mc: int,
+        expires_at: datetime | None,
+        *,
+        priority: int,
+    ) -> GrantLot:
+        """Credit an open lot of the same source, expiry and priority if the wallet has one, else a new grant.
+        For credits with no purchase of their own (transfers in): merging keeps a busy wallet at a handful
+        of lots instead of one per transfer, which every later draw would have to load and sort."""
+        for lot in self.lots(wallet):
+            if (lot.source, lot.expires_at, lot.priority) == (source, expires_at, priority) and lot.remaining_mc > 0:
+                lot.amount_mc += amount_mc
+                self.post_to_wallet(entry, wallet, lot, amount_mc)
+                return lot
+        return self.new_grant(entry, wallet, source, amount_mc, expires_at, priority=priority)
+
     def return_to_grant(self, entry: EntryDraft, wallet: WalletState, lot: GrantLot, amount_mc: int) -> None:
         """Credits coming back from a hold go to the grant they came from; if it has expired meanwhile, they
         expire now instead of reviving a dead grant (so each grant expires exactly once)."""
@@ -423,10 +443,15 @@ class Book:
         if dirty:
             s.execute(
                 text(
-                    "UPDATE grants g SET remaining_mc = v.rem FROM unnest(CAST(:ids AS bigint[]), "
-                    "CAST(:rems AS bigint[])) AS v(id, rem) WHERE g.id = v.id"
+                    "UPDATE grants g SET remaining_mc = v.rem, amount_mc = v.amt FROM unnest("
+                    "CAST(:ids AS bigint[]), CAST(:rems AS bigint[]), CAST(:amts AS bigint[])) AS v(id, rem, amt) "
+                    "WHERE g.id = v.id"
                 ),
-                {"ids": [lot.id for lot in dirty], "rems": [lot.remaining_mc for lot in dirty]},
+                {
+                    "ids": [lot.id for lot in dirty],
+                    "rems": [lot.remaining_mc for lot in dirty],
+                    "amts": [lot.amount_mc for lot in dirty],
+                },
             )
             for lot in dirty:
                 lot.dirty = False
