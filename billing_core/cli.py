@@ -52,6 +52,17 @@ def db_upgrade(revision: str) -> None:
     click.echo(f"database at {revision}")
 
 
+@db.command("downgrade")
+@click.argument("revision")
+def db_downgrade(revision: str) -> None:
+    """Revert migrations down to REVISION (``base`` empties the schema)."""
+    from alembic import command
+
+    settings = _settings_or_exit()
+    command.downgrade(alembic_config(settings.database_url), revision)
+    click.echo(f"database at {revision}")
+
+
 @db.command("current")
 def db_current() -> None:
     """Show the database's migration revision."""
