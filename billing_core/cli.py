@@ -135,5 +135,63 @@ def grant(
     click.echo(f"entry {receipt.entry_id} grant {receipt.grant_id}")
 
 
+@main.command()
+@click.argument("account")
+def balance(account: str) -> None:
+    """Show ACCOUNT's balance: available, held, total (credits), and whether it is flagged negative."""
+    from sqlalchemy import text
+
+    from billing_core.db import make_engine
+    from billing_core.units import format_credits
+
+    settings = _settings_or_exit()
+    engine = make_engine(settings.database_url, pool_size=1)
+    try:
+        with engine.connect() as conn:
+            row = conn.execute(
+                text(
+                    "SELECT a.balance_mc, h.balance_mc, w.negative_since FROM wallets w "
+                    "JOIN ledger_accounts a ON a.id = w.available_account_id "
+                    "JOIN ledger_accounts h ON h.id = w.held_account_id WHERE w.account = :acc"
+                ),
+                {"acc": account},
+            ).first()
+    finally:
+        engine.dispose()
+    available, held, negative_since = row if row else (0, 0, None)
+    click.echo(
+        f"{account}: available {format_credits(available)}  held {format_credits(held)}  "
+        f"total {format_credits(available + held)} credits" + ("  [NEGATIVE, flagged]" if negative_since else "")
+    )
+
+
+@main.command()
+def dev() -> None:
+    """Run the local stack on an embedded default: throwaway PostgreSQL and Redis, migrated, until Ctrl-C.
+
+    The web receiver, workers and the Stripe emulator join this command as they are built.
+    """
+    import signal
+    import threading
+
+    from alembic import command
+
+    from billing_core.local_servers import ThrowawayPostgres, ThrowawayRedis
+
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    with ThrowawayPostgres(durable=True) as pg, ThrowawayRedis() as redis:
+        pg.create_database("billing")
+        url = pg.libpq_url("billing")
+        command.upgrade(alembic_config(url), "head")
+        click.echo("billing dev: PostgreSQL and Redis are up, database migrated. In another shell:")
+        click.echo(f"  export DATABASE_URL={url}")
+        click.echo(f"  export REDIS_URL={redis.url}")
+        click.echo("Ctrl-C stops everything (the data is thrown away).", err=True)
+        stop.wait()
+    click.echo("billing dev: stopped", err=True)
+
+
 if __name__ == "__main__":
     main()
