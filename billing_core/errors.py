@@ -36,6 +36,10 @@ class InvalidCommand(BillingError):
 class UnknownAccount(BillingError):
     code = "unknown_account"
 
+    @classmethod
+    def named(cls, account: str) -> UnknownAccount:
+        return cls(f"unknown account {account!r}", account=account)
+
 
 class UnknownHold(BillingError):
     code = "unknown_hold"
@@ -47,6 +51,19 @@ class UnknownGrant(BillingError):
 
 class InsufficientCredits(BillingError):
     code = "insufficient_credits"
+
+    @classmethod
+    def short(cls, account: str, required_mc: int, available_mc: int) -> InsufficientCredits:
+        """The refusal carries both figures, as credit strings, so a client can show or top up the gap."""
+        from billing_core.units import format_credits
+
+        required, available = format_credits(required_mc), format_credits(available_mc)
+        return cls(
+            f"account {account!r} has {available} credits available, {required} required",
+            account=account,
+            required=required,
+            available=available,
+        )
 
 
 class AccountFlagged(BillingError):

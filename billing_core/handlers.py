@@ -41,7 +41,6 @@ from billing_core.errors import (
     UnknownHold,
 )
 from billing_core.ledger import Book, EntryDraft, ExistingEntry, WalletState, fingerprint
-from billing_core.units import format_credits
 
 
 @dataclass(frozen=True)
@@ -107,19 +106,10 @@ def _replay(book: Book, cmd: Command) -> tuple[str, Receipt | None]:
     return fp, (_receipt(book, cmd, existing, replayed=True) if existing else None)
 
 
-def _insufficient(required: int, available: int, account: str) -> InsufficientCredits:
-    return InsufficientCredits(
-        f"account {account!r} has {format_credits(available)} credits available, {format_credits(required)} required",
-        account=account,
-        required=format_credits(required),
-        available=format_credits(available),
-    )
-
-
 def _require_spendable(book: Book, wallet: WalletState, amount_mc: int) -> None:
     available = book.spendable(wallet)
     if available < amount_mc:
-        raise _insufficient(amount_mc, available, wallet.account)
+        raise InsufficientCredits.short(wallet.account, amount_mc, available)
 
 
 def _future_expiry(book: Book, expires_at: datetime | None) -> None:
@@ -232,7 +222,7 @@ def transfer_credits(book: Book, cmd: TransferCredits) -> Receipt:
     if replay:
         return replay
     if book.session.execute(text("SELECT 1 FROM wallets WHERE account = :a"), {"a": cmd.from_account}).first() is None:
-        raise UnknownAccount(f"unknown account {cmd.from_account!r}", account=cmd.from_account)
+        raise UnknownAccount.named(cmd.from_account)
     # Both wallets in one locking statement, sorted by id: opposite transfers cannot deadlock.
     wallets = book.lock_wallets([cmd.from_account, cmd.to_account], create=True)
     source, target = wallets[cmd.from_account], wallets[cmd.to_account]

@@ -141,7 +141,7 @@ class Book:
             )
         missing = [a for a in wanted if a not in self.wallets]
         if missing and not (create or missing_ok):
-            raise UnknownAccount(f"unknown account {missing[0]!r}", account=missing[0])
+            raise UnknownAccount.named(missing[0])
         return {a: self.wallets[a] for a in accounts if a in self.wallets}
 
     def lock_wallet(self, account: str, *, create: bool = False) -> WalletState:

@@ -16,7 +16,6 @@ from billing_core import unit_of_work
 from billing_core.commands import DebitUsage
 from billing_core.errors import BillingError, IdempotencyConflict, InsufficientCredits, UnknownAccount
 from billing_core.ledger import Book, EntryDraft, fingerprint
-from billing_core.units import format_credits
 
 APPLIED, DUPLICATE, REJECTED = "applied", "duplicate", "rejected"
 
@@ -58,18 +57,12 @@ def debit_usage_batch(book: Book, reports: list[DebitUsage]) -> list[UsageOutcom
         report = reports[i]
         wallet = wallets.get(report.account)
         if wallet is None:
-            error: BillingError = UnknownAccount(f"unknown account {report.account!r}", account=report.account)
+            error: BillingError = UnknownAccount.named(report.account)
             outcomes[i] = UsageOutcome(report.idempotency_key, REJECTED, error=error)
             continue
         available = book.spendable(wallet)
         if available < report.amount_mc:
-            error = InsufficientCredits(
-                f"account {report.account!r} has {format_credits(available)} credits available, "
-                f"{format_credits(report.amount_mc)} required",
-                account=report.account,
-                required=format_credits(report.amount_mc),
-                available=format_credits(available),
-            )
+            error = InsufficientCredits.short(report.account, report.amount_mc, available)
             outcomes[i] = UsageOutcome(report.idempotency_key, REJECTED, error=error)
             continue
         entry = book.entry(
