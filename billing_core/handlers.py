@@ -329,12 +329,22 @@ def _pending(hold: _LockedHold) -> None:
         raise HoldNotPending(f"hold {hold.id} is {hold.status}", hold_id=hold.id, status=hold.status)
 
 
+def _capturable(book: Book, hold: _LockedHold) -> None:
+    # The TTL is a promise to the wallet: past it the reservation is gone, whether or not the sweeper has
+    # released it yet. Usage that ran past its hold is reported as a plain debit instead.
+    _pending(hold)
+    if hold.expires_at <= book.now:
+        raise HoldNotPending(
+            f"hold {hold.id} expired at {hold.expires_at.isoformat()}", hold_id=hold.id, status="expired"
+        )
+
+
 def capture_hold(book: Book, cmd: CaptureHold) -> Receipt:
     fp, replay = _replay(book, cmd)
     if replay:
         return replay
     hold = _lock_hold(book, cmd.hold_id)
-    _pending(hold)
+    _capturable(book, hold)
     entry = book.entry("capture", cmd.idempotency_key, fp, metadata={**cmd.metadata, "hold_id": hold.id})
     _settle_hold(book, entry, hold, cmd.amount_mc)
     view = _close_hold(book, hold, entry, "captured", cmd.amount_mc)

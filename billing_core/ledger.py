@@ -197,7 +197,7 @@ class Book:
         rows = self.session.execute(
             text(
                 "SELECT id, wallet_id, source, amount_mc, remaining_mc, expires_at, priority, external_ref "
-                "FROM grants WHERE wallet_id = ANY(CAST(:ids AS bigint[])) AND remaining_mc <> 0"
+                "FROM grants WHERE wallet_id = ANY(CAST(:ids AS bigint[])) AND remaining_mc <> 0 ORDER BY id"
             ),
             {"ids": list(todo)},
         ).all()
@@ -294,7 +294,11 @@ class Book:
         self.lots(wallet)
         debt = wallet.debt_lot()
         if debt is None:
-            debt = self.new_grant(entry, wallet, "debt", 0, None)
+            # A wallet has one debt grant for life; once paid off (remaining 0) it is not among the open lots.
+            settled = self.session.execute(
+                text("SELECT id FROM grants WHERE wallet_id = :w AND source = 'debt'"), {"w": wallet.id}
+            ).scalar()
+            debt = self.grant_lots([settled])[settled] if settled else self.new_grant(entry, wallet, "debt", 0, None)
         self.post_to_wallet(entry, wallet, debt, -amount_mc)
 
     def new_grant(

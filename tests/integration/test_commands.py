@@ -307,3 +307,30 @@ def test_transfer_keeps_each_grants_expiry(probe):
         probe.run(TransferCredits("ghost", "team", 1, "t2"))
     assert probe.wallet("ghost") is None
     probe.assert_consistent()
+
+
+def test_a_wallet_whose_debt_was_paid_off_can_go_into_debt_again(probe):
+    # Regression: the settled debt grant (remaining 0) was not loaded, and a second one broke the unique index.
+    probe.run(PurchaseCredits("acme", 1_000, "p1"))
+    probe.run(ClawBack("acme", 1_500, "c1"))
+    probe.run(PurchaseCredits("acme", 1_000, "p2"))
+    assert probe.wallet("acme").flagged is False
+    probe.run(ClawBack("acme", 1_000, "c2"))
+    view = probe.wallet("acme")
+    assert (view.available_mc, view.flagged) == (-500, True)
+    assert probe.scalar("SELECT count(*) FROM grants WHERE source = 'debt'") == 1
+    probe.assert_consistent()
+
+
+def test_a_hold_past_its_ttl_cannot_be_captured_even_before_the_sweep(probe):
+    t0 = datetime(2026, 6, 1, tzinfo=UTC)
+    buy(probe)
+    hold = probe.run(PlaceHold("acme", 1_000, "h1", ttl_seconds=60), now=t0).hold
+    before = probe.snapshot()
+    with pytest.raises(HoldNotPending) as err:
+        probe.run(CaptureHold(hold.id, 500, "late"), now=t0 + timedelta(seconds=60))
+    assert err.value.details["status"] == "expired"
+    assert probe.snapshot() == before
+    # a release is still accepted: it only gives the credits back sooner
+    probe.run(ReleaseHold(hold.id, "r1"), now=t0 + timedelta(seconds=61))
+    assert probe.wallet("acme").available_mc == 10_000
