@@ -14,9 +14,9 @@ CHECKS: dict[str, tuple[str, str]] = {
     "entry_unbalanced": (
         "every entry's postings sum to zero",
         """
-        SELECT e.id, e.idempotency_key, coalesce(sum(p.amount_mc), 0) AS total, count(p.id) AS postings
+        SELECT e.id, e.idempotency_key, coalesce(sum(p.amount_mc), 0) AS total, count(p.line) AS postings
         FROM ledger_entries e LEFT JOIN postings p ON p.entry_id = e.id
-        GROUP BY e.id HAVING coalesce(sum(p.amount_mc), 0) <> 0 OR count(p.id) < 2
+        GROUP BY e.id HAVING coalesce(sum(p.amount_mc), 0) <> 0 OR count(p.line) < 2
         """,
     ),
     "balance_mismatch": (
@@ -43,7 +43,7 @@ CHECKS: dict[str, tuple[str, str]] = {
     "wallet_posting_without_grant": (
         "every posting on an available account names a grant",
         """
-        SELECT p.id, p.entry_id FROM postings p JOIN wallets w ON w.available_account_id = p.account_id
+        SELECT p.entry_id, p.line FROM postings p JOIN wallets w ON w.available_account_id = p.account_id
         WHERE p.grant_id IS NULL
         """,
     ),

@@ -5,7 +5,6 @@ Amounts are integer millicredits (see ``units``); credit strings are parsed at t
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import re
 from dataclasses import dataclass, field
@@ -76,10 +75,9 @@ class Command:
     idempotency_key: str
 
     def body(self) -> dict[str, Any]:
-        data = dataclasses.asdict(self)  # type: ignore[call-overload]
-        data.pop("idempotency_key", None)
-        data.pop("now", None)
-        return data
+        """The request as fingerprinted: every field but the key. Shallow on purpose: ``dataclasses.asdict``
+        deep-copies metadata, and that copy was a third of the batch path's Python time."""
+        return {name: getattr(self, name) for name in self.__dataclass_fields__ if name != "idempotency_key"}  # type: ignore[attr-defined]
 
 
 @dataclass(frozen=True)

@@ -289,7 +289,7 @@ def _lock_hold(book: Book, hold_id: str) -> _LockedHold:
         text("SELECT amount_mc, status, expires_at, placed_entry_id FROM holds WHERE id = :id"), {"id": hold_id}
     ).one()
     allocations = book.session.execute(
-        text("SELECT grant_id, amount_mc FROM postings WHERE entry_id = :e AND account_id = :held ORDER BY id"),
+        text("SELECT grant_id, amount_mc FROM postings WHERE entry_id = :e AND account_id = :held ORDER BY line"),
         {"e": row.placed_entry_id, "held": wallet.held_account_id},
     ).all()
     return _LockedHold(hold_id, wallet, row.amount_mc, row.status, row.expires_at, [tuple(a) for a in allocations])

@@ -106,16 +106,14 @@ def upgrade() -> None:
     )
     op.create_table(
         "postings",
-        sa.Column("id", sa.BigInteger, primary_key=True, autoincrement=True),
-        sa.Column("entry_id", sa.BigInteger, sa.ForeignKey("ledger_entries.id"), nullable=False),
+        sa.Column("entry_id", sa.BigInteger, sa.ForeignKey("ledger_entries.id"), primary_key=True),
+        sa.Column("line", sa.SmallInteger, primary_key=True),
         sa.Column("account_id", sa.BigInteger, sa.ForeignKey("ledger_accounts.id"), nullable=False),
         sa.Column("grant_id", sa.BigInteger, sa.ForeignKey("grants.id")),
         sa.Column("amount_mc", sa.BigInteger, nullable=False),
         sa.CheckConstraint("amount_mc <> 0", name="postings_nonzero"),
     )
-    op.create_index("ix_postings_entry", "postings", ["entry_id"])
     op.create_index("ix_postings_account_entry", "postings", ["account_id", "entry_id"])
-    op.create_index("ix_postings_grant", "postings", ["grant_id"], postgresql_where=sa.text("grant_id IS NOT NULL"))
     op.create_table(
         "holds",
         sa.Column("id", sa.String(40), primary_key=True),

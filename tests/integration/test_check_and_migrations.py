@@ -74,8 +74,8 @@ def test_check_passes_on_a_populated_ledger(probe, database_url):
     [
         ("UPDATE ledger_accounts SET balance_mc = balance_mc + 1 WHERE code = 'available:acme'", "balance_mismatch"),
         (
-            "INSERT INTO postings (entry_id, account_id, amount_mc) "
-            "SELECT 1, id, 5 FROM ledger_accounts WHERE code = 'system:refunds'",
+            "INSERT INTO postings (entry_id, line, account_id, amount_mc) "
+            "SELECT 1, 99, id, 5 FROM ledger_accounts WHERE code = 'system:refunds'",
             "entry_unbalanced",
         ),
         ("UPDATE wallets SET negative_since = NULL", "negative_without_flag"),

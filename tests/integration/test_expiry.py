@@ -120,7 +120,7 @@ def test_one_debit_spanning_several_grants_posts_one_line_per_grant(probe):
     entry = probe.run(DebitUsage("acme", 800, "use")).entry_id
     lines = probe.rows(
         "SELECT g.source, p.amount_mc FROM postings p JOIN grants g ON g.id = p.grant_id "
-        "WHERE p.entry_id = :e ORDER BY p.id",
+        "WHERE p.entry_id = :e ORDER BY p.line",
         e=entry,
     )
     assert [(r.source, r.amount_mc) for r in lines] == [("promotional", -300), ("purchase", -500)]
