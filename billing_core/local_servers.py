@@ -129,7 +129,25 @@ def _quote_ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-class ThrowawayPostgres:
+class _Server:
+    """``with Server() as s``: started on entry, stopped on exit, whatever happens inside."""
+
+    def start(self) -> Self:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+
+class ThrowawayPostgres(_Server):
     """A private PostgreSQL cluster on a free 127.0.0.1 port, trust auth, superuser ``postgres``.
 
     Not durable by default (fsync and friends off): it is deleted on stop() anyway, and this makes tests fast.
@@ -251,14 +269,6 @@ class ThrowawayPostgres:
         except (OSError, ValueError, IndexError):
             pass
 
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
-
     # -- accessors -------------------------------------------------------------------------------------------
 
     @property
@@ -340,7 +350,7 @@ class ThrowawayPostgres:
         )
 
 
-class ThrowawayRedis:
+class ThrowawayRedis(_Server):
     """A private, non-persistent redis-server on a free 127.0.0.1 port, run as our child process."""
 
     def __init__(self, base_dir: Path | None = None) -> None:
@@ -426,14 +436,6 @@ class ThrowawayRedis:
         finally:
             if root is not None:
                 shutil.rmtree(root, ignore_errors=True)
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
 
     @property
     def port(self) -> int:

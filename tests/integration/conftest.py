@@ -56,8 +56,8 @@ def engine(database_url: str) -> Iterator[Engine]:
     eng.dispose()
 
 
-@pytest.fixture
-def session_factory(engine: Engine) -> Iterator[sessionmaker[Session]]:
+def reset_database(engine: Engine) -> None:
+    """An empty ledger with its system accounts, as the migration leaves it (same ids, same order)."""
     with engine.begin() as conn:
         conn.execute(text(f"TRUNCATE {', '.join(TABLES)} RESTART IDENTITY CASCADE"))
         conn.execute(
@@ -65,6 +65,11 @@ def session_factory(engine: Engine) -> Iterator[sessionmaker[Session]]:
             {"k": list(SYSTEM_ACCOUNTS)},
         )
     ledger._SYSTEM_IDS.clear()
+
+
+@pytest.fixture
+def session_factory(engine: Engine) -> Iterator[sessionmaker[Session]]:
+    reset_database(engine)
     yield make_session_factory(engine)
 
 

@@ -34,9 +34,7 @@ from hypothesis.stateful import (
     rule,
     run_state_machine_as_test,
 )
-from sqlalchemy import Engine, text
 
-from billing_core import ledger
 from billing_core.commands import (
     Adjust,
     CaptureHold,
@@ -61,7 +59,7 @@ from billing_core.errors import (
 from billing_core.grants import PRIORITY_BY_SOURCE
 from billing_core.models import SYSTEM_ACCOUNTS
 from billing_core.units import format_credits
-from tests.integration.conftest import TABLES
+from tests.integration.conftest import reset_database
 
 pytestmark = pytest.mark.integration
 
@@ -79,17 +77,6 @@ SETTINGS = settings(
     phases=[Phase.explicit, Phase.reuse, Phase.generate, Phase.target, Phase.shrink],
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
-
-
-def reset_database(engine: Engine) -> None:
-    """What the ``session_factory`` fixture does before each test: an empty ledger with its system accounts."""
-    with engine.begin() as conn:
-        conn.execute(text(f"TRUNCATE {', '.join(TABLES)} RESTART IDENTITY CASCADE"))
-        conn.execute(
-            text("INSERT INTO ledger_accounts (code, kind) SELECT 'system:' || k, k FROM unnest(CAST(:k AS text[])) k"),
-            {"k": list(SYSTEM_ACCOUNTS)},
-        )
-    ledger._SYSTEM_IDS.clear()
 
 
 # -- the model -------------------------------------------------------------------------------------------------
@@ -166,8 +153,6 @@ class Model:
     entries: int = 0
     next_seq: int = 0
     touched: set[str] = field(default_factory=set)
-    ambiguous: bool = False  # a choice the model left to the ledger was made in the last command
-    chosen: Any = None  # while replaying a command with the ledger's choices: lots -> the lot the ledger took
 
     # -- views -----------------------------------------------------------------------------------------------
     def available(self, account: str) -> int:
@@ -274,7 +259,7 @@ class Model:
     # -- commands --------------------------------------------------------------------------------------------
     def apply(self, cmd: Any) -> Outcome:
         """Apply ``cmd`` to this model (a throwaway copy) or raise ``Refused``."""
-        self.touched, self.ambiguous = set(), False
+        self.touched = set()
         if isinstance(cmd, ExpireHolds):
             outcome = self.expire_holds()
         elif isinstance(cmd, ExpireGrants):
@@ -387,18 +372,9 @@ class Model:
         if not open_lots:
             self.new_grant(account, "transfer", amount, expires_at, priority=priority)
             return
-        lot = self.choose(open_lots)
+        lot = open_lots[0]  # the oldest: the ledger loads lots in id order
         lot.amount += amount
         self.post(lot, amount)
-
-    def choose(self, lots: list[MGrant]) -> MGrant:
-        """Which of several matching open lots takes a transfer is not specified (the ledger takes the first in
-        its rows' physical order): the model notes the ambiguity and later adopts the ledger's choice."""
-        if self.chosen is not None:
-            return self.chosen(lots)
-        if len(lots) > 1:
-            self.ambiguous = True
-        return lots[0]
 
     def expire_holds(self) -> Outcome:
         due = [h for h in self.holds if h.status == "pending" and h.expires_at <= self.now]
@@ -476,8 +452,6 @@ class LedgerMachine(RuleBasedStateMachine):
             return None
         assert refused is None, f"{cmd!r}: the model expected {refused.error.__name__}, but it succeeded: {result!r}"
         assert outcome is not None
-        if trial.ambiguous:
-            trial, outcome = self.adopt_choices(cmd)
         self.model = trial
         if outcome.count is not None:  # a sweep
             assert result.count == outcome.count, f"{cmd!r} swept {result.count}, expected {outcome.count}"
@@ -512,26 +486,6 @@ class LedgerMachine(RuleBasedStateMachine):
                     outcome.hold.captured,
                 )
         return result
-
-    def adopt_choices(self, cmd: Any) -> tuple[Model, Outcome]:
-        """Apply ``cmd`` to the model again, taking for each ambiguous choice the lot the ledger credited: the
-        one whose amount in the database differs from the model's (grants map to rows by creation order)."""
-        rows = self.probe.rows(
-            "SELECT w.account, g.amount_mc FROM grants g JOIN wallets w ON w.id = g.wallet_id ORDER BY g.id"
-        )
-        trial = copy.deepcopy(self.model)
-
-        def ledger_choice(lots: list[MGrant]) -> MGrant:
-            amounts = [amount for account, amount in rows if account == lots[0].account]
-            position = {id(g): i for i, g in enumerate(trial.grants[lots[0].account])}
-            changed = [g for g in lots if amounts[position[id(g)]] != g.amount]
-            assert len(changed) == 1, f"{cmd!r}: cannot tell which lot took the transfer"
-            return changed[0]
-
-        trial.chosen = ledger_choice
-        outcome = trial.apply(cmd)
-        trial.chosen = None
-        return trial, outcome
 
     def issue_new(self, cmd: Any) -> Any:
         self.history.append(cmd)
@@ -701,8 +655,8 @@ def test_random_command_sequences_match_the_model(probe):
 
 
 def test_fixed_walk_through_paths_random_runs_reach_rarely(probe):
-    """The same machine, driven by hand: a transfer that could join either of two open lots (the model adopts
-    the ledger's choice), a hold whose grant expires before it is settled, a capture after the hold's TTL, and
+    """The same machine, driven by hand: a transfer that could join either of two open lots (the oldest takes
+    it), a hold whose grant expires before it is settled, a capture refused past the hold's TTL, and
     a wallet that goes into debt, is paid off, and is clawed back again. The model is checked after each step."""
     m = LedgerMachine(probe)
     steps: list[tuple[Callable[[], None], Callable[[Model], bool]]] = [
@@ -714,9 +668,9 @@ def test_fixed_walk_through_paths_random_runs_reach_rarely(probe):
             lambda: m.release(0, "pending"),
             lambda model: [g.remaining for g in model.grants["gamma"]] == [1_000, 1_000],
         ),
-        (  # could join A or B
+        (  # could join A or B: A, the older, takes it
             lambda: m.transfer(("acme", "gamma"), 500),
-            lambda model: sorted(g.remaining for g in model.grants["gamma"]) == [1_000, 1_500],
+            lambda model: [g.remaining for g in model.grants["gamma"]] == [1_500, 1_000],
         ),
         (lambda: m.place_hold("beta", 1_000, 4 * 3600), lambda model: True),  # beta's promotion, expiring at 01:00
         (lambda: m.advance_clock(90), lambda model: True),
