@@ -13,7 +13,9 @@ def make_engine(url: str, *, pool_size: int = 10, max_overflow: int = 10) -> Eng
         sqlalchemy_url(url),
         pool_size=pool_size,
         max_overflow=max_overflow,
-        pool_pre_ping=True,
+        # No pre-ping (a round trip per transaction): a connection found dead is invalidated by SQLAlchemy and
+        # the unit of work retries the whole command, which the idempotency key makes safe even mid-commit.
+        pool_pre_ping=False,
         # A ledger statement that waits this long on a lock is stuck, not busy: fail and let the caller retry.
         connect_args={"options": "-c lock_timeout=10s -c statement_timeout=60s", "application_name": "billing"},
     )

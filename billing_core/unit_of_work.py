@@ -58,6 +58,8 @@ def is_retryable(exc: BaseException) -> bool:
     if isinstance(exc, ConcurrentDuplicate):
         return True
     if isinstance(exc, DBAPIError):
+        if exc.connection_invalidated:  # the server went away (restart, failover): a fresh connection may work
+            return True
         sqlstate = getattr(exc.orig, "sqlstate", None)
         return sqlstate in RETRYABLE_SQLSTATES
     return False

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
+import psycopg
 import pytest
 
 from billing_core.commands import DebitUsage, PlaceHold, PurchaseCredits, TransferCredits
@@ -138,3 +139,19 @@ def test_first_naming_of_a_new_account_from_many_threads_makes_one_wallet(probe)
     assert probe.available("newcomer") == 16_000
     codes = probe.rows("SELECT code FROM ledger_accounts WHERE code LIKE :pattern ORDER BY code", pattern="%:newcomer")
     assert [c.code for c in codes] == ["available:newcomer", "held:newcomer"]
+
+
+def test_a_command_survives_its_pooled_connection_being_killed(probe, session_factory):
+    # given a pool whose connections the server has since terminated (a restart or failover)
+    probe.run(PurchaseCredits("acme", 1_000, "buy"))
+    url = probe.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+    with psycopg.connect(url, autocommit=True) as admin:
+        killed = admin.execute(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid() AND application_name = 'billing'"
+        ).fetchone()[0]
+    assert killed >= 1
+    # when the next command takes one of them, then it is retried on a fresh connection and lands once
+    receipt = probe.run(DebitUsage("acme", 100, "after-restart"))
+    assert not receipt.replayed
+    assert probe.available("acme") == 900
