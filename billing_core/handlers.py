@@ -7,7 +7,6 @@ flushes. The unit of work around it commits once.
 
 from __future__ import annotations
 
-import dataclasses
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -40,6 +39,7 @@ from billing_core.errors import (
     UnknownAccount,
     UnknownHold,
 )
+from billing_core.grants import GrantLot
 from billing_core.ledger import Book, EntryDraft, ExistingEntry, WalletState, fingerprint
 
 
@@ -117,10 +117,13 @@ def _future_expiry(book: Book, expires_at: datetime | None) -> None:
         raise InvalidCommand("expires_at must be in the future", field="expires_at")
 
 
-def _finish(book: Book, cmd: Command, entry: EntryDraft, **extra: Any) -> Receipt:
+def _finish(
+    book: Book, cmd: Command, entry: EntryDraft, *, grant: GrantLot | None = None, hold: HoldView | None = None
+) -> Receipt:
+    """Write what the handler drafted (a no-op if it already flushed) and answer with the new entry."""
     book.flush()
     assert entry.id is not None
-    return Receipt(entry.id, cmd.kind, cmd.idempotency_key, False, **extra)
+    return Receipt(entry.id, cmd.kind, cmd.idempotency_key, False, grant.id if grant else None, hold)
 
 
 # -- credits in ---------------------------------------------------------------------------------------
@@ -133,7 +136,7 @@ def purchase_credits(book: Book, cmd: PurchaseCredits) -> Receipt:
     entry = book.entry("purchase", cmd.idempotency_key, fp, external_ref=cmd.external_ref, metadata=cmd.metadata)
     lot = book.new_grant(entry, wallet, "purchase", cmd.amount_mc, cmd.expires_at, external_ref=cmd.external_ref)
     book.post(entry, book.system_account("stripe_clearing"), -cmd.amount_mc)
-    return dataclasses.replace(_finish(book, cmd, entry), grant_id=lot.id)
+    return _finish(book, cmd, entry, grant=lot)
 
 
 def grant_credits(book: Book, cmd: GrantCredits) -> Receipt:
@@ -146,7 +149,7 @@ def grant_credits(book: Book, cmd: GrantCredits) -> Receipt:
     entry = book.entry("grant", cmd.idempotency_key, fp, external_ref=cmd.external_ref, metadata=metadata)
     lot = book.new_grant(entry, wallet, cmd.source, cmd.amount_mc, cmd.expires_at, external_ref=cmd.external_ref)
     book.post(entry, book.system_account("promotional"), -cmd.amount_mc)
-    return dataclasses.replace(_finish(book, cmd, entry), grant_id=lot.id)
+    return _finish(book, cmd, entry, grant=lot)
 
 
 # -- credits out --------------------------------------------------------------------------------------
@@ -208,7 +211,7 @@ def adjust(book: Book, cmd: Adjust) -> Receipt:
         entry = book.entry("adjustment", cmd.idempotency_key, fp, metadata=metadata)
         lot = book.new_grant(entry, wallet, "adjustment", cmd.amount_mc, None)
         book.post(entry, adjustments, -cmd.amount_mc)
-        return dataclasses.replace(_finish(book, cmd, entry), grant_id=lot.id)
+        return _finish(book, cmd, entry, grant=lot)
     wallet = book.lock_wallet(cmd.account)
     _require_spendable(book, wallet, -cmd.amount_mc)
     entry = book.entry("adjustment", cmd.idempotency_key, fp, metadata=metadata)
@@ -265,8 +268,7 @@ def place_hold(book: Book, cmd: PlaceHold) -> Receipt:
         ),
         {"id": hold.id, "w": wallet.id, "amt": hold.amount_mc, "exp": hold.expires_at, "e": entry.id},
     )
-    assert entry.id is not None
-    return Receipt(entry.id, cmd.kind, cmd.idempotency_key, False, hold=hold)
+    return _finish(book, cmd, entry, hold=hold)
 
 
 @dataclass(frozen=True)
@@ -347,9 +349,7 @@ def capture_hold(book: Book, cmd: CaptureHold) -> Receipt:
     _capturable(book, hold)
     entry = book.entry("capture", cmd.idempotency_key, fp, metadata={**cmd.metadata, "hold_id": hold.id})
     _settle_hold(book, entry, hold, cmd.amount_mc)
-    view = _close_hold(book, hold, entry, "captured", cmd.amount_mc)
-    assert entry.id is not None
-    return Receipt(entry.id, cmd.kind, cmd.idempotency_key, False, hold=view)
+    return _finish(book, cmd, entry, hold=_close_hold(book, hold, entry, "captured", cmd.amount_mc))
 
 
 def release_hold(book: Book, cmd: ReleaseHold) -> Receipt:
@@ -360,9 +360,7 @@ def release_hold(book: Book, cmd: ReleaseHold) -> Receipt:
     _pending(hold)
     entry = book.entry("release", cmd.idempotency_key, fp, metadata={"hold_id": hold.id})
     _settle_hold(book, entry, hold, 0)
-    view = _close_hold(book, hold, entry, "released", None)
-    assert entry.id is not None
-    return Receipt(entry.id, cmd.kind, cmd.idempotency_key, False, hold=view)
+    return _finish(book, cmd, entry, hold=_close_hold(book, hold, entry, "released", None))
 
 
 # -- sweeps -------------------------------------------------------------------------------------------

@@ -83,7 +83,6 @@ class Book:
         self.new_lots: list[GrantLot] = []
         self.deltas: dict[int, int] = defaultdict(int)
         self._last_entry_for_wallet: dict[int, EntryDraft] = {}
-        self.entries_written: list[EntryDraft] = []
 
     # -- reading -------------------------------------------------------------------------------------
     def system_account(self, kind: str) -> int:
@@ -474,7 +473,7 @@ class Book:
 
         self._write_flags()
         self._write_balances()
-        self.entries_written, self.entries = self.entries, []
+        self.entries = []
         self.new_lots = []
         self.deltas = defaultdict(int)
 

@@ -21,7 +21,7 @@ from types import TracebackType
 from typing import Self
 from urllib.parse import quote
 
-__all__ = ["ThrowawayPostgres", "ThrowawayRedis", "find_postgres_bin_dir", "find_redis_server"]
+__all__ = ["ThrowawayPostgres", "ThrowawayRedis", "find_postgres_bin_dir", "find_redis_server", "stop_process"]
 
 _LOOPBACK = "127.0.0.1"
 
@@ -32,6 +32,18 @@ def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((_LOOPBACK, 0))
         return int(sock.getsockname()[1])
+
+
+def stop_process(proc: subprocess.Popen[bytes], grace: float) -> None:
+    """SIGTERM, then SIGKILL if the process is still there after ``grace`` seconds; always reaped."""
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def _tail(path: Path, lines: int = 40) -> str:
@@ -426,13 +438,8 @@ class ThrowawayRedis(_Server):
         root, self._root = self._root, None
         self._port = None
         try:
-            if proc is not None and proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+            if proc is not None:
+                stop_process(proc, grace=10)
         finally:
             if root is not None:
                 shutil.rmtree(root, ignore_errors=True)

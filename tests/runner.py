@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from types import FrameType
 
-from billing_core.local_servers import ThrowawayPostgres, ThrowawayRedis
+from billing_core.local_servers import ThrowawayPostgres, ThrowawayRedis, stop_process
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TEMPLATE_DB = "billing_template"
@@ -100,12 +100,7 @@ class _Supervisor:
             file=sys.stderr,
             flush=True,
         )
-        child.terminate()
-        try:
-            child.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            child.kill()
-            child.wait()
+        stop_process(child, grace=5)
 
 
 def _become_subreaper() -> bool:
