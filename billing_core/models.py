@@ -21,16 +21,19 @@ from typing import Any
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     CheckConstraint,
     DateTime,
     ForeignKey,
     Index,
+    Integer,
     SmallInteger,
     String,
+    Text,
     func,
     text,
 )
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -175,3 +178,90 @@ SYSTEM_ACCOUNTS: tuple[str, ...] = (
     "expiry",
     "adjustments",
 )
+
+
+class ApiKey(Base):
+    """An API key: only its sha256 is stored; the key itself is shown once, when created."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(200))
+    prefix: Mapped[str] = mapped_column(String(16))
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    scopes: Mapped[list[str]] = mapped_column(ARRAY(String(32)))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class StripeEvent(Base):
+    """A Stripe event as delivered, keyed by Stripe's event id; ``status`` says how far processing got.
+
+    ``pending`` (stored, not yet handled) → ``processed`` | ``ignored`` (a type we do not handle); or
+    ``waiting`` (depends on an event not seen yet, e.g. a refund before its purchase) and ``failed`` (an
+    error, kept with ``last_error``), both retried at ``next_attempt_at`` until ``dead`` after too many.
+    """
+
+    __tablename__ = "stripe_events"
+
+    id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    type: Mapped[str] = mapped_column(String(100))
+    api_version: Mapped[str | None] = mapped_column(String(32))
+    livemode: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
+    created: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    payload: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    status: Mapped[str] = mapped_column(String(16), server_default="pending")
+    attempts: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    last_error: Mapped[str | None] = mapped_column(Text)
+    received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    next_attempt_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    processed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    __table_args__ = (
+        CheckConstraint(
+            "status IN ('pending', 'waiting', 'failed', 'processed', 'ignored', 'dead')", name="stripe_events_status"
+        ),
+        Index(
+            "ix_stripe_events_open",
+            "next_attempt_at",
+            postgresql_where=text("status IN ('pending', 'waiting', 'failed')"),
+        ),
+        Index("ix_stripe_events_dead", "received_at", postgresql_where=text("status = 'dead'")),
+    )
+
+
+class UsageInboxRow(Base):
+    """A usage report as accepted (priced at intake), until a worker applies or rejects it.
+
+    ``pending`` → ``applied`` (``entry_id``) | ``rejected`` (``reason_code``, ``reason``); a batch that fails
+    marks its rows ``failed`` (retried at ``next_attempt_at``) and, after too many attempts, ``dead``.
+    """
+
+    __tablename__ = "usage_inbox"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    idempotency_key: Mapped[str] = mapped_column(String(255), unique=True)
+    fingerprint: Mapped[str] = mapped_column(String(64))
+    account: Mapped[str] = mapped_column(String(128))
+    partition: Mapped[int] = mapped_column(SmallInteger)
+    amount_mc: Mapped[int] = mapped_column(BigInteger)
+    hold_id: Mapped[str | None] = mapped_column(String(40))
+    occurred_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    report: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    source: Mapped[str] = mapped_column(String(8), server_default="http")
+    status: Mapped[str] = mapped_column(String(16), server_default="pending")
+    attempts: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    reason_code: Mapped[str | None] = mapped_column(String(64))
+    reason: Mapped[str | None] = mapped_column(Text)
+    entry_id: Mapped[int | None] = mapped_column(BigInteger)
+    received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    next_attempt_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    applied_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    __table_args__ = (
+        CheckConstraint("status IN ('pending', 'failed', 'applied', 'rejected', 'dead')", name="usage_inbox_status"),
+        CheckConstraint("amount_mc >= 0", name="usage_inbox_amount"),
+        Index("ix_usage_inbox_open", "partition", "id", postgresql_where=text("status IN ('pending', 'failed')")),
+        Index("ix_usage_inbox_dead", "received_at", postgresql_where=text("status = 'dead'")),
+    )

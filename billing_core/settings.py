@@ -1,10 +1,15 @@
-"""Settings, read from the environment only (secrets never come from files in the repository)."""
+"""Settings, read from the environment only (secrets never come from files in the repository).
+
+``DATABASE_URL`` is needed by every process; the others only by the processes that use them, which say so
+with ``require(...)`` at start-up: the receiver needs ``REDIS_URL`` and ``STRIPE_WEBHOOK_SECRET``, the workers
+``REDIS_URL`` and ``STRIPE_API_KEY``.
+"""
 
 from __future__ import annotations
 
 from functools import lru_cache
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from billing_core.errors import MissingSetting
@@ -19,20 +24,44 @@ def sqlalchemy_url(url: str) -> str:
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="", case_sensitive=False, extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="", case_sensitive=False, extra="ignore", populate_by_name=True)
 
     database_url: str = Field(min_length=1)
     # Pool sized for one process; workers and web each get their own.
     db_pool_size: int = Field(default=10, ge=1, le=200, alias="BILLING_DB_POOL_SIZE")
+    redis_url: str | None = None
+    stripe_api_key: SecretStr | None = None
+    # Several secrets, comma-separated, while a rotated endpoint secret is rolled out.
+    stripe_webhook_secret: SecretStr | None = None
+    stripe_api_base: str | None = None
+    billing_pricing_file: str | None = None
 
     @field_validator("database_url")
     @classmethod
     def _driver(cls, value: str) -> str:
         return sqlalchemy_url(value)
 
+    @field_validator("redis_url", "stripe_api_key", "stripe_webhook_secret", "stripe_api_base", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    def require(self, *names: str) -> Settings:
+        """Stop start-up naming every required variable that is missing."""
+        missing = [name.upper() for name in names if getattr(self, name.lower()) is None]
+        if missing:
+            raise MissingSetting(
+                f"missing required setting {', '.join(missing)}: set it in the environment", variables=missing
+            )
+        return self
+
+    def webhook_secrets(self) -> list[str]:
+        raw = self.stripe_webhook_secret.get_secret_value() if self.stripe_webhook_secret else ""
+        return [s.strip() for s in raw.split(",") if s.strip()]
+
     def __repr__(self) -> str:
-        # The URL may carry a password: never let it reach a log line through repr().
-        return "Settings(database_url=<hidden>)"
+        # The URLs may carry passwords: never let them reach a log line through repr().
+        return "Settings(<hidden>)"
 
 
 def load_settings() -> Settings:

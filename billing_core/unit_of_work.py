@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from types import TracebackType
 from typing import TypeVar
 
+from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -84,3 +85,14 @@ def run(
                 raise
             time.sleep(random.uniform(0, 0.002 * 2**attempt))
     raise AssertionError("unreachable")
+
+
+def database_unreachable(session_factory: sessionmaker[Session]) -> bool:
+    """After a failure: was it the database itself (retry the whole message later) or this piece of work
+    (record the failure against it, so that the other work goes on)?"""
+    try:
+        with session_factory() as session:
+            session.execute(text("SELECT 1"))
+        return False
+    except Exception:
+        return True

@@ -25,7 +25,17 @@ from billing_core.handlers import execute
 from billing_core.models import SYSTEM_ACCOUNTS
 from billing_core.settings import sqlalchemy_url
 
-TABLES = ("holds", "postings", "grants", "ledger_entries", "wallets", "ledger_accounts")
+TABLES = (
+    "holds",
+    "postings",
+    "grants",
+    "ledger_entries",
+    "wallets",
+    "ledger_accounts",
+    "usage_inbox",
+    "stripe_events",
+    "api_keys",
+)
 
 
 def _require(name: str) -> str:
@@ -141,3 +151,54 @@ class LedgerProbe:
 @pytest.fixture
 def probe(engine: Engine, session_factory: sessionmaker[Session]) -> LedgerProbe:
     return LedgerProbe(engine, session_factory)
+
+
+@pytest.fixture(scope="session")
+def receiver_app(database_url: str):
+    """The real Flask app on the test database, enqueueing to the test run's real Redis."""
+    from billing_core.settings import Settings
+    from webhook_receiver import create_app
+
+    settings = Settings(
+        database_url=database_url,
+        redis_url=_require("REDIS_URL"),
+        stripe_webhook_secret="whsec_test_current,whsec_test_previous",
+        BILLING_DB_POOL_SIZE=4,
+    )
+    return create_app(settings)
+
+
+@dataclass
+class ApiClient:
+    """The Flask test client with a key of the given scopes: ``api.post(path, json=..., key=...)``."""
+
+    client: Any
+    session_factory: sessionmaker[Session]
+
+    def key(self, *scopes: str) -> str:
+        from billing_core.api_keys import create_api_key
+
+        return create_api_key(self.session_factory, "test", list(scopes) or ["admin"])[1]
+
+    def _call(self, method: str, path: str, key: str | None, **kwargs: Any) -> Any:
+        headers = dict(kwargs.pop("headers", {}) or {})
+        if key is not None:
+            headers["Authorization"] = f"Bearer {key}"
+        return self.client.open(path, method=method, headers=headers, **kwargs)
+
+    def get(self, path: str, *, key: str | None = None, **kwargs: Any) -> Any:
+        return self._call("GET", path, key, **kwargs)
+
+    def post(self, path: str, *, key: str | None = None, **kwargs: Any) -> Any:
+        return self._call("POST", path, key, **kwargs)
+
+    def put(self, path: str, *, key: str | None = None, **kwargs: Any) -> Any:
+        return self._call("PUT", path, key, **kwargs)
+
+
+@pytest.fixture
+def api(receiver_app: Any, session_factory: sessionmaker[Session]) -> ApiClient:
+    from webhook_receiver import auth
+
+    auth._cache.clear()  # keys are recreated in every test's empty database
+    return ApiClient(receiver_app.test_client(), session_factory)

@@ -1,0 +1,395 @@
+"""Stripe events: stored on arrival (keyed by Stripe's event id), handled by one function per type.
+
+``HANDLERS`` below is the whole map from event type to effect; read it top to bottom. Every effect goes
+through a ledger command whose idempotency key comes from the Stripe object that caused it
+(``checkout:cs_...``, ``refund:re_...``, ``dispute:dp_...``), so a duplicate delivery, a retry after a crash
+or a replay by an operator finds the first entry and writes nothing.
+
+Out of order is normal: a refund or dispute may arrive before the purchase it undoes. Its handler first
+asks Stripe (through the gateway) for the purchase's Checkout Session and credits it if it is paid; when
+even that finds nothing, the event waits and is retried with backoff.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any, Protocol
+
+from sqlalchemy import text
+from sqlalchemy.orm import Session, sessionmaker
+
+from billing_core import unit_of_work
+from billing_core.commands import ClawBack, PurchaseCredits, check_account
+from billing_core.errors import BillingError
+from billing_core.handlers import claw_back, purchase_credits
+from billing_core.ledger import Book
+from billing_core.units import parse_credits, round_mc
+
+log = logging.getLogger(__name__)
+
+MAX_ATTEMPTS = 12
+PROCESSED, IGNORED, WAITING, FAILED, DEAD = "processed", "ignored", "waiting", "failed", "dead"
+
+
+class StripeReader(Protocol):
+    """What handlers re-fetch from Stripe (``stripe_gateway.StripeGateway`` in production)."""
+
+    def retrieve_checkout_session(self, session_id: str) -> dict[str, Any]: ...
+    def list_checkout_sessions(self, *, payment_intent: str | None = None, limit: int = 10) -> list[dict[str, Any]]: ...
+    def list_refunds(self, *, charge: str) -> list[dict[str, Any]]: ...
+
+
+class MalformedEvent(BillingError):
+    code = "malformed_payload"
+
+
+class Waiting(Exception):
+    """The event depends on something not seen yet (a refund before its purchase); retry it later."""
+
+
+@dataclass
+class EventContext:
+    book: Book
+    gateway: StripeReader | None
+    event: dict[str, Any]
+
+
+# -- storing ---------------------------------------------------------------------------------------------
+def check_event(event: object) -> dict[str, Any]:
+    """The minimum an event must have to be stored: an id, a type and a data object."""
+    if not isinstance(event, dict):
+        raise MalformedEvent("the payload is not a JSON object")
+    event_id, event_type, data = event.get("id"), event.get("type"), event.get("data")
+    if not isinstance(event_id, str) or not 0 < len(event_id) <= 255:
+        raise MalformedEvent("the event has no id", field="id")
+    if not isinstance(event_type, str) or not 0 < len(event_type) <= 100:
+        raise MalformedEvent("the event has no type", field="type")
+    if not isinstance(data, dict) or not isinstance(data.get("object"), dict):
+        raise MalformedEvent("the event has no data.object", field="data.object")
+    return event
+
+
+def store_event(session: Session, event: dict[str, Any], raw: str) -> bool:
+    """Insert the event unless its id is known; True when this delivery stored it. The caller commits."""
+    created = event.get("created")
+    stored = session.execute(
+        text(
+            "INSERT INTO stripe_events (id, type, api_version, livemode, created, payload) "
+            "VALUES (:id, :type, :v, :live, :created, CAST(:payload AS jsonb)) "
+            "ON CONFLICT (id) DO NOTHING RETURNING id"
+        ),
+        {
+            "id": event["id"],
+            "type": event["type"],
+            "v": event.get("api_version") if isinstance(event.get("api_version"), str) else None,
+            "live": bool(event.get("livemode", False)),
+            "created": datetime.fromtimestamp(created, UTC) if isinstance(created, int) else None,
+            "payload": raw,
+        },
+    ).first()
+    return stored is not None
+
+
+# -- the purchase behind a payment ----------------------------------------------------------------------
+@dataclass(frozen=True)
+class Purchase:
+    account: str
+    amount_mc: int
+    amount_total: int  # what the customer paid, in the currency's minor unit
+    payment_intent: str
+
+
+def _find_purchase(book: Book, payment_intent: str) -> Purchase | None:
+    row = book.session.execute(
+        text(
+            "SELECT w.account, g.amount_mc, e.metadata FROM ledger_entries e "
+            "JOIN grants g ON g.entry_id = e.id AND g.source = 'purchase' JOIN wallets w ON w.id = g.wallet_id "
+            "WHERE e.external_ref = :pi AND e.kind = 'purchase' AND e.idempotency_key LIKE 'checkout:%' "
+            "ORDER BY e.id LIMIT 1"
+        ),
+        {"pi": payment_intent},
+    ).first()
+    if row is None:
+        return None
+    return Purchase(row.account, row.amount_mc, int(row.metadata.get("amount_total") or 0), payment_intent)
+
+
+def _purchase_for(ctx: EventContext, payment_intent: str | None) -> Purchase:
+    """The purchase paid by ``payment_intent``; credited now from Stripe's own Checkout Session when its
+    completion event has not arrived yet; ``Waiting`` when Stripe does not know it as paid either."""
+    if not payment_intent:
+        raise Waiting("the object names no payment intent")
+    found = _find_purchase(ctx.book, payment_intent)
+    if found is None and ctx.gateway is not None:
+        for session in ctx.gateway.list_checkout_sessions(payment_intent=payment_intent, limit=3):
+            if _is_paid(session):
+                _credit_checkout(ctx, session)
+        found = _find_purchase(ctx.book, payment_intent)
+    if found is None:
+        raise Waiting(f"no paid purchase for {payment_intent} yet")
+    return found
+
+
+def _proportion(purchase: Purchase, amount: int) -> int:
+    """Credits matching ``amount`` of the payment, rounded half-up once."""
+    if purchase.amount_total <= 0:
+        return purchase.amount_mc
+    return round_mc(Decimal(purchase.amount_mc) * Decimal(amount) / Decimal(purchase.amount_total))
+
+
+# -- handlers --------------------------------------------------------------------------------------------
+def _is_paid(session: dict[str, Any]) -> bool:
+    return session.get("payment_status") in ("paid", "no_payment_required") and session.get("status") == "complete"
+
+
+def _credit_checkout(ctx: EventContext, session: dict[str, Any]) -> str:
+    metadata = session.get("metadata") or {}
+    account = metadata.get("account") or session.get("client_reference_id")
+    credits = metadata.get("credits")
+    if not account or credits is None:
+        return IGNORED  # not a credit package sold by us (another integration on the same Stripe account)
+    cmd = PurchaseCredits(
+        account=check_account(account),
+        amount_mc=parse_credits(credits),
+        idempotency_key=f"checkout:{session['id']}",
+        external_ref=session.get("payment_intent"),
+        metadata={
+            "checkout_session": session["id"],
+            "package": metadata.get("package"),
+            "amount_total": session.get("amount_total"),
+            "currency": session.get("currency"),
+        },
+    )
+    purchase_credits(ctx.book, cmd)
+    return PROCESSED
+
+
+def on_checkout_completed(ctx: EventContext, obj: dict[str, Any]) -> str:
+    """Paid now: credit the package. Unpaid (a delayed method such as a bank debit): nothing yet, the
+    ``async_payment_succeeded`` event credits it. The session is re-read: the payload may be stale."""
+    session = ctx.gateway.retrieve_checkout_session(obj["id"]) if ctx.gateway else obj
+    if not _is_paid(session):
+        return PROCESSED
+    return _credit_checkout(ctx, session)
+
+
+def on_payment_failed(ctx: EventContext, obj: dict[str, Any]) -> str:
+    """Nothing was credited, so nothing moves; the stored event is the record (notifications come later)."""
+    return PROCESSED
+
+
+def on_charge_refunded(ctx: EventContext, charge: dict[str, Any]) -> str:
+    """Claw back credits in proportion to each refund, once per refund (key ``refund:<re_id>``).
+
+    The amount of each refund is the difference of the rounded cumulative proportions, so partial refunds
+    that add up to the whole payment take back exactly the whole purchase.
+    """
+    purchase = _purchase_for(ctx, charge.get("payment_intent"))
+    if ctx.gateway is not None:
+        refunds = ctx.gateway.list_refunds(charge=charge["id"])
+    else:
+        refunds = ((charge.get("refunds") or {}).get("data")) or []
+    succeeded = sorted((r for r in refunds if r.get("status") == "succeeded"), key=lambda r: (r["created"], r["id"]))
+    done = ctx.book.find_entries([f"refund:{r['id']}" for r in succeeded])
+    cumulative = 0
+    for refund in succeeded:
+        before = _proportion(purchase, cumulative)
+        cumulative += refund["amount"]
+        key = f"refund:{refund['id']}"
+        amount_mc = _proportion(purchase, cumulative) - before
+        if key in done or amount_mc <= 0:
+            continue
+        cmd = ClawBack(
+            account=purchase.account,
+            amount_mc=amount_mc,
+            idempotency_key=key,
+            reason="refund",
+            grant_ref=purchase.payment_intent,
+            external_ref=refund["id"],
+            metadata={"charge": charge["id"], "amount": refund["amount"]},
+        )
+        claw_back(Book(ctx.book.session, ctx.book.now), cmd)
+    return PROCESSED
+
+
+def _dispute_clawback(ctx: EventContext, dispute: dict[str, Any]) -> tuple[Purchase, int]:
+    purchase = _purchase_for(ctx, dispute.get("payment_intent"))
+    amount_mc = _proportion(purchase, int(dispute["amount"]))
+    cmd = ClawBack(
+        account=purchase.account,
+        amount_mc=amount_mc,
+        idempotency_key=f"dispute:{dispute['id']}",
+        reason="dispute",
+        grant_ref=purchase.payment_intent,
+        external_ref=dispute["id"],
+        metadata={"charge": dispute.get("charge"), "amount": dispute["amount"]},
+    )
+    claw_back(Book(ctx.book.session, ctx.book.now), cmd)
+    return purchase, amount_mc
+
+
+def on_dispute_created(ctx: EventContext, dispute: dict[str, Any]) -> str:
+    """The disputed share of the purchase is taken back at once: the money is already withdrawn."""
+    _dispute_clawback(ctx, dispute)
+    return PROCESSED
+
+
+def on_dispute_closed(ctx: EventContext, dispute: dict[str, Any]) -> str:
+    """Won: the credits come back (key ``dispute_won:<dp_id>``). Lost: the clawback stands. Either way the
+    clawback is made first (a no-op when ``created`` was handled) in case that event never came."""
+    purchase, amount_mc = _dispute_clawback(ctx, dispute)
+    if dispute.get("status") == "won":
+        cmd = PurchaseCredits(
+            account=purchase.account,
+            amount_mc=amount_mc,
+            idempotency_key=f"dispute_won:{dispute['id']}",
+            external_ref=purchase.payment_intent,
+            metadata={"dispute": dispute["id"], "reinstated": True},
+        )
+        purchase_credits(Book(ctx.book.session, ctx.book.now), cmd)
+    return PROCESSED
+
+
+def on_customer_changed(ctx: EventContext, customer: dict[str, Any]) -> str:
+    """Link the Stripe customer to the account named in its metadata (created by our gateway)."""
+    account = (customer.get("metadata") or {}).get("account")
+    if not account:
+        return IGNORED
+    wallet = ctx.book.lock_wallet(check_account(account), create=True)
+    session = ctx.book.session
+    # One customer, one wallet: a customer re-pointed at another account leaves the old one.
+    session.execute(
+        text(
+            "UPDATE wallets SET stripe_customer_id = NULL, updated_at = now() "
+            "WHERE stripe_customer_id = :c AND id <> :w"
+        ),
+        {"c": customer["id"], "w": wallet.id},
+    )
+    session.execute(
+        text(
+            "UPDATE wallets SET stripe_customer_id = :c, email = coalesce(:email, email), "
+            "name = coalesce(:name, name), updated_at = now() WHERE id = :w"
+        ),
+        {"c": customer["id"], "email": customer.get("email"), "name": customer.get("name"), "w": wallet.id},
+    )
+    return PROCESSED
+
+
+def on_customer_deleted(ctx: EventContext, customer: dict[str, Any]) -> str:
+    ctx.book.session.execute(
+        text("UPDATE wallets SET stripe_customer_id = NULL, updated_at = now() WHERE stripe_customer_id = :c"),
+        {"c": customer["id"]},
+    )
+    return PROCESSED
+
+
+HANDLERS: dict[str, Callable[[EventContext, dict[str, Any]], str]] = {
+    "checkout.session.completed": on_checkout_completed,
+    "checkout.session.async_payment_succeeded": on_checkout_completed,
+    "checkout.session.async_payment_failed": on_payment_failed,
+    "payment_intent.payment_failed": on_payment_failed,
+    "charge.refunded": on_charge_refunded,
+    "charge.dispute.created": on_dispute_created,
+    "charge.dispute.closed": on_dispute_closed,
+    "customer.created": on_customer_changed,
+    "customer.updated": on_customer_changed,
+    "customer.deleted": on_customer_deleted,
+}
+
+
+# -- processing ------------------------------------------------------------------------------------------
+def process_event(
+    session_factory: sessionmaker[Session], gateway: StripeReader | None, event_id: str, *, now: datetime | None = None
+) -> str:
+    """Handle one stored event in one transaction; returns its status afterwards.
+
+    The row is locked ``FOR UPDATE SKIP LOCKED``: a second worker given the same id (a duplicate message)
+    skips it. A handler that waits or fails leaves the ledger untouched (the transaction rolls back) and the
+    event's status, attempt count and error are written in a separate transaction, for retry or replay.
+    """
+
+    def work(uow: unit_of_work.UnitOfWork) -> str:
+        row = uow.session.execute(
+            text("SELECT type, payload, status FROM stripe_events WHERE id = :id FOR UPDATE SKIP LOCKED"),
+            {"id": event_id},
+        ).first()
+        if row is None:
+            return "busy"
+        if row.status in (PROCESSED, IGNORED, DEAD):
+            return row.status
+        handler = HANDLERS.get(row.type)
+        status = (
+            IGNORED
+            if handler is None
+            else handler(EventContext(uow.book, gateway, row.payload), row.payload["data"]["object"])
+        )
+        uow.session.execute(
+            text(
+                "UPDATE stripe_events SET status = :s, attempts = attempts + 1, last_error = NULL, "
+                "processed_at = now() WHERE id = :id"
+            ),
+            {"s": status, "id": event_id},
+        )
+        return status
+
+    try:
+        return unit_of_work.run(session_factory, work, now=now)
+    except Waiting as exc:
+        return _record_retry(session_factory, event_id, WAITING, str(exc))
+    except Exception as exc:
+        if unit_of_work.database_unreachable(session_factory):
+            raise
+        log.exception("stripe event %s failed", event_id)
+        return _record_retry(session_factory, event_id, FAILED, f"{type(exc).__name__}: {exc}")
+
+
+def _record_retry(session_factory: sessionmaker[Session], event_id: str, status: str, error: str) -> str:
+    with session_factory() as session, session.begin():
+        return session.execute(
+            text(
+                """
+                UPDATE stripe_events SET attempts = attempts + 1, last_error = :err,
+                       status = CASE WHEN attempts + 1 >= :max THEN 'dead' ELSE :status END,
+                       next_attempt_at = now() + make_interval(secs => least(600, power(2, attempts + 1)))
+                WHERE id = :id RETURNING status
+                """
+            ),
+            {"id": event_id, "err": error[:2000], "max": MAX_ATTEMPTS, "status": status},
+        ).scalar_one()
+
+
+def due_events(
+    session_factory: sessionmaker[Session], *, stale_after_seconds: int = 30, limit: int = 1000
+) -> list[str]:
+    """Events a message should have handled by now (lost or delayed by the broker), or whose retry is due."""
+    with session_factory() as session:
+        return list(
+            session.execute(
+                text(
+                    "SELECT id FROM stripe_events WHERE status IN ('pending', 'waiting', 'failed') "
+                    "AND next_attempt_at <= now() "
+                    "AND (status <> 'pending' OR received_at < now() - make_interval(secs => :stale)) "
+                    "ORDER BY next_attempt_at LIMIT :n"
+                ),
+                {"stale": stale_after_seconds, "n": limit},
+            ).scalars()
+        )
+
+
+def reopen(session_factory: sessionmaker[Session], event_id: str) -> bool:
+    """Make a dead, failed or waiting event due again now with a fresh attempt count."""
+    with session_factory() as session, session.begin():
+        return (
+            session.execute(
+                text(
+                    "UPDATE stripe_events SET status = 'pending', attempts = 0, next_attempt_at = now() "
+                    "WHERE id = :id AND status IN ('dead', 'failed', 'waiting') RETURNING id"
+                ),
+                {"id": event_id},
+            ).first()
+            is not None
+        )

@@ -1,0 +1,225 @@
+"""The one module that talks to Stripe (DESIGN rule 8).
+
+Everything else in the project sees Stripe through ``StripeGateway``: plain dicts in Stripe's shapes, never
+SDK objects, and ``GatewayError`` subclasses, never SDK exceptions. Keeping the SDK behind this one door means
+tests and the offline dev stack swap real Stripe for the project's emulator by setting ``api_base``
+(``STRIPE_API_BASE``), an SDK upgrade touches one file, and the metadata that ties a Stripe payment back to a
+credit account (``{"account", "package", "credits"}``) is written in exactly one place.
+
+The SDK retries connection errors, 409s and 5xx twice with backoff; POSTs always carry an idempotency key
+(ours when the caller gives one, else a random one the SDK reuses across its own retries).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import stripe
+
+Params = dict[str, Any]
+
+
+class GatewayError(Exception):
+    """Stripe answered with an error or could not be reached."""
+
+    def __init__(
+        self, message: str, *, http_status: int | None = None, code: str | None = None, param: str | None = None
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.http_status = http_status
+        self.code = code
+        self.param = param
+
+
+class StripeNotFound(GatewayError):
+    """The object does not exist (HTTP 404, ``resource_missing``)."""
+
+
+class StripeRejected(GatewayError):
+    """Stripe refused the request as made (4xx: bad parameters, over-refund, idempotency key reuse, auth)."""
+
+
+class StripeUnavailable(GatewayError):
+    """Transient: network failure, rate limit or Stripe-side error after the SDK's own retries; retry later."""
+
+
+def _plain(value: Any) -> Any:
+    """SDK objects (and lists of them) as plain dicts and lists, all the way down."""
+    if isinstance(value, stripe.StripeObject):
+        return _plain(value.to_dict(recursive=True))
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _translate(exc: stripe.StripeError) -> GatewayError:
+    status = exc.http_status
+    code = getattr(exc, "code", None)
+    param = getattr(exc, "param", None)
+    message = exc.user_message or str(exc)
+    if isinstance(exc, stripe.APIConnectionError | stripe.RateLimitError) or (status is not None and status >= 500):
+        return StripeUnavailable(message, http_status=status, code=code, param=param)
+    if status == 404:
+        return StripeNotFound(message, http_status=status, code=code, param=param)
+    return StripeRejected(message, http_status=status, code=code, param=param)
+
+
+def _options(idempotency_key: str | None) -> Params | None:
+    return {"idempotency_key": idempotency_key} if idempotency_key else None
+
+
+class StripeGateway:
+    """Stripe's API as the billing core uses it; every method returns plain dicts."""
+
+    def __init__(self, api_key: str, api_base: str | None = None) -> None:
+        base_addresses = None
+        if api_base:
+            base = api_base.rstrip("/")
+            base_addresses = {"api": base, "files": base, "connect": base}
+        self._client = stripe.StripeClient(api_key, base_addresses=base_addresses, max_network_retries=2)
+
+    def _call(self, method: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        try:
+            return _plain(method(*args, **kwargs))
+        except stripe.StripeError as exc:
+            raise _translate(exc) from exc
+
+    def _pages(self, list_method: Callable[..., Any], params: Params) -> Iterator[dict[str, Any]]:
+        """Every object of a list, newest first, following ``starting_after`` from page to page."""
+        params = dict(params)
+        while True:
+            page = self._call(list_method, params=params)
+            yield from page["data"]
+            if not page["has_more"] or not page["data"]:
+                return
+            params["starting_after"] = page["data"][-1]["id"]
+
+    # -- customers -----------------------------------------------------------------------------------------
+
+    def create_customer(
+        self, *, account: str, email: str | None = None, name: str | None = None, idempotency_key: str | None = None
+    ) -> dict[str, Any]:
+        params: Params = {"metadata": {"account": account}}
+        if email is not None:
+            params["email"] = email
+        if name is not None:
+            params["name"] = name
+        return self._call(self._client.v1.customers.create, params=params, options=_options(idempotency_key))
+
+    def retrieve_customer(self, customer_id: str) -> dict[str, Any]:
+        """The customer; a deleted one comes back as ``{"id", "object": "customer", "deleted": True}``."""
+        return self._call(self._client.v1.customers.retrieve, customer_id)
+
+    def list_customers(self, *, email: str | None = None, limit: int = 10) -> list[dict[str, Any]]:
+        """The newest ``limit`` (at most 100) customers, optionally only those with this exact email."""
+        params: Params = {"limit": limit}
+        if email is not None:
+            params["email"] = email
+        return self._call(self._client.v1.customers.list, params=params)["data"]
+
+    # -- checkout ------------------------------------------------------------------------------------------
+
+    def create_checkout_session(
+        self,
+        *,
+        account: str,
+        package_id: str,
+        package_name: str,
+        credits: str,
+        unit_amount: int,
+        currency: str,
+        success_url: str,
+        cancel_url: str,
+        customer: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> dict[str, Any]:
+        """A hosted Checkout Session selling one credit package; its metadata (on the session and on the
+        PaymentIntent, hence on the charge) names the account, package and credits that payment buys."""
+        metadata = {"account": account, "package": package_id, "credits": credits}
+        params: Params = {
+            "mode": "payment",
+            "line_items": [
+                {
+                    "price_data": {
+                        "currency": currency,
+                        "unit_amount": unit_amount,
+                        "product_data": {"name": package_name},
+                    },
+                    "quantity": 1,
+                }
+            ],
+            "success_url": success_url,
+            "cancel_url": cancel_url,
+            "client_reference_id": account,
+            "metadata": metadata,
+            "payment_intent_data": {"metadata": metadata},
+        }
+        if customer is not None:
+            params["customer"] = customer
+        return self._call(self._client.v1.checkout.sessions.create, params=params, options=_options(idempotency_key))
+
+    def retrieve_checkout_session(self, session_id: str) -> dict[str, Any]:
+        return self._call(self._client.v1.checkout.sessions.retrieve, session_id)
+
+    def list_checkout_sessions(self, *, payment_intent: str | None = None, limit: int = 10) -> list[dict[str, Any]]:
+        """The newest ``limit`` (at most 100) sessions, optionally only those of one PaymentIntent."""
+        params: Params = {"limit": limit}
+        if payment_intent is not None:
+            params["payment_intent"] = payment_intent
+        return self._call(self._client.v1.checkout.sessions.list, params=params)["data"]
+
+    # -- payments ------------------------------------------------------------------------------------------
+
+    def retrieve_payment_intent(self, payment_intent_id: str) -> dict[str, Any]:
+        return self._call(self._client.v1.payment_intents.retrieve, payment_intent_id)
+
+    def retrieve_charge(self, charge_id: str) -> dict[str, Any]:
+        return self._call(self._client.v1.charges.retrieve, charge_id)
+
+    def retrieve_dispute(self, dispute_id: str) -> dict[str, Any]:
+        return self._call(self._client.v1.disputes.retrieve, dispute_id)
+
+    def retrieve_refund(self, refund_id: str) -> dict[str, Any]:
+        return self._call(self._client.v1.refunds.retrieve, refund_id)
+
+    def list_refunds(self, *, charge: str) -> list[dict[str, Any]]:
+        """Every refund of a charge (all pages), newest first."""
+        return list(self._pages(self._client.v1.refunds.list, {"charge": charge, "limit": 100}))
+
+    def create_refund(
+        self,
+        *,
+        payment_intent: str | None = None,
+        charge: str | None = None,
+        amount: int | None = None,
+        idempotency_key: str | None = None,
+    ) -> dict[str, Any]:
+        """Refund ``amount`` (default: all that is left) of a payment; ``StripeRejected`` when over-refunding."""
+        if payment_intent is None and charge is None:
+            raise ValueError("create_refund needs payment_intent or charge")
+        params: Params = {}
+        if payment_intent is not None:
+            params["payment_intent"] = payment_intent
+        if charge is not None:
+            params["charge"] = charge
+        if amount is not None:
+            params["amount"] = amount
+        return self._call(self._client.v1.refunds.create, params=params, options=_options(idempotency_key))
+
+    # -- events --------------------------------------------------------------------------------------------
+
+    def iter_events(
+        self, *, created_gte: int | None = None, types: list[str] | None = None, page_size: int = 100
+    ) -> Iterator[dict[str, Any]]:
+        """Every event (Stripe keeps 30 days), newest first, optionally from ``created_gte`` on and of ``types``
+        (at most 20, ``*`` wildcards allowed); pages are fetched lazily as the iterator is consumed."""
+        params: Params = {"limit": page_size}
+        if created_gte is not None:
+            params["created"] = {"gte": created_gte}
+        if types:
+            params["types"] = list(types)
+        return self._pages(self._client.v1.events.list, params)

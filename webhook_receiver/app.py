@@ -1,0 +1,44 @@
+"""The app factory: ``gunicorn 'webhook_receiver:create_app()'``."""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Flask
+
+from billing_core.db import make_engine, make_session_factory
+from billing_core.errors import MissingSetting
+from billing_core.pricing import load_price_table
+from billing_core.settings import Settings, load_settings
+from billing_core.stripe_gateway import StripeGateway
+from webhook_receiver import accounts, catalog, errors, health, holds, usage, webhooks
+from webhook_receiver.enqueue import CelerySender, Enqueue
+from webhook_receiver.runtime import Runtime
+
+
+def create_app(settings: Settings | None = None, *, enqueue: Enqueue | None = None) -> Flask:
+    """Build the receiver. Missing settings stop start-up with one line naming them."""
+    try:
+        settings = (settings or load_settings()).require("redis_url", "stripe_webhook_secret")
+    except MissingSetting as exc:
+        raise SystemExit(f"billing web: {exc.message}") from None
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    app = Flask("webhook_receiver")
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    engine = make_engine(settings.database_url, pool_size=settings.db_pool_size, max_overflow=0)
+    gateway = None
+    if settings.stripe_api_key is not None:
+        gateway = StripeGateway(settings.stripe_api_key.get_secret_value(), settings.stripe_api_base)
+    app.extensions["billing"] = Runtime(
+        settings=settings,
+        engine=engine,
+        session_factory=make_session_factory(engine),
+        prices=load_price_table(settings.billing_pricing_file),
+        gateway=gateway,
+        enqueue=enqueue or CelerySender(settings.redis_url or ""),
+        webhook_secrets=settings.webhook_secrets(),
+    )
+    errors.install(app)
+    for blueprint in (webhooks.bp, usage.bp, health.bp, accounts.bp, holds.bp, catalog.bp):
+        app.register_blueprint(blueprint)
+    return app

@@ -1,0 +1,64 @@
+"""API key authentication and scopes: 401 without a valid key, 403 without the scope."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from functools import wraps
+from typing import Any, TypeVar
+
+from flask import g, request
+
+from billing_core.api_keys import ApiKeyView, find_api_key, hash_key
+from webhook_receiver.errors import ApiError
+from webhook_receiver.runtime import runtime
+
+F = TypeVar("F", bound=Callable[..., Any])
+# Keys are looked up on every request; a short cache keeps that off the database. A revoked key stops
+# working within this many seconds.
+CACHE_SECONDS = 10.0
+_cache: dict[str, tuple[float, ApiKeyView | None]] = {}
+
+
+def _presented_key() -> str | None:
+    header = request.headers.get("Authorization", "")
+    if header[:7].lower() == "bearer ":
+        return header[7:].strip() or None
+    return request.headers.get("X-API-Key") or None
+
+
+def current_key() -> ApiKeyView:
+    key = _presented_key()
+    if key is None:
+        raise ApiError(401, "missing_api_key", "send an API key: Authorization: Bearer <key>")
+    digest = hash_key(key)
+    now = time.monotonic()
+    cached = _cache.get(digest)
+    if cached is not None and cached[0] > now:
+        view = cached[1]
+    else:
+        with runtime().session_factory() as session:
+            view = find_api_key(session, key)
+        if len(_cache) > 10_000:
+            _cache.clear()
+        _cache[digest] = (now + CACHE_SECONDS, view)
+    if view is None:
+        raise ApiError(401, "invalid_api_key", "the API key is unknown or revoked")
+    return view
+
+
+def require(scope: str | None = None) -> Callable[[F], F]:
+    """Decorator: a valid key, and ``scope`` when given (``admin`` implies every scope)."""
+
+    def wrap(view: F) -> F:
+        @wraps(view)
+        def checked(*args: Any, **kwargs: Any) -> Any:
+            key = current_key()
+            if scope is not None and not key.allows(scope):
+                raise ApiError(403, "insufficient_scope", f"this key lacks the {scope!r} scope", required=scope)
+            g.api_key = key
+            return view(*args, **kwargs)
+
+        return checked  # type: ignore[return-value]
+
+    return wrap

@@ -1,0 +1,71 @@
+"""Every error answers ``{"error": {"code", "message", ...details}}`` with a precise status."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Flask, jsonify
+from sqlalchemy.exc import DBAPIError
+from werkzeug.exceptions import HTTPException
+
+from billing_core import errors as domain
+from billing_core.accounts import InvalidCursor, StripeCustomerTaken
+
+# The domain's error codes, mapped to HTTP once, here.
+STATUS_BY_ERROR: dict[type[domain.BillingError], int] = {
+    InvalidCursor: 400,
+    domain.InsufficientCredits: 402,
+    domain.AccountFlagged: 402,
+    domain.UnknownAccount: 404,
+    domain.UnknownHold: 404,
+    domain.UnknownGrant: 404,
+    domain.UnknownPackage: 404,
+    domain.HoldNotPending: 409,
+    domain.IdempotencyConflict: 409,
+    StripeCustomerTaken: 409,
+    domain.InvalidAmount: 422,
+    domain.InvalidCommand: 422,
+    domain.UnknownModel: 422,
+    domain.UnknownPriceCode: 422,
+}
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: str, message: str, **details: Any) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message, self.details = status, code, message, details
+
+
+def error_response(status: int, code: str, message: str, /, **details: Any):
+    response = jsonify({"error": {"code": code, "message": message, **details}})
+    response.status_code = status
+    return response
+
+
+def status_for(exc: domain.BillingError) -> int:
+    for cls in type(exc).__mro__:
+        if cls in STATUS_BY_ERROR:
+            return STATUS_BY_ERROR[cls]
+    return 422
+
+
+def install(app: Flask) -> None:
+    @app.errorhandler(ApiError)
+    def _api(exc: ApiError):
+        return error_response(exc.status, exc.code, exc.message, **exc.details)
+
+    @app.errorhandler(domain.BillingError)
+    def _domain(exc: domain.BillingError):
+        return error_response(status_for(exc), exc.code, exc.message, **exc.details)
+
+    @app.errorhandler(DBAPIError)
+    def _store(exc: DBAPIError):
+        # PostgreSQL is down or restarting: nothing was committed; the caller (or Stripe) tries again later.
+        return error_response(503, "store_unavailable", "the database is unavailable; try again later")
+
+    @app.errorhandler(HTTPException)
+    def _http(exc: HTTPException):
+        code = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}.get(
+            exc.code or 500, "http_error"
+        )
+        return error_response(exc.code or 500, code, exc.description or exc.name)

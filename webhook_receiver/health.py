@@ -1,0 +1,46 @@
+"""Liveness, readiness (the database and the broker answer) and Prometheus metrics; no key needed."""
+
+from __future__ import annotations
+
+import redis
+from flask import Blueprint, Response, jsonify
+from sqlalchemy import text
+
+from webhook_receiver.metrics import render
+from webhook_receiver.runtime import runtime
+
+bp = Blueprint("health", __name__)
+
+
+@bp.get("/healthz")
+def healthz():
+    return jsonify({"status": "ok"})
+
+
+@bp.get("/readyz")
+def readyz():
+    rt = runtime()
+    checks: dict[str, str] = {}
+    try:
+        with rt.engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+        checks["database"] = "ok"
+    except Exception as exc:
+        checks["database"] = f"unavailable: {type(exc).__name__}"
+    try:
+        client = redis.Redis.from_url(rt.settings.redis_url or "", socket_connect_timeout=1, socket_timeout=1)
+        client.ping()
+        checks["broker"] = "ok"
+    except Exception as exc:
+        # Not fatal to intake (rows are swept later), but an operator wants to know.
+        checks["broker"] = f"unavailable: {type(exc).__name__}"
+    ready = checks["database"] == "ok"
+    response = jsonify({"status": "ready" if ready else "unavailable", "checks": checks})
+    response.status_code = 200 if ready else 503
+    return response
+
+
+@bp.get("/metrics")
+def metrics() -> Response:
+    body, content_type = render()
+    return Response(body, content_type=content_type)

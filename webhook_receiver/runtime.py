@@ -1,0 +1,30 @@
+"""What one receiver process holds: the settings, a database pool, the price table, the gateway and the
+Celery sender. Built by the app factory (under gunicorn, once per worker process, after the fork)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from flask import current_app
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from billing_core.pricing import PriceTable
+from billing_core.settings import Settings
+from billing_core.stripe_gateway import StripeGateway
+from webhook_receiver.enqueue import Enqueue
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    engine: Engine
+    session_factory: sessionmaker[Session]
+    prices: PriceTable
+    gateway: StripeGateway | None
+    enqueue: Enqueue
+    webhook_secrets: list[str]
+
+
+def runtime() -> Runtime:
+    return current_app.extensions["billing"]

@@ -1,0 +1,61 @@
+"""``POST /webhooks/stripe``: verify, store (deduplicated on the event id), enqueue after commit.
+
+A 2xx means the event is committed (DESIGN.md rule 1); if the store is unavailable the answer is 503 and
+Stripe delivers again later.
+"""
+
+from __future__ import annotations
+
+import stripe
+from flask import Blueprint, jsonify, request
+from sqlalchemy.exc import DBAPIError
+
+from billing_core.stripe_events import check_event, store_event
+from webhook_receiver.bodies import parse_json, read_body
+from webhook_receiver.errors import ApiError
+from webhook_receiver.metrics import WEBHOOKS
+from webhook_receiver.runtime import runtime
+
+bp = Blueprint("webhooks", __name__)
+
+MAX_WEBHOOK_BYTES = 1024 * 1024
+TOLERANCE_SECONDS = 300
+
+
+def verify_signature(payload: str, header: str | None, secrets: list[str]) -> None:
+    """Accept the event if any configured secret signed it (several while a rotated secret rolls out)."""
+    if not header:
+        raise ApiError(400, "invalid_signature", "missing Stripe-Signature header")
+    stale = False
+    for secret in secrets:
+        try:
+            stripe.WebhookSignature.verify_header(payload, header, secret, TOLERANCE_SECONDS)
+            return
+        except stripe.SignatureVerificationError as exc:
+            # The SDK checks the timestamp only after a signature matched: a stale message is authentic.
+            stale = stale or "tolerance" in str(exc).lower()
+    if stale:
+        raise ApiError(400, "timestamp_outside_tolerance", f"the signature is older than {TOLERANCE_SECONDS} s")
+    raise ApiError(400, "invalid_signature", "no signature matches the payload")
+
+
+@bp.post("/webhooks/stripe")
+def stripe_webhook():
+    rt = runtime()
+    raw = read_body(MAX_WEBHOOK_BYTES)
+    try:
+        payload = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ApiError(400, "malformed_payload", "the body is not UTF-8") from None
+    verify_signature(payload, request.headers.get("Stripe-Signature"), rt.webhook_secrets)
+    event = check_event(parse_json(raw))
+    try:
+        with rt.session_factory() as session, session.begin():
+            stored = store_event(session, event, payload)
+    except DBAPIError:
+        WEBHOOKS.labels("store_unavailable").inc()
+        raise ApiError(503, "store_unavailable", "the event store is unavailable; deliver again later") from None
+    if stored:
+        rt.enqueue("billing.process_stripe_event", [event["id"]])
+    WEBHOOKS.labels("duplicate" if not stored else "stored").inc()
+    return jsonify({"received": True, "duplicate": not stored})

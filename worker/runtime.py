@@ -1,0 +1,36 @@
+"""Per-process state of a worker: built on first use, after Celery has forked its pool processes (a
+database connection must never be shared across a fork)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from functools import lru_cache
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from billing_core.db import make_engine, make_session_factory
+from billing_core.pricing import PriceTable, load_price_table
+from billing_core.settings import load_settings
+from billing_core.stripe_gateway import StripeGateway
+
+
+@dataclass(frozen=True)
+class Runtime:
+    session_factory: sessionmaker[Session]
+    gateway: StripeGateway | None
+    prices: PriceTable
+
+
+@lru_cache(maxsize=1)
+def _runtime(pid: int) -> Runtime:
+    settings = load_settings()
+    engine = make_engine(settings.database_url, pool_size=2, max_overflow=4)
+    gateway = None
+    if settings.stripe_api_key is not None:
+        gateway = StripeGateway(settings.stripe_api_key.get_secret_value(), settings.stripe_api_base)
+    return Runtime(make_session_factory(engine), gateway, load_price_table(settings.billing_pricing_file))
+
+
+def runtime() -> Runtime:
+    return _runtime(os.getpid())

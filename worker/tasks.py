@@ -1,0 +1,109 @@
+"""One thin task per message type: parse, call one ``billing_core`` function, schedule what follows."""
+
+from __future__ import annotations
+
+import logging
+import time
+from datetime import timedelta
+from typing import Any
+
+from celery import Task
+from sqlalchemy.exc import OperationalError
+
+from billing_core import stripe_events, usage_inbox
+from billing_core.commands import ExpireGrants, ExpireHolds
+from billing_core.handlers import execute
+from billing_core.usage_reports import InvalidUsage, accept_reports
+from worker.celery_app import STALE_SECONDS, app
+from worker.runtime import runtime
+
+log = logging.getLogger(__name__)
+
+# A task drains its partition for at most this long, then hands the rest to a fresh message so that one
+# busy partition cannot starve the others.
+DRAIN_SECONDS = 5.0
+# Transient trouble (the database restarting): retry the message with exponential backoff.
+RETRY = {
+    "autoretry_for": (OperationalError,),
+    "retry_backoff": 1,
+    "retry_backoff_max": 60,
+    "retry_jitter": True,
+    "max_retries": None,
+}
+
+
+@app.task(name="billing.apply_usage", bind=True, **RETRY)
+def apply_usage(self: Task, partition: int) -> dict[str, Any]:
+    rt = runtime()
+    started, totals = time.monotonic(), {"claimed": 0, "applied": 0, "rejected": 0, "failed": 0}
+    while True:
+        result = usage_inbox.apply_partition(rt.session_factory, partition)
+        if result.busy:
+            # Another worker is draining this partition; look again shortly in case it stopped just before
+            # our rows were committed.
+            apply_usage.apply_async(args=[partition], countdown=0.2)
+            break
+        for name in totals:
+            totals[name] += getattr(result, name)
+        if not result.more:
+            break
+        if time.monotonic() - started > DRAIN_SECONDS:
+            apply_usage.delay(partition)
+            break
+    return totals
+
+
+@app.task(name="billing.record_usage", bind=True, **RETRY)
+def record_usage(self: Task, report: dict[str, Any]) -> dict[str, Any]:
+    """The broker path for apps that share it: the same validation, inbox and idempotency as HTTP."""
+    rt = runtime()
+    try:
+        accepted = accept_reports(report, rt.prices)
+    except InvalidUsage as exc:
+        log.warning("billing.record_usage refused a report: %s %s", exc.message, exc.details.get("problems"))
+        return {"status": "invalid", "problems": exc.details.get("problems")}
+    stored = usage_inbox.store_usage(rt.session_factory, accepted, source="celery")
+    for partition in sorted(stored.partitions):
+        apply_usage.delay(partition)
+    return {"accepted": stored.accepted, "duplicates": stored.duplicates}
+
+
+@app.task(name="billing.process_stripe_event", bind=True, **RETRY)
+def process_stripe_event(self: Task, event_id: str) -> str:
+    rt = runtime()
+    return stripe_events.process_event(rt.session_factory, rt.gateway, event_id)
+
+
+@app.task(name="billing.sweep_inbox", bind=True, **RETRY)
+def sweep_inbox(self: Task) -> dict[str, int]:
+    """Re-enqueue what the broker lost or delayed, and retries whose time has come."""
+    rt = runtime()
+    partitions = usage_inbox.due_partitions(rt.session_factory, stale_after=timedelta(seconds=STALE_SECONDS))
+    for partition in partitions:
+        apply_usage.delay(partition)
+    events = stripe_events.due_events(rt.session_factory, stale_after_seconds=STALE_SECONDS)
+    for event_id in events:
+        process_stripe_event.delay(event_id)
+    return {"partitions": len(partitions), "events": len(events)}
+
+
+@app.task(name="billing.expire_holds", bind=True, **RETRY)
+def expire_holds(self: Task) -> int:
+    rt = runtime()
+    total = 0
+    while (swept := execute(rt.session_factory, ExpireHolds(limit=500)).count) > 0:
+        total += swept
+        if swept < 500:
+            break
+    return total
+
+
+@app.task(name="billing.expire_grants", bind=True, **RETRY)
+def expire_grants(self: Task) -> int:
+    rt = runtime()
+    total = 0
+    while (swept := execute(rt.session_factory, ExpireGrants(limit=500)).count) > 0:
+        total += swept
+        if swept < 500:
+            break
+    return total
