@@ -47,8 +47,10 @@ app.conf.update(
     worker_hijack_root_logger=False,
     beat_schedule={
         "sweep-inbox": {"task": "billing.sweep_inbox", "schedule": SWEEP_SECONDS},
-        "expire-holds": {"task": "billing.expire_holds", "schedule": 30.0},
-        "expire-grants": {"task": "billing.expire_grants", "schedule": 60.0},
+        # Both sweeps are one indexed query when there is nothing to do, so they run as often as the inbox's:
+        # a hold's reservation returns to the wallet within seconds of its TTL.
+        "expire-holds": {"task": "billing.expire_holds", "schedule": SWEEP_SECONDS},
+        "expire-grants": {"task": "billing.expire_grants", "schedule": SWEEP_SECONDS},
     },
     timezone="UTC",
 )

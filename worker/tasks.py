@@ -87,23 +87,22 @@ def sweep_inbox(self: Task) -> dict[str, int]:
     return {"partitions": len(partitions), "events": len(events)}
 
 
-@app.task(name="billing.expire_holds", bind=True, **RETRY)
-def expire_holds(self: Task) -> int:
+def _sweep_all(make: type[ExpireHolds] | type[ExpireGrants], batch: int = 500) -> int:
+    """Run a sweep in batches of ``batch`` (each its own transaction) until one comes back short."""
     rt = runtime()
     total = 0
-    while (swept := execute(rt.session_factory, ExpireHolds(limit=500)).count) > 0:
+    while True:
+        swept = execute(rt.session_factory, make(limit=batch)).count
         total += swept
-        if swept < 500:
-            break
-    return total
+        if swept < batch:
+            return total
+
+
+@app.task(name="billing.expire_holds", bind=True, **RETRY)
+def expire_holds(self: Task) -> int:
+    return _sweep_all(ExpireHolds)
 
 
 @app.task(name="billing.expire_grants", bind=True, **RETRY)
 def expire_grants(self: Task) -> int:
-    rt = runtime()
-    total = 0
-    while (swept := execute(rt.session_factory, ExpireGrants(limit=500)).count) > 0:
-        total += swept
-        if swept < 500:
-            break
-    return total
+    return _sweep_all(ExpireGrants)

@@ -183,3 +183,35 @@ def test_worker_killed_mid_batch_loses_nothing_and_applies_nothing_twice(stack: 
     assert balances == {1_000_000 - per_account * GPT4O_1200_300_MC}
     check = stack.billing_check()
     assert check.returncode == 0, check.stdout + check.stderr
+
+
+def test_beat_releases_an_expired_hold_and_usage_can_capture_a_live_one(stack: Stack, run_id: str) -> None:
+    # given a funded account with two holds: one that expires at once, one that lives
+    account = f"holder_{run_id}"
+    fund(stack, account, 100)
+    short = stack.api(
+        "POST",
+        "/v1/holds",
+        json={"account": account, "idempotency_key": f"h1_{run_id}", "credits": "10", "ttl_seconds": 1},
+    )
+    live = stack.api(
+        "POST",
+        "/v1/holds",
+        json={"account": account, "idempotency_key": f"h2_{run_id}", "credits": "20", "ttl_seconds": 600},
+    )
+    assert short.status_code == live.status_code == 201
+    assert stack.available_mc(account) == 70_000
+
+    # when beat's sweep runs, and a usage report settles the live hold
+    wait_until(
+        lambda: stack.scalar("SELECT status FROM holds WHERE id = :h", h=short.json()["id"]) == "expired",
+        timeout=30,
+        what="the short hold expired by beat",
+    )
+    settle = report(f"settle_{run_id}", account, hold_id=live.json()["id"])
+    assert stack.api("POST", "/v1/usage", json=settle).status_code == 202
+    wait_until(lambda: status_of(stack, settle["idempotency_key"]) == "applied", what="the capture applied")
+
+    # then the expired hold's credits are back, and the live one was captured at the reported 6 credits
+    assert stack.scalar("SELECT status FROM holds WHERE id = :h", h=live.json()["id"]) == "captured"
+    assert stack.available_mc(account) == 100_000 - GPT4O_1200_300_MC
