@@ -25,7 +25,8 @@ admin grant each. Then the production processes, as the Procfile runs them: guni
 CPU is read from /proc (utime + stime of each process group, plus what their leaders reaped from exited
 children): ``web`` (gunicorn), ``bare``, ``worker`` (celery), ``postgres``, ``redis`` (throwaway servers only)
 and ``client`` (this process and its client processes), as cores used over the window and CPU per event or
-request; ``machine_busy`` is the whole machine's share, ``other_cores`` the load from elsewhere.
+request; ``machine_busy`` is the whole machine's share, ``elsewhere_cores`` what processes this benchmark did
+not start used meanwhile (another test run skews every figure), ``interrupts_cores`` the kernel's irq/softirq.
 
 One JSON object goes to stdout, progress to stderr. Goals (reported, never asserted): usage >= 10,000 events/s,
 webhooks ratio >= 0.5. Every process and server started here is stopped at the end, also on Ctrl-C.
@@ -132,21 +133,22 @@ def _proc_stats() -> dict[int, tuple[int, int, float, float]]:
     return out
 
 
-def _machine_jiffies() -> tuple[int, int] | None:
+def _machine_jiffies() -> tuple[int, int, int] | None:
+    """All CPUs: busy, total and interrupt (irq + softirq: loopback TCP is largely there) jiffies."""
     try:
         with open("/proc/stat") as f:
             values = [int(v) for v in f.readline().split()[1:9]]
     except (OSError, ValueError):
         return None
     idle = values[3] + values[4]
-    return sum(values) - idle, sum(values)
+    return sum(values) - idle, sum(values), values[5] + values[6]
 
 
 @dataclass(frozen=True)
 class CpuSample:
     wall: float
     groups: dict[str, float]
-    machine: tuple[int, int] | None
+    machine: tuple[int, int, int] | None
 
 
 @dataclass
@@ -168,24 +170,27 @@ class CpuMeter:
         me, my_group = os.getpid(), os.getpgrp()
         totals: dict[str, float] = {name: 0.0 for name in self.leaders}
         totals["client"] = 0.0
-        for pid, (ppid, pgrp, own, _) in stats.items():
+        elsewhere = 0.0
+        for pid, (ppid, pgrp, own, reaped) in stats.items():
             for name, (leader, how) in self.leaders.items():
                 member = pgrp == leader if how == "pgrp" else pid == leader or ppid == leader
                 if member:
-                    totals[name] += own
+                    totals[name] += own + (reaped if pid == leader else 0.0)
                     break
             else:
                 if pid == me or (ppid == me and pgrp == my_group):
                     totals["client"] += own
-        for name, (leader, _) in self.leaders.items():
-            if leader in stats:
-                totals[name] += stats[leader][3]
+                else:
+                    elsewhere += own + reaped  # other users of the machine (a test run...), kernel threads
         t = os.times()
         totals["client"] += t.children_user + t.children_system  # client processes already reaped
-        return CpuSample(time.perf_counter(), totals, _machine_jiffies())
+        return CpuSample(time.perf_counter(), {**totals, "elsewhere": elsewhere}, _machine_jiffies())
 
     @staticmethod
     def usage(a: CpuSample, b: CpuSample, units: int, unit: str) -> dict[str, Any]:
+        """Cores used by each group over the window and its CPU per unit of work; ``elsewhere`` is every
+        process this benchmark did not start, ``interrupts`` the kernel's irq + softirq time (not charged to
+        any process), ``unaccounted`` what is left of the machine's busy time."""
         wall = b.wall - a.wall
         out: dict[str, Any] = {}
         used = 0.0
@@ -194,14 +199,21 @@ class CpuMeter:
                 continue
             seconds = max(0.0, cpu - a.groups[name])
             used += seconds
+            if name == "elsewhere":
+                out["elsewhere_cores"] = round(seconds / wall, 2)
+                continue
             out[name] = {
                 "cores": round(seconds / wall, 2),
                 f"cpu_us_per_{unit}": round(seconds / units * 1e6, 1) if units else None,
             }
         if a.machine is not None and b.machine is not None and b.machine[1] > a.machine[1]:
-            busy = (b.machine[0] - a.machine[0]) / (b.machine[1] - a.machine[1])
+            cpus = os.cpu_count() or 1
+            span = b.machine[1] - a.machine[1]
+            busy = (b.machine[0] - a.machine[0]) / span
+            irq = (b.machine[2] - a.machine[2]) / span * cpus
             out["machine_busy"] = round(busy, 3)
-            out["other_cores"] = round(max(0.0, busy * (os.cpu_count() or 1) - used / wall), 2)
+            out["interrupts_cores"] = round(irq, 2)
+            out["unaccounted_cores"] = round(max(0.0, busy * cpus - irq - used / wall), 2)
         return out
 
 

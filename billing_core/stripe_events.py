@@ -232,25 +232,53 @@ def _dispute_clawback(ctx: EventContext, dispute: dict[str, Any]) -> tuple[Purch
     return purchase, amount_mc
 
 
+def _is_inquiry(dispute: dict[str, Any]) -> bool:
+    # An inquiry (statuses ``warning_*``) withdraws no money, and the payment may still be refunded: taking
+    # credits back then would take them twice (once more by the refund) or for nothing (closed unescalated).
+    # An inquiry that escalates to a chargeback keeps its id and moves to ``needs_response``.
+    return str(dispute.get("status", "")).startswith("warning_")
+
+
 def on_dispute_created(ctx: EventContext, dispute: dict[str, Any]) -> str:
-    """The disputed share of the purchase is taken back at once: the money is already withdrawn."""
+    """A chargeback takes the disputed share back at once: the money is already withdrawn."""
+    if not _is_inquiry(dispute):
+        _dispute_clawback(ctx, dispute)
+    return PROCESSED
+
+
+def on_dispute_funds_withdrawn(ctx: EventContext, dispute: dict[str, Any]) -> str:
+    """Money left (also when an inquiry escalates): the same clawback, once (``dispute:<dp_id>``)."""
     _dispute_clawback(ctx, dispute)
     return PROCESSED
 
 
+def _reinstate(ctx: EventContext, dispute: dict[str, Any]) -> None:
+    purchase, amount_mc = _dispute_clawback(ctx, dispute)
+    cmd = PurchaseCredits(
+        account=purchase.account,
+        amount_mc=amount_mc,
+        idempotency_key=f"dispute_won:{dispute['id']}",
+        external_ref=purchase.payment_intent,
+        metadata={"dispute": dispute["id"], "reinstated": True},
+    )
+    purchase_credits(Book(ctx.book.session, ctx.book.now), cmd)
+
+
 def on_dispute_closed(ctx: EventContext, dispute: dict[str, Any]) -> str:
     """Won: the credits come back (key ``dispute_won:<dp_id>``). Lost: the clawback stands. Either way the
-    clawback is made first (a no-op when ``created`` was handled) in case that event never came."""
-    purchase, amount_mc = _dispute_clawback(ctx, dispute)
+    clawback is made first (a no-op when ``created`` was handled) in case that event never came. An inquiry
+    closed without escalating took nothing, so it gives nothing back."""
+    if _is_inquiry(dispute):
+        return PROCESSED
     if dispute.get("status") == "won":
-        cmd = PurchaseCredits(
-            account=purchase.account,
-            amount_mc=amount_mc,
-            idempotency_key=f"dispute_won:{dispute['id']}",
-            external_ref=purchase.payment_intent,
-            metadata={"dispute": dispute["id"], "reinstated": True},
-        )
-        purchase_credits(Book(ctx.book.session, ctx.book.now), cmd)
+        _reinstate(ctx, dispute)
+    else:
+        _dispute_clawback(ctx, dispute)
+    return PROCESSED
+
+
+def on_dispute_funds_reinstated(ctx: EventContext, dispute: dict[str, Any]) -> str:
+    _reinstate(ctx, dispute)
     return PROCESSED
 
 
@@ -294,7 +322,9 @@ HANDLERS: dict[str, Callable[[EventContext, dict[str, Any]], str]] = {
     "payment_intent.payment_failed": on_payment_failed,
     "charge.refunded": on_charge_refunded,
     "charge.dispute.created": on_dispute_created,
+    "charge.dispute.funds_withdrawn": on_dispute_funds_withdrawn,
     "charge.dispute.closed": on_dispute_closed,
+    "charge.dispute.funds_reinstated": on_dispute_funds_reinstated,
     "customer.created": on_customer_changed,
     "customer.updated": on_customer_changed,
     "customer.deleted": on_customer_deleted,
