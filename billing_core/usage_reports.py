@@ -108,9 +108,17 @@ def partition_of(account: str) -> int:
     return zlib.crc32(account.encode()) % PARTITIONS
 
 
+_ITEM_TAGS = frozenset({"llm_tokens", "fee", "agent", "credits"})
+
+
 def _field(loc: tuple[Any, ...]) -> str:
+    """pydantic's error location as a client writes the path: ``items[0].input_tokens``. A discriminated
+    union puts the item's type tag into the location (``items, 0, llm_tokens, ...``); the client never wrote
+    that, so it is dropped."""
     out = ""
-    for part in loc:
+    for i, part in enumerate(loc):
+        if part in _ITEM_TAGS and i >= 2 and loc[i - 2] == "items" and isinstance(loc[i - 1], int):
+            continue
         out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
     return out
 

@@ -18,7 +18,7 @@ from billing_core.accounts import (
 from billing_core.errors import InvalidCommand, UnknownAccount
 from billing_core.units import parse_credits
 from webhook_receiver.auth import require
-from webhook_receiver.bodies import json_body
+from webhook_receiver.bodies import json_body, known_fields
 from webhook_receiver.errors import ApiError
 from webhook_receiver.runtime import runtime
 
@@ -42,9 +42,7 @@ def get_account(account: str):
 @require("accounts:write")
 def put_account(account: str):
     body = json_body()
-    unknown = sorted(set(body) - PROFILE_FIELDS)
-    if unknown:
-        raise InvalidCommand(f"unknown fields: {', '.join(unknown)}", field=unknown[0], allowed=sorted(PROFILE_FIELDS))
+    known_fields(body, PROFILE_FIELDS)
     changes: dict[str, Any] = {name: body.get(name, UNSET) for name in ("email", "name", "stripe_customer_id")}
     threshold = body.get("low_balance_threshold", UNSET)
     if threshold is not UNSET and threshold is not None:

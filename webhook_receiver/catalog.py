@@ -15,7 +15,7 @@ from billing_core.stripe_gateway import GatewayError, StripeUnavailable
 from billing_core.unit_of_work import utcnow
 from billing_core.units import format_credits
 from webhook_receiver.auth import require
-from webhook_receiver.bodies import json_body
+from webhook_receiver.bodies import json_body, known_fields
 from webhook_receiver.errors import ApiError
 from webhook_receiver.runtime import runtime
 
@@ -24,12 +24,6 @@ bp = Blueprint("catalog", __name__)
 ESTIMATE_FIELDS = frozenset({"items", "account"})
 CHECKOUT_FIELDS = frozenset({"account", "package", "success_url", "cancel_url", "idempotency_key"})
 MAX_URL_LEN = 2048
-
-
-def _known_fields(body: dict[str, Any], allowed: frozenset[str]) -> None:
-    unknown = sorted(set(body) - allowed)
-    if unknown:
-        raise InvalidCommand(f"unknown fields: {', '.join(unknown)}", field=unknown[0], allowed=sorted(allowed))
 
 
 def _url(body: dict[str, Any], field: str) -> str:
@@ -44,7 +38,7 @@ def _url(body: dict[str, Any], field: str) -> str:
 @require()
 def estimate():
     body = json_body(1024 * 1024)
-    _known_fields(body, ESTIMATE_FIELDS)
+    known_fields(body, ESTIMATE_FIELDS)
     quote = price_items(runtime().prices, body.get("items"))  # type: ignore[arg-type]  # it validates
     answer = quote.as_dict()
     if body.get("account") is not None:
@@ -69,7 +63,7 @@ def packages():
 def checkout():
     rt = runtime()
     body = json_body()
-    _known_fields(body, CHECKOUT_FIELDS)
+    known_fields(body, CHECKOUT_FIELDS)
     account = check_account(body.get("account"))
     package = rt.prices.package(body.get("package"))  # type: ignore[arg-type]  # it validates
     success_url, cancel_url = _url(body, "success_url"), _url(body, "cancel_url")

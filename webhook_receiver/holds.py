@@ -17,7 +17,7 @@ from billing_core.handlers import HoldView, Receipt, execute
 from billing_core.pricing import price_items
 from billing_core.units import format_credits, parse_credits
 from webhook_receiver.auth import require
-from webhook_receiver.bodies import json_body, parse_json, read_body
+from webhook_receiver.bodies import json_body, known_fields, parse_json, read_body
 from webhook_receiver.errors import ApiError
 from webhook_receiver.runtime import runtime
 
@@ -41,19 +41,13 @@ def _check_hold_path(hold_id: str) -> None:
         raise UnknownHold(f"no hold {hold_id[:100]!r}", hold_id=hold_id[:100])
 
 
-def _known_fields(body: dict[str, Any], allowed: frozenset[str]) -> None:
-    unknown = sorted(set(body) - allowed)
-    if unknown:
-        raise InvalidCommand(f"unknown fields: {', '.join(unknown)}", field=unknown[0], allowed=sorted(allowed))
-
-
 def _optional_body(allowed: frozenset[str]) -> dict[str, Any]:
     """Capture and release may be sent with no body at all."""
     raw = read_body(64 * 1024)
     body = parse_json(raw) if raw.strip() else {}
     if not isinstance(body, dict):
         raise ApiError(400, "malformed_payload", "the body must be a JSON object")
-    _known_fields(body, allowed)
+    known_fields(body, allowed)
     return body
 
 
@@ -100,7 +94,7 @@ def _hold_json(receipt: Receipt, status: int):
 @require("holds:write")
 def place_hold():
     body = json_body()
-    _known_fields(body, PLACE_FIELDS)
+    known_fields(body, PLACE_FIELDS)
     cmd = PlaceHold(
         account=body.get("account"),  # type: ignore[arg-type]  # the command validates it
         amount_mc=_amount_mc(body, allow_zero=False),

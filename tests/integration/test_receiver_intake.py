@@ -1,0 +1,136 @@
+"""The receiver's intake, through the real Flask app on the real database: what is refused, with which code,
+and that a refusal stores nothing; what is accepted is committed before the answer."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import stripe
+
+from billing_core.settings import Settings
+from webhook_receiver import create_app
+
+REPORT = {
+    "idempotency_key": "r-1",
+    "account": "user_1",
+    "items": [
+        {"type": "llm_tokens", "provider": "openai", "model": "gpt-4o", "input_tokens": 1200, "output_tokens": 300}
+    ],
+}
+
+
+def inbox_count(probe) -> int:
+    return probe.scalar("SELECT count(*) FROM usage_inbox")
+
+
+def test_a_valid_batch_is_stored_priced_and_partitioned(api, probe):
+    key = api.key("usage:write")
+    events = [{**REPORT, "idempotency_key": f"b-{i}", "account": f"user_{i % 7}"} for i in range(50)]
+    response = api.post("/v1/usage", key=key, json={"events": events})
+    assert response.status_code == 202
+    assert response.json == {"accepted": 50, "duplicates": [], "status": "pending"}
+    rows = probe.rows("SELECT amount_mc, partition, status FROM usage_inbox")
+    assert len(rows) == 50 and {r.amount_mc for r in rows} == {6000} and {r.status for r in rows} == {"pending"}
+    assert all(0 <= r.partition < 8 for r in rows)
+
+
+def test_one_bad_report_refuses_the_whole_request_naming_index_and_field(api, probe):
+    key = api.key("usage:write")
+    bad_model = {**REPORT, "idempotency_key": "x-2", "items": [{**REPORT["items"][0], "model": "gpt-9"}]}
+    negative = {**REPORT, "idempotency_key": "x-3", "items": [{**REPORT["items"][0], "input_tokens": -1}]}
+    events = [{**REPORT, "idempotency_key": "x-1"}, bad_model, negative]
+    response = api.post("/v1/usage", key=key, json={"events": events})
+    assert response.status_code == 422
+    problems = response.json["error"]["problems"]
+    assert response.json["error"]["code"] == "invalid_usage"
+    assert {(p["index"], p["code"]) for p in problems} == {(1, "unknown_model"), (2, "greater_than_equal")}
+    assert {p["field"] for p in problems} == {"items[0].model", "items[0].input_tokens"}
+    assert inbox_count(probe) == 0
+
+
+def test_more_than_a_thousand_reports_or_none_are_refused(api, probe):
+    key = api.key("usage:write")
+    too_many = [{**REPORT, "idempotency_key": f"m-{i}"} for i in range(1001)]
+    assert api.post("/v1/usage", key=key, json={"events": too_many}).status_code == 422
+    assert api.post("/v1/usage", key=key, json={"events": []}).status_code == 422
+    assert api.post("/v1/usage", key=key, json=[REPORT]).status_code == 422
+    assert inbox_count(probe) == 0
+
+
+def test_duplicates_are_reported_and_a_changed_body_under_a_used_key_is_a_conflict(api, probe):
+    key = api.key("usage:write")
+    assert api.post("/v1/usage", key=key, json=REPORT).status_code == 202
+    again = api.post("/v1/usage", key=key, json={"events": [REPORT, {**REPORT, "idempotency_key": "r-2"}]})
+    assert again.status_code == 202 and again.json["accepted"] == 1 and again.json["duplicates"] == ["r-1"]
+
+    changed = {**REPORT, "account": "someone_else"}
+    conflict = api.post("/v1/usage", key=key, json={"events": [{**REPORT, "idempotency_key": "r-3"}, changed]})
+    assert conflict.status_code == 409
+    assert conflict.json["error"]["code"] == "idempotency_conflict"
+    assert conflict.json["error"]["idempotency_keys"] == ["r-1"]
+    # all or nothing: r-3 was not stored either
+    assert sorted(probe.rows("SELECT idempotency_key FROM usage_inbox ORDER BY 1")) == [("r-1",), ("r-2",)]
+
+
+def test_usage_needs_a_key_with_the_scope_and_a_sane_body(api, probe):
+    assert api.post("/v1/usage", json=REPORT).status_code == 401
+    assert api.post("/v1/usage", key="bk_not_a_real_key", json=REPORT).json["error"]["code"] == "invalid_api_key"
+    reader = api.key("accounts:read")
+    assert api.post("/v1/usage", key=reader, json=REPORT).json["error"]["code"] == "insufficient_scope"
+    writer = api.key("usage:write")
+    malformed = api.post("/v1/usage", key=writer, data=b'{"idempotency_key": ', content_type="application/json")
+    assert malformed.status_code == 400 and malformed.json["error"]["code"] == "malformed_payload"
+    huge = api.post("/v1/usage", key=writer, data=b" " * (9 * 1024 * 1024), content_type="application/json")
+    assert huge.status_code == 413
+    assert inbox_count(probe) == 0
+
+
+def test_usage_status_follows_the_row(api, probe):
+    key = api.key("usage:write")
+    api.post("/v1/usage", key=key, json=REPORT)
+    pending = api.get("/v1/usage/r-1", key=key).json
+    assert pending["status"] == "pending" and pending["credits"] == "6.000" and pending["processing"] == "pending"
+    with probe.engine.begin() as conn:
+        conn.exec_driver_sql(
+            "UPDATE usage_inbox SET status = 'rejected', reason_code = 'insufficient_credits', reason = 'short'"
+        )
+    rejected = api.get("/v1/usage/r-1", key=key).json
+    assert rejected["status"] == "rejected" and rejected["reason"]["code"] == "insufficient_credits"
+    assert api.get("/v1/usage/nope", key=key).status_code == 404
+
+
+def test_a_webhook_is_stored_once_and_duplicates_are_acknowledged(api, probe):
+    event = {
+        "id": "evt_1",
+        "object": "event",
+        "type": "customer.created",
+        "created": int(time.time()),
+        "data": {"object": {"id": "cus_1", "object": "customer", "metadata": {}}},
+    }
+    payload = json.dumps(event)
+    header = stripe.WebhookSignature.generate_signature_header(payload, "whsec_test_current")
+    first = api.post("/webhooks/stripe", data=payload, headers={"Stripe-Signature": header})
+    second = api.post("/webhooks/stripe", data=payload, headers={"Stripe-Signature": header})
+    assert (first.status_code, first.json) == (200, {"received": True, "duplicate": False})
+    assert (second.status_code, second.json) == (200, {"received": True, "duplicate": True})
+    assert probe.rows("SELECT id, type, status FROM stripe_events") == [("evt_1", "customer.created", "pending")]
+
+
+def test_without_the_database_the_receiver_answers_503_and_never_2xx(database_url):
+    # given a receiver whose database is unreachable (nothing listens on port 1)
+    app = create_app(
+        Settings(
+            database_url="postgresql://postgres@127.0.0.1:1/none",
+            redis_url="redis://127.0.0.1:1/0",
+            stripe_webhook_secret="whsec_x",
+        )
+    )
+    client = app.test_client()
+    payload = json.dumps({"id": "evt_down", "type": "customer.created", "data": {"object": {"id": "cus_1"}}})
+    header = stripe.WebhookSignature.generate_signature_header(payload, "whsec_x")
+    # when Stripe delivers
+    response = client.post("/webhooks/stripe", data=payload, headers={"Stripe-Signature": header})
+    # then Stripe is told to come back later
+    assert response.status_code == 503 and response.json["error"]["code"] == "store_unavailable"
+    assert client.get("/readyz").status_code == 503
