@@ -204,6 +204,7 @@ class CpuMeter:
                 continue
             out[name] = {
                 "cores": round(seconds / wall, 2),
+                "machine_share": round(seconds / wall / (os.cpu_count() or 1), 3),
                 f"cpu_us_per_{unit}": round(seconds / units * 1e6, 1) if units else None,
             }
         if a.machine is not None and b.machine is not None and b.machine[1] > a.machine[1]:
@@ -609,9 +610,25 @@ def customer_event_template() -> dict[str, Any]:
             "footer": "Thank you for your business.",
             "rendering_options": {"amount_tax_display": "exclude_tax", "template": None},
         },
-        metadata={"account": "@@ACCOUNT@@", "plan": "pro", "signup_source": "web", "crm_id": "crm_000123456"},
+        metadata={
+            "account": "@@ACCOUNT@@",
+            "plan": "pro",
+            "signup_source": "web",
+            "crm_id": "crm_000123456",
+            "team_id": "team_8f14e45fceea167a",
+            "referral_code": "SPRING-2024-AI",
+        },
         preferred_locales=["en-US", "fr-FR"],
         tax_exempt="none",
+        tax={"automatic_tax": "supported", "ip_address": None, "location": {"country": "US", "state": "CA"}},
+        invoice_credit_balance={"usd": 0},
+        cash_balance={
+            "available": {"usd": 0},
+            "customer": "@@CUSTOMER@@",
+            "livemode": False,
+            "object": "cash_balance",
+            "settings": {"reconciliation_mode": "automatic", "using_merchant_default": True},
+        },
     )
     shape = {k: v for k, v in event_shape.items() if k not in ("data", "id", "type")}
     return {

@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from types import TracebackType
 from typing import TypeVar
 
+import psycopg
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
@@ -58,12 +59,16 @@ class UnitOfWork:
 def is_retryable(exc: BaseException) -> bool:
     if isinstance(exc, ConcurrentDuplicate):
         return True
-    if isinstance(exc, DBAPIError):
-        if exc.connection_invalidated:  # the server went away (restart, failover): a fresh connection may work
-            return True
-        sqlstate = getattr(exc.orig, "sqlstate", None)
-        return sqlstate in RETRYABLE_SQLSTATES
-    return False
+    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+        return True  # the server went away (restart, failover): a fresh connection may work
+    # Statements sent on the raw driver connection (Book's bulk writes) raise psycopg's own errors.
+    orig = exc.orig if isinstance(exc, DBAPIError) else exc
+    sqlstate = getattr(orig, "sqlstate", None) or ""
+    # 08: connection exceptions; 57P0x: the server shut the session down (admin, crash, restarting).
+    if sqlstate in RETRYABLE_SQLSTATES or sqlstate.startswith(("08", "57P")):
+        return True
+    # A raw psycopg error without a SQLSTATE is the connection itself failing (closed, refused).
+    return isinstance(exc, psycopg.OperationalError) and not sqlstate
 
 
 def run(
@@ -96,3 +101,17 @@ def database_unreachable(session_factory: sessionmaker[Session]) -> bool:
         return False
     except Exception:
         return True
+
+
+def retry_transient(work: Callable[[], T], *, attempts: int = 3) -> T:
+    """Run ``work`` (which opens and commits its own transaction) again when it failed transiently: most
+    often a pooled connection the server closed (a restart, an administrator), found dead on first use
+    because the pool does not ping. A stale connection must not cost a caller a 503."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return work()
+        except Exception as exc:
+            if attempt == attempts or not is_retryable(exc):
+                raise
+            time.sleep(random.uniform(0, 0.002 * 2**attempt))
+    raise AssertionError("unreachable")

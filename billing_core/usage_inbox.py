@@ -21,7 +21,7 @@ from billing_core import unit_of_work
 from billing_core.commands import CaptureHold, DebitUsage
 from billing_core.errors import BillingError, IdempotencyConflict
 from billing_core.handlers import capture_hold
-from billing_core.ledger import Book
+from billing_core.ledger import Book, bulk_execute
 from billing_core.units import format_credits
 from billing_core.usage_batch import APPLIED, DUPLICATE, debit_usage_batch
 from billing_core.usage_reports import AcceptedReport
@@ -55,39 +55,41 @@ def store_usage(
 ) -> StoreResult:
     """Store accepted reports in one transaction. Keys seen before with the same body are duplicates; a key
     seen before with another body raises ``IdempotencyConflict`` and nothing of the request is stored."""
+    return unit_of_work.retry_transient(lambda: _store_once(session_factory, reports, source))
+
+
+def _store_once(session_factory: sessionmaker[Session], reports: list[AcceptedReport], source: str) -> StoreResult:
     result = StoreResult()
     if not reports:
         return result
     with session_factory() as session, session.begin():
-        inserted = set(
-            session.execute(
-                text(
-                    """
-                    INSERT INTO usage_inbox (idempotency_key, fingerprint, account, partition, amount_mc, hold_id,
-                                             occurred_at, report, source)
-                    SELECT k, fp, acc, part, amt, hold, occ, CAST(rep AS jsonb), :src
-                    FROM unnest(CAST(:keys AS text[]), CAST(:fps AS text[]), CAST(:accs AS text[]),
-                                CAST(:parts AS smallint[]), CAST(:amts AS bigint[]), CAST(:holds AS text[]),
-                                CAST(:occs AS timestamptz[]), CAST(:reps AS text[]))
-                         WITH ORDINALITY AS t(k, fp, acc, part, amt, hold, occ, rep, n)
-                    ORDER BY n
-                    ON CONFLICT (idempotency_key) DO NOTHING
-                    RETURNING idempotency_key
-                    """
-                ),
-                {
-                    "src": source,
-                    "keys": [r.idempotency_key for r in reports],
-                    "fps": [r.fingerprint for r in reports],
-                    "accs": [r.account for r in reports],
-                    "parts": [r.partition for r in reports],
-                    "amts": [r.amount_mc for r in reports],
-                    "holds": [r.hold_id for r in reports],
-                    "occs": [r.occurred_at for r in reports],
-                    "reps": [json.dumps(r.report, separators=(",", ":")) for r in reports],
-                },
-            ).scalars()
+        rows = bulk_execute(
+            session,
+            """
+            INSERT INTO usage_inbox (idempotency_key, fingerprint, account, partition, amount_mc, hold_id,
+                                     occurred_at, report, source)
+            SELECT k, fp, acc, part, amt, hold, occ, CAST(rep AS jsonb), %(src)s
+            FROM unnest(CAST(%(keys)b AS text[]), CAST(%(fps)b AS text[]), CAST(%(accs)b AS text[]),
+                        CAST(%(parts)b AS smallint[]), CAST(%(amts)b AS bigint[]), CAST(%(holds)b AS text[]),
+                        CAST(%(occs)b AS timestamptz[]), CAST(%(reps)b AS text[]))
+                 WITH ORDINALITY AS t(k, fp, acc, part, amt, hold, occ, rep, n)
+            ORDER BY n
+            ON CONFLICT (idempotency_key) DO NOTHING
+            RETURNING idempotency_key
+            """,
+            {
+                "src": source,
+                "keys": [r.idempotency_key for r in reports],
+                "fps": [r.fingerprint for r in reports],
+                "accs": [r.account for r in reports],
+                "parts": [r.partition for r in reports],
+                "amts": [r.amount_mc for r in reports],
+                "holds": [r.hold_id for r in reports],
+                "occs": [r.occurred_at for r in reports],
+                "reps": [json.dumps(r.report, separators=(",", ":")) for r in reports],
+            },
         )
+        inserted = {row[0] for row in rows}
         others = [r for r in reports if r.idempotency_key not in inserted]
         if others:
             earlier = dict(

@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 from flask import g, request
 
 from billing_core.api_keys import ApiKeyView, find_api_key, hash_key
+from billing_core.unit_of_work import retry_transient
 from webhook_receiver.errors import ApiError
 from webhook_receiver.runtime import runtime
 
@@ -37,14 +38,18 @@ def current_key() -> ApiKeyView:
     if cached is not None and cached[0] > now:
         view = cached[1]
     else:
-        with runtime().session_factory() as session:
-            view = find_api_key(session, key)
+        view = retry_transient(lambda: _lookup(key))
         if len(_cache) > 10_000:
             _cache.clear()
         _cache[digest] = (now + CACHE_SECONDS, view)
     if view is None:
         raise ApiError(401, "invalid_api_key", "the API key is unknown or revoked")
     return view
+
+
+def _lookup(key: str) -> ApiKeyView | None:
+    with runtime().session_factory() as session:
+        return find_api_key(session, key)
 
 
 def require(scope: str | None = None) -> Callable[[F], F]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from flask import Flask, jsonify
@@ -28,6 +29,9 @@ STATUS_BY_ERROR: dict[type[domain.BillingError], int] = {
     domain.UnknownModel: 422,
     domain.UnknownPriceCode: 422,
 }
+
+
+log = logging.getLogger(__name__)
 
 
 class ApiError(Exception):
@@ -61,6 +65,7 @@ def install(app: Flask) -> None:
     @app.errorhandler(DBAPIError)
     def _store(exc: DBAPIError):
         # PostgreSQL is down or restarting: nothing was committed; the caller (or Stripe) tries again later.
+        log.warning("database error answered with 503: %s", type(exc.orig).__name__ if exc.orig else exc)
         return error_response(503, "store_unavailable", "the database is unavailable; try again later")
 
     @app.errorhandler(HTTPException)

@@ -11,6 +11,7 @@ from flask import Blueprint, jsonify, request
 from sqlalchemy.exc import DBAPIError
 
 from billing_core.stripe_events import check_event, store_event
+from billing_core.unit_of_work import retry_transient
 from webhook_receiver.bodies import parse_json, read_body
 from webhook_receiver.errors import ApiError
 from webhook_receiver.metrics import WEBHOOKS
@@ -49,9 +50,13 @@ def stripe_webhook():
         raise ApiError(400, "malformed_payload", "the body is not UTF-8") from None
     verify_signature(payload, request.headers.get("Stripe-Signature"), rt.webhook_secrets)
     event = check_event(parse_json(raw))
-    try:
+
+    def store() -> bool:
         with rt.session_factory() as session, session.begin():
-            stored = store_event(session, event, payload)
+            return store_event(session, event, payload)
+
+    try:
+        stored = retry_transient(store)
     except DBAPIError:
         WEBHOOKS.labels("store_unavailable").inc()
         raise ApiError(503, "store_unavailable", "the event store is unavailable; deliver again later") from None
