@@ -72,7 +72,7 @@ from billing_core.cli import alembic_config
 from billing_core.commands import GrantCredits
 from billing_core.db import make_engine, make_session_factory
 from billing_core.handlers import execute
-from billing_core.local_servers import ThrowawayPostgres, ThrowawayRedis
+from billing_core.local_servers import ThrowawayPostgres, ThrowawayRedis, free_port
 from billing_core.settings import sqlalchemy_url
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -100,12 +100,6 @@ def percentile(values: list[float], q: float) -> float | None:
         return None
     ordered = sorted(values)
     return ordered[max(1, math.ceil(q / 100 * len(ordered))) - 1]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def libpq_url(url: str) -> str:

@@ -26,7 +26,7 @@ __all__ = ["ThrowawayPostgres", "ThrowawayRedis", "find_postgres_bin_dir", "find
 _LOOPBACK = "127.0.0.1"
 
 
-def _free_port() -> int:
+def free_port() -> int:
     # The kernel hands out an unused port; another process could grab it before the server binds, which is why
     # both servers retry with a new port when the bind fails.
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -251,7 +251,7 @@ class ThrowawayPostgres(_Server):
         with (data / "postgresql.conf").open("a") as conf:
             conf.write("\ninclude 'throwaway.conf'\n")
         for attempt in range(3):
-            port = _free_port()
+            port = free_port()
             self._write_settings(port)
             result = self._pg("pg_ctl", "-w", "-t", "60", "-D", str(data), "-l", str(log), "start", timeout=120)
             if result.returncode == 0:
@@ -420,7 +420,7 @@ class ThrowawayRedis(_Server):
         self._root = root = Path(tempfile.mkdtemp(prefix="throwaway-redis-", dir=parent))
         log = root / "redis.log"
         for attempt in range(3):
-            port = _free_port()
+            port = free_port()
             self._proc = self._spawn(exe, port, root)
             deadline = time.monotonic() + timeout
             while True:

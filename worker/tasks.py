@@ -12,6 +12,7 @@ from sqlalchemy.exc import OperationalError
 
 from billing_core import stripe_events, usage_inbox
 from billing_core.commands import ExpireGrants, ExpireHolds
+from billing_core.errors import IdempotencyConflict
 from billing_core.handlers import execute
 from billing_core.usage_reports import InvalidUsage, accept_reports
 from worker.celery_app import STALE_SECONDS, app
@@ -62,7 +63,12 @@ def record_usage(self: Task, report: dict[str, Any]) -> dict[str, Any]:
     except InvalidUsage as exc:
         log.warning("billing.record_usage refused a report: %s %s", exc.message, exc.details.get("problems"))
         return {"status": "invalid", "problems": exc.details.get("problems")}
-    stored = usage_inbox.store_usage(rt.session_factory, accepted, source="celery")
+    try:
+        stored = usage_inbox.store_usage(rt.session_factory, accepted, source="celery")
+    except IdempotencyConflict as exc:
+        # The sender reused a key for another report: nothing was stored, and retrying cannot help.
+        log.warning("billing.record_usage refused a report: %s %s", exc.message, exc.details)
+        return {"status": "conflict", "idempotency_keys": exc.details.get("idempotency_keys")}
     for partition in sorted(stored.partitions):
         apply_usage.delay(partition)
     return {"accepted": stored.accepted, "duplicates": stored.duplicates}

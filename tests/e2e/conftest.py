@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -30,17 +29,11 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from billing_core.api_keys import create_api_key
 from billing_core.db import make_engine, make_session_factory
-from billing_core.local_servers import ThrowawayRedis, stop_process
+from billing_core.local_servers import ThrowawayRedis, free_port, stop_process
 from billing_core.settings import sqlalchemy_url
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def wait_until(condition: Callable[[], Any], *, timeout: float = 60.0, what: str = "condition") -> Any:
