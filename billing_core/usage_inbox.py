@@ -9,7 +9,6 @@ others; a row that keeps failing ends ``dead`` for an operator to inspect and re
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -86,7 +85,7 @@ def _store_once(session_factory: sessionmaker[Session], reports: list[AcceptedRe
                 "amts": [r.amount_mc for r in reports],
                 "holds": [r.hold_id for r in reports],
                 "occs": [r.occurred_at for r in reports],
-                "reps": [json.dumps(r.report, separators=(",", ":")) for r in reports],
+                "reps": [r.report_json for r in reports],
             },
         )
         inserted = {row[0] for row in rows}

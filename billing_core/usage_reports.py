@@ -99,7 +99,7 @@ class AcceptedReport:
     amount_mc: int
     hold_id: str | None
     occurred_at: datetime | None
-    report: dict[str, Any]
+    report_json: str  # the report as validated, canonical JSON (sorted keys): what the fingerprint hashes
     fingerprint: str
 
 
@@ -168,7 +168,9 @@ def accept_reports(payload: object, table: PriceTable) -> list[AcceptedReport]:
             continue
         body = report.model_dump(mode="json")
         body["items"] = items
-        fp = hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+        # The canonical text is both what is fingerprinted and what is stored: serialised once per report.
+        canonical = json.dumps(body, sort_keys=True, separators=(",", ":"))
+        fp = hashlib.sha256(canonical.encode()).hexdigest()
         key = report.idempotency_key
         # The same key twice in one request: identical copies are duplicates (the store keeps the first);
         # another body under the key is a problem of this request.
@@ -186,7 +188,7 @@ def accept_reports(payload: object, table: PriceTable) -> list[AcceptedReport]:
                 amount_mc=quote.total_mc,
                 hold_id=report.hold_id,
                 occurred_at=report.occurred_at,
-                report=body,
+                report_json=canonical,
                 fingerprint=fp,
             )
         )
