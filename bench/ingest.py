@@ -67,6 +67,7 @@ import stripe
 from alembic import command as alembic_command
 from sqlalchemy import event, make_url
 
+from bench.cpu import machine_jiffies
 from billing_core.api_keys import create_api_key
 from billing_core.cli import alembic_config
 from billing_core.commands import GrantCredits
@@ -127,17 +128,6 @@ def _proc_stats() -> dict[int, tuple[int, int, float, float]]:
     return out
 
 
-def _machine_jiffies() -> tuple[int, int, int] | None:
-    """All CPUs: busy, total and interrupt (irq + softirq: loopback TCP is largely there) jiffies."""
-    try:
-        with open("/proc/stat") as f:
-            values = [int(v) for v in f.readline().split()[1:9]]
-    except (OSError, ValueError):
-        return None
-    idle = values[3] + values[4]
-    return sum(values) - idle, sum(values), values[5] + values[6]
-
-
 @dataclass(frozen=True)
 class CpuSample:
     wall: float
@@ -178,7 +168,7 @@ class CpuMeter:
                     elsewhere += own + reaped  # other users of the machine (a test run...), kernel threads
         t = os.times()
         totals["client"] += t.children_user + t.children_system  # client processes already reaped
-        return CpuSample(time.perf_counter(), {**totals, "elsewhere": elsewhere}, _machine_jiffies())
+        return CpuSample(time.perf_counter(), {**totals, "elsewhere": elsewhere}, machine_jiffies())
 
     @staticmethod
     def usage(a: CpuSample, b: CpuSample, units: int, unit: str) -> dict[str, Any]:

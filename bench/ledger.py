@@ -57,6 +57,7 @@ from alembic import command as alembic_command
 from sqlalchemy import Engine, event, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
+from bench.cpu import machine_jiffies
 from billing_core.checks import check_ledger
 from billing_core.cli import alembic_config
 from billing_core.commands import DebitUsage, GrantCredits, PurchaseCredits
@@ -268,13 +269,8 @@ class CpuMeter:
 
     @staticmethod
     def _machine() -> tuple[int, int] | None:
-        try:
-            with open("/proc/stat") as f:
-                values = [int(v) for v in f.readline().split()[1:9]]
-        except (OSError, ValueError):
-            return None
-        idle = values[3] + values[4]
-        return sum(values) - idle, sum(values)
+        jiffies = machine_jiffies()
+        return None if jiffies is None else jiffies[:2]
 
     def sample(self) -> CpuSample:
         t = os.times()
