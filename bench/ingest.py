@@ -65,7 +65,7 @@ import psycopg
 import requests
 import stripe
 from alembic import command as alembic_command
-from sqlalchemy import event, make_url
+from sqlalchemy import event
 
 from bench.cpu import machine_jiffies
 from billing_core.api_keys import create_api_key
@@ -74,7 +74,7 @@ from billing_core.commands import GrantCredits
 from billing_core.db import make_engine, make_session_factory
 from billing_core.handlers import execute
 from billing_core.local_servers import ThrowawayPostgres, ThrowawayRedis, free_port
-from billing_core.settings import sqlalchemy_url
+from billing_core.settings import libpq_url, sqlalchemy_url
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -101,10 +101,6 @@ def percentile(values: list[float], q: float) -> float | None:
         return None
     ordered = sorted(values)
     return ordered[max(1, math.ceil(q / 100 * len(ordered))) - 1]
-
-
-def libpq_url(url: str) -> str:
-    return make_url(sqlalchemy_url(url)).set(drivername="postgresql").render_as_string(hide_password=False)
 
 
 # -- CPU accounting -----------------------------------------------------------------------------------
@@ -935,6 +931,35 @@ def run_side(
     return figures, prefix
 
 
+def drain_backlog(
+    conn: psycopg.Connection[Any], prefix: str, timeout: float, cpu: CpuMeter | None = None
+) -> dict[str, Any]:
+    """Wait until the worker has handled every stored event of ``prefix``; with ``cpu``, the worker's rate and
+    CPU per event over the drain (the machine otherwise idle)."""
+    before = cpu.sample() if cpu is not None else None
+    started = time.perf_counter()
+    open_at_start = sum(v for k, v in webhook_events(conn, prefix).items() if k in OPEN_EVENT_STATUSES)
+
+    def drained() -> bool:
+        return not any(k in OPEN_EVENT_STATUSES for k in webhook_events(conn, prefix))
+
+    with contextlib.suppress(RuntimeError):
+        wait_until(drained, timeout, "the webhook events to be processed", poll=0.05)
+    seconds = time.perf_counter() - started
+    out: dict[str, Any] = {
+        "events": open_at_start,
+        "seconds": round(seconds, 2),
+        "statuses": webhook_events(conn, prefix),
+    }
+    if before is not None and open_at_start:
+        out["events_per_s"] = round(open_at_start / seconds, 1)
+        out["cpu"] = CpuMeter.usage(before, cpu.sample(), open_at_start, "event")
+    return out
+
+
+OPEN_EVENT_STATUSES = ("pending", "waiting", "failed")
+
+
 def run_webhooks(
     args: argparse.Namespace,
     conn: psycopg.Connection[Any],
@@ -944,6 +969,10 @@ def run_webhooks(
     accounts: list[str],
     cpu: CpuMeter,
 ) -> dict[str, Any]:
+    """Three windows: the bare endpoint; the receiver alone (the worker paused with SIGSTOP, so that the
+    figure is the web process's own, as the goal asks), then the backlog that builds up drained by the worker
+    with the machine otherwise idle (the worker's own rate); and the receiver with the worker handling events
+    as they come, all on the same two cores."""
     body_bytes = len(json.dumps(customer_event_template(), separators=(",", ":")))
     log("webhooks/bare: starting gunicorn 'bench.bare_app:create_app()'")
     bare_url = start_web(procs, "bare", "bench.bare_app:create_app()", args.web_workers, not args.no_access_log)
@@ -954,31 +983,37 @@ def run_webhooks(
         procs.stop("bare")
         cpu.forget("bare")
 
+    worker_group = procs.procs["worker"].pid
+    log("webhooks/web: the worker is paused (SIGSTOP) for this window")
+    os.killpg(worker_group, signal.SIGSTOP)
+    try:
+        web, prefix = run_side("web", web_url, secret, accounts, args, cpu)
+    finally:
+        os.killpg(worker_group, signal.SIGCONT)
+    log("webhooks/worker: draining the window's backlog")
+    backlog = drain_backlog(conn, prefix, args.drain_timeout, cpu)
+    log(f"webhooks/worker: {backlog['events']} events in {backlog['seconds']}s")
+
+    checkpoint(conn)
     window_end: dict[str, Any] = {}
+    shared, shared_prefix = run_side(
+        "web+worker", web_url, secret, accounts, args, cpu, lambda: window_end.setdefault("t", time.perf_counter())
+    )
+    at_window_end = webhook_events(conn, shared_prefix)
+    after = drain_backlog(conn, shared_prefix, args.drain_timeout)
+    processed_in_window = at_window_end.get("processed", 0) + at_window_end.get("ignored", 0)
 
-    def at_window_end() -> None:
-        window_end["t"] = time.perf_counter()
-
-    web, prefix = run_side("web", web_url, secret, accounts, args, cpu, at_window_end)
-    stored_at_end = webhook_events(conn, prefix)
-    log("webhooks/web: waiting for the worker to process the stored events")
-
-    def drained() -> bool:
-        return not any(k in ("pending", "waiting", "failed") for k in webhook_events(conn, prefix))
-
-    with contextlib.suppress(RuntimeError):
-        wait_until(drained, args.drain_timeout, "the webhook events to be processed", poll=0.25)
-    drain_seconds = time.perf_counter() - window_end.get("t", time.perf_counter())
-    final = webhook_events(conn, prefix)
-    stored = sum(final.values())
     ratio = web["rps"] / bare["rps"] if bare["rps"] else None
-    processed_in_window = stored_at_end.get("processed", 0) + stored_at_end.get("ignored", 0)
+    shared_ratio = shared["rps"] / bare["rps"] if bare["rps"] else None
     return {
         "web_rps": web["rps"],
         "bare_rps": bare["rps"],
         "ratio": round(ratio, 3) if ratio is not None else None,
         "goal_ratio": RATIO_GOAL,
         "goal_met": bool(ratio and ratio >= RATIO_GOAL),
+        "worker_events_per_s": backlog.get("events_per_s"),
+        "web_with_worker_rps": shared["rps"],
+        "ratio_with_worker": round(shared_ratio, 3) if shared_ratio is not None else None,
         "event_type": "customer.updated",
         "body_bytes": body_bytes,
         "client": {
@@ -989,15 +1024,17 @@ def run_webhooks(
             "seconds": args.seconds,
         },
         "gunicorn": {"workers": args.web_workers, "access_log": not args.no_access_log},
-        "web": web,
         "bare": bare,
-        "worker": {
-            "stored": stored,
-            "statuses_at_window_end": stored_at_end,
-            "statuses_final": final,
-            "processed_during_window": processed_in_window,
+        "web": web,
+        "worker_backlog": backlog,
+        "web_with_worker": {
+            **shared,
+            "statuses_at_window_end": at_window_end,
             "processed_per_s_during_window": round(processed_in_window / args.seconds, 1),
-            "drain_seconds_after_window": round(drain_seconds, 1),
+            "drain_seconds_after_window": round(time.perf_counter() - window_end.get("t", time.perf_counter()), 1)
+            if window_end
+            else None,
+            "statuses_final": after["statuses"],
         },
     }
 

@@ -64,7 +64,7 @@ from billing_core.commands import DebitUsage, GrantCredits, PurchaseCredits
 from billing_core.db import make_engine, make_session_factory
 from billing_core.handlers import execute
 from billing_core.local_servers import ThrowawayPostgres, find_postgres_bin_dir
-from billing_core.settings import sqlalchemy_url
+from billing_core.settings import libpq_url, sqlalchemy_url
 from billing_core.usage_batch import APPLIED, apply_usage_batch
 
 BENCH_DB = "bench_ledger"
@@ -142,10 +142,6 @@ def wallet_names(count: int) -> tuple[list[str], str]:
 
 def migrate(url: str) -> None:
     alembic_command.upgrade(alembic_config(url), "head")
-
-
-def libpq_url(url: str) -> str:
-    return make_url(sqlalchemy_url(url)).set(drivername="postgresql").render_as_string(hide_password=False)
 
 
 def checkpoint(url: str) -> None:

@@ -11,6 +11,7 @@ from functools import lru_cache
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy import make_url
 
 from billing_core.errors import MissingSetting
 
@@ -21,6 +22,11 @@ def sqlalchemy_url(url: str) -> str:
         if url.startswith(prefix):
             return "postgresql+psycopg://" + url[len(prefix) :]
     return url
+
+
+def libpq_url(url: str) -> str:
+    """The same database as a plain libpq URL, for psycopg's own connections."""
+    return make_url(sqlalchemy_url(url)).set(drivername="postgresql").render_as_string(hide_password=False)
 
 
 class Settings(BaseSettings):

@@ -6,7 +6,7 @@ import logging
 
 from flask import Flask
 
-from billing_core.db import make_engine, make_session_factory
+from billing_core.db import make_direct_pool, make_engine, make_session_factory
 from billing_core.errors import MissingSetting
 from billing_core.pricing import load_price_table
 from billing_core.settings import Settings, load_settings
@@ -37,6 +37,7 @@ def create_app(settings: Settings | None = None, *, enqueue: Enqueue | None = No
         gateway=gateway,
         enqueue=enqueue or CelerySender(settings.redis_url or ""),
         webhook_secrets=settings.webhook_secrets(),
+        direct_pool=make_direct_pool(settings.database_url, max_size=settings.db_pool_size),
     )
     errors.install(app)
     for blueprint in (webhooks.bp, usage.bp, health.bp, accounts.bp, holds.bp, catalog.bp):

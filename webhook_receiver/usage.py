@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from flask import Blueprint, jsonify
 
+from billing_core import wakeups
 from billing_core.usage_inbox import store_usage, usage_status
 from billing_core.usage_reports import accept_reports
 from webhook_receiver.auth import require
@@ -25,7 +26,7 @@ def post_usage():
     reports = accept_reports(parse_json(read_body(MAX_USAGE_BYTES)), rt.prices)
     stored = store_usage(rt.session_factory, reports, source="http")  # a DBAPIError answers 503 (errors.py)
     for partition in sorted(stored.partitions):
-        rt.enqueue("billing.apply_usage", [partition])
+        rt.enqueue.wake("billing.apply_usage", [partition], wakeups.usage_partition(partition))
     USAGE_EVENTS.labels("accepted").inc(len(stored.accepted))
     USAGE_EVENTS.labels("duplicate").inc(len(stored.duplicates))
     response = jsonify({"accepted": len(stored.accepted), "duplicates": stored.duplicates, "status": "pending"})

@@ -6,10 +6,12 @@ Stripe delivers again later.
 
 from __future__ import annotations
 
+import psycopg
 import stripe
-from flask import Blueprint, jsonify, request
-from sqlalchemy.exc import DBAPIError
+from flask import Blueprint, Response, request
+from psycopg_pool import PoolTimeout
 
+from billing_core import wakeups
 from billing_core.stripe_events import check_event, store_event
 from billing_core.unit_of_work import retry_transient
 from webhook_receiver.bodies import parse_json, read_body
@@ -40,8 +42,13 @@ def verify_signature(payload: str, header: str | None, secrets: list[str]) -> No
     raise ApiError(400, "invalid_signature", "no signature matches the payload")
 
 
+# The two possible answers, serialised once: this endpoint is the receiver's hottest.
+STORED = b'{"received":true,"duplicate":false}'
+DUPLICATE = b'{"received":true,"duplicate":true}'
+
+
 @bp.post("/webhooks/stripe")
-def stripe_webhook():
+def stripe_webhook() -> Response:
     rt = runtime()
     raw = read_body(MAX_WEBHOOK_BYTES)
     try:
@@ -52,15 +59,28 @@ def stripe_webhook():
     event = check_event(parse_json(raw))
 
     def store() -> bool:
-        with rt.session_factory() as session, session.begin():
-            return store_event(session, event, payload)
+        with rt.direct().connection() as conn:
+            return store_event(conn, event, payload)
 
     try:
         stored = retry_transient(store)
-    except DBAPIError:
-        WEBHOOKS.labels("store_unavailable").inc()
+    except psycopg.DataError as exc:
+        # Signed, but PostgreSQL cannot hold it (a \u0000 in a string, a timestamp out of range): delivering
+        # it again cannot help.
+        raise ApiError(400, "malformed_payload", f"the event cannot be stored: {exc}") from None
+    except (psycopg.Error, PoolTimeout):
+        WEBHOOKS_UNAVAILABLE.inc()
         raise ApiError(503, "store_unavailable", "the event store is unavailable; deliver again later") from None
     if stored:
-        rt.enqueue("billing.process_stripe_event", [event["id"]])
-    WEBHOOKS.labels("duplicate" if not stored else "stored").inc()
-    return jsonify({"received": True, "duplicate": not stored})
+        WEBHOOKS_STORED.inc()
+        rt.enqueue.wake(
+            "billing.drain_stripe_events", [], wakeups.STRIPE_EVENTS, countdown=wakeups.STRIPE_EVENTS_LINGER_SECONDS
+        )
+        return Response(STORED, mimetype="application/json")
+    WEBHOOKS_DUPLICATE.inc()
+    return Response(DUPLICATE, mimetype="application/json")
+
+
+WEBHOOKS_STORED, WEBHOOKS_DUPLICATE, WEBHOOKS_UNAVAILABLE = (
+    WEBHOOKS.labels(outcome) for outcome in ("stored", "duplicate", "store_unavailable")
+)

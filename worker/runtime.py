@@ -13,6 +13,7 @@ from billing_core.db import make_engine, make_session_factory
 from billing_core.pricing import PriceTable, load_price_table
 from billing_core.settings import load_settings
 from billing_core.stripe_gateway import StripeGateway
+from billing_core.wakeups import Wakeups, redis_client
 
 
 @dataclass(frozen=True)
@@ -20,6 +21,7 @@ class Runtime:
     session_factory: sessionmaker[Session]
     gateway: StripeGateway | None
     prices: PriceTable
+    wakeups: Wakeups
 
 
 @lru_cache(maxsize=1)
@@ -29,7 +31,12 @@ def _runtime(pid: int) -> Runtime:
     gateway = None
     if settings.stripe_api_key is not None:
         gateway = StripeGateway(settings.stripe_api_key.get_secret_value(), settings.stripe_api_base)
-    return Runtime(make_session_factory(engine), gateway, load_price_table(settings.billing_pricing_file))
+    return Runtime(
+        make_session_factory(engine),
+        gateway,
+        load_price_table(settings.billing_pricing_file),
+        Wakeups(redis_client(settings.redis_url or "")),
+    )
 
 
 def runtime() -> Runtime:

@@ -10,7 +10,7 @@ from typing import Any
 from celery import Task
 from sqlalchemy.exc import OperationalError
 
-from billing_core import stripe_events, usage_inbox
+from billing_core import stripe_events, usage_inbox, wakeups
 from billing_core.commands import ExpireGrants, ExpireHolds
 from billing_core.errors import IdempotencyConflict
 from billing_core.handlers import execute
@@ -23,6 +23,8 @@ log = logging.getLogger(__name__)
 # A task drains its partition for at most this long, then hands the rest to a fresh message so that one
 # busy partition cannot starve the others.
 DRAIN_SECONDS = 5.0
+# A partition found busy is looked at again this much later, in case its drain stopped just before our rows.
+BUSY_RETRY_SECONDS = 0.2
 # Transient trouble (the database restarting): retry the message with exponential backoff.
 RETRY = {
     "autoretry_for": (OperationalError,),
@@ -36,13 +38,17 @@ RETRY = {
 @app.task(name="billing.apply_usage", bind=True, **RETRY)
 def apply_usage(self: Task, partition: int) -> dict[str, Any]:
     rt = runtime()
+    key = wakeups.usage_partition(partition)
+    # Before claiming: rows committed from now on set the key again and wake another task.
+    rt.wakeups.disarm(key)
     started, totals = time.monotonic(), {"claimed": 0, "applied": 0, "rejected": 0, "failed": 0}
     while True:
         result = usage_inbox.apply_partition(rt.session_factory, partition)
         if result.busy:
             # Another worker is draining this partition; look again shortly in case it stopped just before
-            # our rows were committed.
-            apply_usage.apply_async(args=[partition], countdown=0.2)
+            # our rows were committed (unless a wake-up is pending already).
+            if rt.wakeups.arm(key):
+                apply_usage.apply_async(args=[partition], countdown=BUSY_RETRY_SECONDS)
             break
         for name in totals:
             totals[name] += getattr(result, name)
@@ -70,8 +76,27 @@ def record_usage(self: Task, report: dict[str, Any]) -> dict[str, Any]:
         log.warning("billing.record_usage refused a report: %s %s", exc.message, exc.details)
         return {"status": "conflict", "idempotency_keys": exc.details.get("idempotency_keys")}
     for partition in sorted(stored.partitions):
-        apply_usage.delay(partition)
+        if rt.wakeups.arm(wakeups.usage_partition(partition)):
+            apply_usage.delay(partition)
     return {"accepted": stored.accepted, "duplicates": stored.duplicates}
+
+
+@app.task(name="billing.drain_stripe_events", bind=True, **RETRY)
+def drain_stripe_events(self: Task) -> dict[str, int]:
+    """Handle stored events in batches until none is pending (the receiver wakes this task, see wakeups)."""
+    rt = runtime()
+    rt.wakeups.disarm(wakeups.STRIPE_EVENTS)
+    started, totals = time.monotonic(), {"claimed": 0}
+    while True:
+        result = stripe_events.process_pending(rt.session_factory, rt.gateway)
+        totals["claimed"] += result.claimed
+        for status, count in result.outcomes.items():
+            totals[status] = totals.get(status, 0) + count
+        if not result.more:
+            return totals
+        if time.monotonic() - started > DRAIN_SECONDS:
+            drain_stripe_events.delay()
+            return totals
 
 
 @app.task(name="billing.process_stripe_event", bind=True, **RETRY)

@@ -46,6 +46,15 @@ def _require(name: str) -> str:
 
 
 @pytest.fixture(scope="session")
+def redis_db_url() -> str:
+    """A Redis database of this pytest worker's own (the run's Redis, another db index), for tests that read
+    what was queued: the shared receiver's messages and other workers' never land in it."""
+    base = _require("REDIS_URL").rsplit("/", 1)[0]
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw-1")
+    return f"{base}/{10 + int(worker.removeprefix('gw'))}"
+
+
+@pytest.fixture(scope="session")
 def database_url() -> Iterator[str]:
     admin_url = _require("BILLING_TEST_PG_ADMIN_URL")
     template = _require("BILLING_TEST_TEMPLATE_DB")

@@ -156,7 +156,8 @@ def store_customer_event(session_factory, event_id: str) -> None:
     customer.update(id="cus_acme", metadata={"account": "acme"})
     event.update(id=event_id, type="customer.created", data={"object": customer})
     with session_factory() as s, s.begin():
-        assert stripe_events.store_event(s, stripe_events.check_event(event), json.dumps(event))
+        conn = s.connection().connection.driver_connection
+        assert stripe_events.store_event(conn, stripe_events.check_event(event), json.dumps(event))
 
 
 def kill_event(session_factory, event_id: str) -> None:

@@ -6,10 +6,15 @@ from __future__ import annotations
 import json
 import time
 
+import psycopg
+import redis
 import stripe
 
-from billing_core.settings import Settings
+from billing_core import wakeups
+from billing_core.settings import Settings, libpq_url
+from billing_core.wakeups import Wakeups
 from webhook_receiver import create_app
+from webhook_receiver.enqueue import CelerySender
 
 REPORT = {
     "idempotency_key": "r-1",
@@ -134,3 +139,84 @@ def test_without_the_database_the_receiver_answers_503_and_never_2xx(database_ur
     # then Stripe is told to come back later
     assert response.status_code == 503 and response.json["error"]["code"] == "store_unavailable"
     assert client.get("/readyz").status_code == 503
+
+
+def signed_event(event_id: str, secret: str = "whsec_test_current", **fields) -> tuple[str, dict[str, str]]:
+    event = {
+        "id": event_id,
+        "object": "event",
+        "type": "customer.updated",
+        "created": int(time.time()),
+        "data": {"object": {"id": "cus_1", "object": "customer", "metadata": {}}},
+        **fields,
+    }
+    payload = json.dumps(event)
+    return payload, {"Stripe-Signature": stripe.WebhookSignature.generate_signature_header(payload, secret)}
+
+
+def test_a_webhook_after_its_pooled_connection_was_killed_is_stored_not_refused(api, probe, database_url):
+    # given the receiver's inbox connection, since terminated by the server (a restart or failover)
+    payload, headers = signed_event("evt_before")
+    assert api.post("/webhooks/stripe", data=payload, headers=headers).status_code == 200
+    with psycopg.connect(libpq_url(database_url), autocommit=True) as admin:
+        killed = admin.execute(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND application_name = 'billing-direct'"
+        ).fetchone()[0]
+    assert killed >= 1
+
+    # when the next delivery arrives, then it is stored on a fresh connection, not answered 503
+    payload, headers = signed_event("evt_after")
+    response = api.post("/webhooks/stripe", data=payload, headers=headers)
+    assert (response.status_code, response.json) == (200, {"received": True, "duplicate": False})
+    assert probe.rows("SELECT id FROM stripe_events ORDER BY id") == [("evt_after",), ("evt_before",)]
+
+
+def test_a_signed_event_postgres_cannot_hold_is_refused_for_good_and_stores_nothing(api, probe):
+    # a NUL character is valid JSON but not valid jsonb text: delivering it again could never succeed
+    payload, headers = signed_event("evt_nul", data={"object": {"id": "cus_1", "name": "a\u0000b"}})
+    response = api.post("/webhooks/stripe", data=payload, headers=headers)
+    assert response.status_code == 400 and response.json["error"]["code"] == "malformed_payload"
+    assert probe.scalar("SELECT count(*) FROM stripe_events") == 0
+
+
+def test_many_stored_webhooks_wake_the_workers_with_one_message(database_url, redis_db_url, probe):
+    # given a receiver on a Redis of its own, with no worker consuming
+    client = redis.Redis.from_url(redis_db_url)
+    client.flushdb()
+    app = create_app(Settings(database_url=database_url, redis_url=redis_db_url, stripe_webhook_secret="whsec_w"))
+    sender = app.extensions["billing"].enqueue
+    api = app.test_client()
+
+    # when five events are stored and one is delivered again
+    for n in range(5):
+        payload, headers = signed_event(f"evt_w{n}", secret="whsec_w")
+        assert api.post("/webhooks/stripe", data=payload, headers=headers).json["duplicate"] is False
+    assert api.post("/webhooks/stripe", data=payload, headers=headers).json["duplicate"] is True
+    sender.flush()  # whatever the waker thread has not sent yet
+
+    # then one drain message is queued, delayed by the linger, and the wake-up flag says so
+    [message] = [json.loads(m) for m in client.lrange("billing", 0, -1)]
+    assert message["headers"]["task"] == "billing.drain_stripe_events"
+    assert message["headers"]["eta"] is not None
+    assert client.ttl(wakeups.STRIPE_EVENTS) > 0
+
+    # when a worker has started draining (it clears the flag before it claims), the next event wakes another
+    Wakeups(client).disarm(wakeups.STRIPE_EVENTS)
+    payload, headers = signed_event("evt_w9", secret="whsec_w")
+    api.post("/webhooks/stripe", data=payload, headers=headers)
+    sender.flush()
+    assert client.llen("billing") == 2
+    app.extensions["billing"].direct_pool.close()
+
+
+def test_a_wake_up_lost_to_a_broker_failure_clears_its_flag_so_the_next_commit_retries(redis_db_url):
+    client = redis.Redis.from_url(redis_db_url)
+    client.flushdb()
+    sender = CelerySender(redis_db_url)
+    sender.app.conf.broker_url = "redis://127.0.0.1:1/0"  # the flag's Redis answers, the broker does not
+
+    sender.wake("billing.apply_usage", [3], wakeups.usage_partition(3))
+    sender.flush()
+
+    assert client.exists(wakeups.usage_partition(3)) == 0

@@ -25,6 +25,7 @@ from billing_core.stripe_events import (
     check_event,
     due_events,
     process_event,
+    process_pending,
     store_event,
 )
 from billing_core.stripe_gateway import StripeNotFound
@@ -152,7 +153,7 @@ class BrokenStripe:
 def deliver(session_factory, event: dict[str, Any]) -> bool:
     """Store the event as the receiver does; True when this delivery stored it."""
     with session_factory() as s, s.begin():
-        return store_event(s, check_event(event), json.dumps(event))
+        return store_event(s.connection().connection.driver_connection, check_event(event), json.dumps(event))
 
 
 def receive(session_factory, gateway, event: dict[str, Any]) -> str:
@@ -697,6 +698,65 @@ def test_due_events_lists_failed_events_once_their_retry_time_has_come(session_f
 
     # then those two alone are due
     assert sorted(due_events(session_factory)) == ["evt_failed", "evt_waiting"]
+
+
+# -- draining in batches ------------------------------------------------------------------------------------
+def test_a_drain_handles_pending_events_in_one_batch_oldest_first(session_factory, probe):
+    # given a purchase, two customers and an event type without a handler, all stored and pending
+    session = checkout_session()
+    deliver(session_factory, stripe_event("evt_buy", "checkout.session.completed", session))
+    deliver(session_factory, stripe_event("evt_cus_a", "customer.created", customer()))
+    deliver(session_factory, stripe_event("evt_cus_b", "customer.created", customer("cus_globex", account="globex")))
+    deliver(session_factory, stripe_object("event"))  # plan.created
+
+    # when a drain takes them with room to spare
+    result = process_pending(session_factory, FakeStripe([session]), limit=10)
+
+    # then each is handled once, as process_event would have, and the drain reports no more work
+    assert (result.claimed, result.more) == (4, False)
+    assert result.outcomes == {PROCESSED: 3, IGNORED: 1}
+    assert probe.available("acme") == STARTER_MC
+    assert probe.rows("SELECT account, stripe_customer_id FROM wallets ORDER BY account") == [
+        ("acme", "cus_acme"),
+        ("globex", "cus_globex"),
+    ]
+    rows = probe.rows("SELECT status, attempts, last_error IS NULL AS clean FROM stripe_events ORDER BY id")
+    assert sorted(tuple(r) for r in rows) == [(IGNORED, 1, True)] + [(PROCESSED, 1, True)] * 3
+    # and a second drain finds nothing
+    assert process_pending(session_factory, FakeStripe([session])).claimed == 0
+    probe.assert_consistent()
+
+
+def test_a_full_batch_says_there_is_more_and_leaves_the_rest_pending(session_factory, probe):
+    for n in range(5):
+        deliver(session_factory, stripe_event(f"evt_c{n}", "customer.created", customer(f"cus_{n}", account=f"a{n}")))
+
+    first = process_pending(session_factory, None, limit=3)
+
+    assert (first.claimed, first.more) == (3, True)
+    assert probe.scalar("SELECT count(*) FROM stripe_events WHERE status = 'pending'") == 2
+    assert process_pending(session_factory, None, limit=3).claimed == 2
+
+
+def test_an_event_that_waits_in_a_batch_waits_alone_while_the_others_are_handled(session_factory, probe):
+    # given a paid purchase, a refund for a purchase nobody knows, and a customer, all pending
+    session = checkout_session()
+    deliver(session_factory, stripe_event("evt_buy", "checkout.session.completed", session))
+    early = charge([refund("re_a", 100)], payment_intent="pi_unknown", charge_id="ch_unknown")
+    deliver(session_factory, stripe_event("evt_early", "charge.refunded", early))
+    deliver(session_factory, stripe_event("evt_cus", "customer.created", customer()))
+
+    # when a drain takes all three
+    result = process_pending(session_factory, FakeStripe([session]), limit=10)
+
+    # then the batch falls back to one transaction per event: two handled, the refund waits with its reason
+    assert result.claimed == 3 and result.outcomes == {PROCESSED: 2, WAITING: 1}
+    assert probe.available("acme") == STARTER_MC
+    assert event_row(probe, "evt_early").status == WAITING
+    assert "pi_unknown" in event_row(probe, "evt_early").last_error
+    assert {event_row(probe, e).status for e in ("evt_buy", "evt_cus")} == {PROCESSED}
+    assert entry_count(probe) == 1
+    probe.assert_consistent()
 
 
 # -- storing -----------------------------------------------------------------------------------------------
