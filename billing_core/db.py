@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from psycopg_pool import ConnectionPool
 from sqlalchemy import Engine, create_engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from billing_core.settings import libpq_url, sqlalchemy_url
+from billing_core.settings import sqlalchemy_url
 
 
 def make_engine(url: str, *, pool_size: int = 10, max_overflow: int = 10) -> Engine:
@@ -25,24 +24,3 @@ def make_engine(url: str, *, pool_size: int = 10, max_overflow: int = 10) -> Eng
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:
     # expire_on_commit=False: results handed back after commit stay readable without a new query.
     return sessionmaker(engine, expire_on_commit=False, autoflush=False)
-
-
-def make_direct_pool(url: str, *, max_size: int, timeout: float = 2.0) -> ConnectionPool:
-    """Autocommit psycopg connections for single-statement writes on hot paths (the webhook inbox), where a
-    Session's bookkeeping would cost more than the statement. Opened by the caller, after any fork.
-
-    ``timeout``: how long a caller waits for a connection before giving up (the database is down): a
-    webhook must get its 503 quickly, and Stripe delivers it again later."""
-    return ConnectionPool(
-        libpq_url(url),
-        min_size=1,
-        max_size=max_size,
-        timeout=timeout,
-        open=False,
-        name="billing-direct",
-        kwargs={
-            "autocommit": True,
-            "options": "-c lock_timeout=10s -c statement_timeout=60s",
-            "application_name": "billing-direct",
-        },
-    )

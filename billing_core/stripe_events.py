@@ -20,7 +20,6 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any, Protocol
 
-import psycopg
 from sqlalchemy import text
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -73,35 +72,6 @@ def check_event(event: object) -> dict[str, Any]:
     if not isinstance(data, dict) or not isinstance(data.get("object"), dict):
         raise MalformedEvent("the event has no data.object", field="data.object")
     return event
-
-
-INSERT_EVENT = (
-    "INSERT INTO stripe_events (id, type, api_version, livemode, created, payload) "
-    "VALUES (%s, %s, %s, %s, to_timestamp(CAST(%s AS bigint)), CAST(%s AS jsonb)) "
-    "ON CONFLICT (id) DO NOTHING RETURNING 1"
-)
-
-
-def store_event(conn: psycopg.Connection[Any], event: dict[str, Any], raw: str) -> bool:
-    """Insert the event unless its id is known; True when this delivery stored it. The caller commits (the
-    receiver's connections autocommit: one statement, one round trip, one commit per delivery).
-
-    A plain psycopg connection rather than a Session: this is the receiver's hottest statement, and a
-    Session's begin/flush/commit bookkeeping cost more CPU than the insert itself."""
-    created, version = event.get("created"), event.get("api_version")
-    row = conn.execute(
-        INSERT_EVENT,
-        (
-            event["id"],
-            event["type"],
-            version if isinstance(version, str) else None,
-            event.get("livemode") is True,
-            created if isinstance(created, int) and not isinstance(created, bool) else None,
-            raw,
-        ),
-        prepare=True,
-    ).fetchone()
-    return row is not None
 
 
 # -- the purchase behind a payment ----------------------------------------------------------------------

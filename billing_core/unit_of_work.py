@@ -15,7 +15,6 @@ from types import TracebackType
 from typing import TypeVar
 
 import psycopg
-from psycopg_pool import PoolTimeout
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
@@ -60,8 +59,6 @@ class UnitOfWork:
 def is_retryable(exc: BaseException) -> bool:
     if isinstance(exc, ConcurrentDuplicate):
         return True
-    if isinstance(exc, PoolTimeout):
-        return False  # the pool already waited for a connection as long as the caller allows
     if isinstance(exc, DBAPIError) and exc.connection_invalidated:
         return True  # the server went away (restart, failover): a fresh connection may work
     # Statements sent on the raw driver connection (Book's bulk writes) raise psycopg's own errors.

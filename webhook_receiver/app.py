@@ -6,8 +6,9 @@ import logging
 
 from flask import Flask
 
-from billing_core.db import make_direct_pool, make_engine, make_session_factory
+from billing_core.db import make_engine, make_session_factory
 from billing_core.errors import MissingSetting
+from billing_core.event_inbox import EventInbox
 from billing_core.pricing import load_price_table
 from billing_core.settings import Settings, load_settings
 from billing_core.stripe_gateway import StripeGateway
@@ -37,7 +38,7 @@ def create_app(settings: Settings | None = None, *, enqueue: Enqueue | None = No
         gateway=gateway,
         enqueue=enqueue or CelerySender(settings.redis_url or ""),
         webhook_secrets=settings.webhook_secrets(),
-        direct_pool=make_direct_pool(settings.database_url, max_size=settings.db_pool_size),
+        event_inbox=EventInbox(settings.database_url),
     )
     errors.install(app)
     for blueprint in (webhooks.bp, usage.bp, health.bp, accounts.bp, holds.bp, catalog.bp):

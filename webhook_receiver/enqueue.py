@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 
 # The waker thread's pause between two rounds: the most a wake-up waits for a round to start, and what
 # bounds the Redis round trips of a busy process.
-COALESCE_SECONDS = 0.005
+COALESCE_SECONDS = 0.05
 
 
 class Enqueue(Protocol):

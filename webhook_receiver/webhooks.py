@@ -9,11 +9,9 @@ from __future__ import annotations
 import psycopg
 import stripe
 from flask import Blueprint, Response, request
-from psycopg_pool import PoolTimeout
 
 from billing_core import wakeups
-from billing_core.stripe_events import check_event, store_event
-from billing_core.unit_of_work import retry_transient
+from billing_core.stripe_events import check_event
 from webhook_receiver.bodies import parse_json, read_body
 from webhook_receiver.errors import ApiError
 from webhook_receiver.metrics import WEBHOOKS
@@ -58,17 +56,13 @@ def stripe_webhook() -> Response:
     verify_signature(payload, request.headers.get("Stripe-Signature"), rt.webhook_secrets)
     event = check_event(parse_json(raw))
 
-    def store() -> bool:
-        with rt.direct().connection() as conn:
-            return store_event(conn, event, payload)
-
     try:
-        stored = retry_transient(store)
+        stored = rt.event_inbox.store(event, raw)
     except psycopg.DataError as exc:
         # Signed, but PostgreSQL cannot hold it (a \u0000 in a string, a timestamp out of range): delivering
         # it again cannot help.
         raise ApiError(400, "malformed_payload", f"the event cannot be stored: {exc}") from None
-    except (psycopg.Error, PoolTimeout):
+    except psycopg.Error:
         WEBHOOKS_UNAVAILABLE.inc()
         raise ApiError(503, "store_unavailable", "the event store is unavailable; deliver again later") from None
     if stored:

@@ -45,6 +45,19 @@ def _require(name: str) -> str:
     return value
 
 
+def event_inbox_for(session_factory: sessionmaker[Session]) -> Any:
+    """The receiver's own event inbox on the test database (one per database, kept for the run)."""
+    from billing_core.event_inbox import EventInbox
+
+    url = session_factory.kw["bind"].url.render_as_string(hide_password=False)
+    if url not in _INBOXES:
+        _INBOXES[url] = EventInbox(url)
+    return _INBOXES[url]
+
+
+_INBOXES: dict[str, Any] = {}
+
+
 @pytest.fixture(scope="session")
 def redis_db_url() -> str:
     """A Redis database of this pytest worker's own (the run's Redis, another db index), for tests that read

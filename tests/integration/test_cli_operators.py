@@ -19,6 +19,7 @@ from billing_core import stripe_events, usage_inbox
 from billing_core.commands import GrantCredits
 from billing_core.pricing import PriceTable
 from billing_core.usage_reports import accept_reports
+from tests.integration.conftest import event_inbox_for
 
 pytestmark = pytest.mark.integration
 
@@ -155,9 +156,7 @@ def store_customer_event(session_factory, event_id: str) -> None:
     customer = copy.deepcopy(resources["customer"])
     customer.update(id="cus_acme", metadata={"account": "acme"})
     event.update(id=event_id, type="customer.created", data={"object": customer})
-    with session_factory() as s, s.begin():
-        conn = s.connection().connection.driver_connection
-        assert stripe_events.store_event(conn, stripe_events.check_event(event), json.dumps(event))
+    assert event_inbox_for(session_factory).store(stripe_events.check_event(event), json.dumps(event).encode())
 
 
 def kill_event(session_factory, event_id: str) -> None:

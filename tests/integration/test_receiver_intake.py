@@ -161,7 +161,7 @@ def test_a_webhook_after_its_pooled_connection_was_killed_is_stored_not_refused(
     with psycopg.connect(libpq_url(database_url), autocommit=True) as admin:
         killed = admin.execute(
             "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-            "WHERE datname = current_database() AND application_name = 'billing-direct'"
+            "WHERE datname = current_database() AND application_name = 'billing-inbox'"
         ).fetchone()[0]
     assert killed >= 1
 
@@ -207,7 +207,7 @@ def test_many_stored_webhooks_wake_the_workers_with_one_message(database_url, re
     api.post("/webhooks/stripe", data=payload, headers=headers)
     sender.flush()
     assert client.llen("billing") == 2
-    app.extensions["billing"].direct_pool.close()
+    app.extensions["billing"].event_inbox.close()
 
 
 def test_a_wake_up_lost_to_a_broker_failure_clears_its_flag_so_the_next_commit_retries(redis_db_url):

@@ -1,5 +1,5 @@
 """Stripe event handlers on real PostgreSQL: events built from Stripe's own fixtures, stored with
-``store_event`` and handled by ``process_event``; Stripe itself is a small in-test reader over dicts."""
+the receiver's ``EventInbox`` and handled by ``process_event``; Stripe itself is a small in-test reader over dicts."""
 
 from __future__ import annotations
 
@@ -26,9 +26,9 @@ from billing_core.stripe_events import (
     due_events,
     process_event,
     process_pending,
-    store_event,
 )
 from billing_core.stripe_gateway import StripeNotFound
+from tests.integration.conftest import event_inbox_for
 
 pytestmark = pytest.mark.integration
 
@@ -152,8 +152,7 @@ class BrokenStripe:
 # -- helpers ---------------------------------------------------------------------------------------------
 def deliver(session_factory, event: dict[str, Any]) -> bool:
     """Store the event as the receiver does; True when this delivery stored it."""
-    with session_factory() as s, s.begin():
-        return store_event(s.connection().connection.driver_connection, check_event(event), json.dumps(event))
+    return event_inbox_for(session_factory).store(check_event(event), json.dumps(event).encode())
 
 
 def receive(session_factory, gateway, event: dict[str, Any]) -> str:
