@@ -6,7 +6,8 @@
 Set-up: a durable (fsync on) throwaway PostgreSQL, migrated to head, and a throwaway Redis (unless
 ``--database-url`` / ``--redis-url`` name existing ones); an admin API key; ``--accounts`` wallets funded by an
 admin grant each. Then the production processes, as the Procfile runs them: gunicorn serving
-``webhook_receiver:create_app()`` (``--workers 2``, access log on unless ``--no-access-log``) and a Celery worker
+``webhook_receiver:create_app()`` (``--workers`` 2 x cores + 1 as the Procfile's default, access log on unless
+``--no-access-log``) and a Celery worker
 (``--concurrency 2 --without-mingle --without-gossip``); no beat (the sweeper only repairs lost messages).
 
 * usage: ``--client-threads`` threads (``requests.Session`` each) POST pre-serialized batches of ``--batch-size``
@@ -1055,7 +1056,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--max-rps", type=float, default=20_000, help="cap on the pre-built webhook requests (rate x seconds)"
     )
-    parser.add_argument("--web-workers", type=int, default=2, help="gunicorn --workers (web and bare)")
+    parser.add_argument(
+        "--web-workers",
+        type=int,
+        default=2 * (os.cpu_count() or 1) + 1,
+        help="gunicorn --workers (web and bare; the Procfile's default, 2 x cores + 1)",
+    )
     parser.add_argument("--worker-concurrency", type=int, default=2, help="celery --concurrency")
     parser.add_argument("--no-access-log", action="store_true", help="run gunicorn without the Procfile's access log")
     parser.add_argument("--drain-timeout", type=float, default=600, help="seconds to wait for the workers to finish")

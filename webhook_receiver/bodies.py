@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
+import orjson
 from flask import request
 
 from billing_core.errors import InvalidCommand
@@ -23,8 +23,10 @@ def read_body(limit: int) -> bytes:
 
 
 def parse_json(body: bytes) -> Any:
+    # orjson: strict RFC 8259 (no NaN, no lone surrogates, integers within 64 bits) and several times faster
+    # than the standard library on the 2 KB events and 8 MB usage batches this parses.
     try:
-        return json.loads(body)
+        return orjson.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ApiError(400, "malformed_payload", f"the body is not valid JSON: {exc}") from None
 
