@@ -41,6 +41,7 @@ class WalletState:
     available_account_id: int
     held_account_id: int
     negative_since: datetime | None
+    stripe_customer_id: str | None = None
     lots: list[GrantLot] | None = None  # loaded on first use: open grants (remaining <> 0)
     touched: bool = False
 
@@ -137,23 +138,30 @@ class Book:
             return {a: self.wallets[a] for a in accounts}
         if self.entries:
             raise RuntimeError("wallets must all be locked before the first entry is drafted")
-        if create:
-            self._create_missing(wanted)
-        rows = self.session.execute(
-            text(
-                "SELECT id, account, available_account_id, held_account_id, negative_since FROM wallets "
-                "WHERE account = ANY(CAST(:accounts AS text[])) ORDER BY id FOR UPDATE"
-            ),
-            {"accounts": wanted},
-        ).all()
-        for r in rows:
-            self.wallets[r.account] = WalletState(
-                r.id, r.account, r.available_account_id, r.held_account_id, r.negative_since
-            )
+        self._lock_existing(wanted)
         missing = [a for a in wanted if a not in self.wallets]
+        if missing and create:
+            # Created only when the lock found them missing: an account's first use pays a second round
+            # trip, every later one does not. A concurrent creator's wallet is found by the second lock.
+            self._create_missing(missing)
+            self._lock_existing(missing)
+            missing = [a for a in missing if a not in self.wallets]
         if missing and not (create or missing_ok):
             raise UnknownAccount.named(missing[0])
         return {a: self.wallets[a] for a in accounts if a in self.wallets}
+
+    def _lock_existing(self, accounts: list[str]) -> None:
+        rows = self.session.execute(
+            text(
+                "SELECT id, account, available_account_id, held_account_id, negative_since, stripe_customer_id "
+                "FROM wallets WHERE account = ANY(CAST(:accounts AS text[])) ORDER BY id FOR UPDATE"
+            ),
+            {"accounts": accounts},
+        ).all()
+        for r in rows:
+            self.wallets[r.account] = WalletState(
+                r.id, r.account, r.available_account_id, r.held_account_id, r.negative_since, r.stripe_customer_id
+            )
 
     def lock_wallet(self, account: str, *, create: bool = False) -> WalletState:
         return self.lock_wallets([account], create=create)[account]

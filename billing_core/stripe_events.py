@@ -269,14 +269,16 @@ def on_customer_changed(ctx: EventContext, customer: dict[str, Any]) -> str:
         return IGNORED
     wallet = ctx.book.lock_wallet(check_account(account), create=True)
     session = ctx.book.session
-    # One customer, one wallet: a customer re-pointed at another account leaves the old one.
-    session.execute(
-        text(
-            "UPDATE wallets SET stripe_customer_id = NULL, updated_at = now() "
-            "WHERE stripe_customer_id = :c AND id <> :w"
-        ),
-        {"c": customer["id"], "w": wallet.id},
-    )
+    if wallet.stripe_customer_id != customer["id"]:
+        # One customer, one wallet: a customer re-pointed at another account leaves the old one. (When the
+        # wallet already has it, no other can: the column is unique.)
+        session.execute(
+            text(
+                "UPDATE wallets SET stripe_customer_id = NULL, updated_at = now() "
+                "WHERE stripe_customer_id = :c AND id <> :w"
+            ),
+            {"c": customer["id"], "w": wallet.id},
+        )
     session.execute(
         text(
             "UPDATE wallets SET stripe_customer_id = :c, email = coalesce(:email, email), "
@@ -284,6 +286,7 @@ def on_customer_changed(ctx: EventContext, customer: dict[str, Any]) -> str:
         ),
         {"c": customer["id"], "email": customer.get("email"), "name": customer.get("name"), "w": wallet.id},
     )
+    wallet.stripe_customer_id = customer["id"]
     return PROCESSED
 
 
