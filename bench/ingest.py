@@ -17,11 +17,13 @@ admin grant each. Then the production processes, as the Procfile runs them: guni
   acceptance to applied (``applied_at - received_at``, both ``now()`` of their transactions, so the apply
   transaction's own length is not in it), and the CPU of every process group.
 * webhooks: signed ``customer.updated`` events (unique ids, ``Stripe-Signature`` made before the timed part)
-  POSTed for ``--seconds`` to the receiver, and the same requests to a bare Flask endpoint
-  (``bench.bare_app``) served the same way, with the worker running (it processes the receiver's events as
-  they come, as in production). The client is ``--client-procs`` processes x ``--client-conns`` connections,
-  each sending pre-built raw HTTP/1.1 requests on a socket (gunicorn's sync workers close the connection after
-  each response, so every request opens one); its CPU is reported so that a saturated client shows.
+  POSTed for ``--seconds`` to a bare Flask endpoint (``bench.bare_app``) served the same way, then to the
+  receiver with the worker paused (SIGSTOP: ``ratio``, the web process's own figure), then the backlog left
+  drained by the worker alone (``worker_events_per_s``), then the receiver with the worker handling events as
+  they come on the same cores (``ratio_with_worker``). The client is ``--client-procs`` processes x
+  ``--client-conns`` connections, each sending pre-built raw HTTP/1.1 requests on a socket (gunicorn's sync
+  workers close the connection after each response, so every request opens one); its CPU is reported so that
+  a saturated client shows.
 
 CPU is read from /proc (utime + stime of each process group, plus what their leaders reaped from exited
 children): ``web`` (gunicorn), ``bare``, ``worker`` (celery), ``postgres``, ``redis`` (throwaway servers only)
