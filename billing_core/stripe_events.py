@@ -314,6 +314,13 @@ HANDLERS: dict[str, Callable[[EventContext, dict[str, Any]], str]] = {
 }
 
 
+def _handle(book: Book, gateway: StripeReader | None, event_type: str, event: dict[str, Any]) -> str:
+    handler = HANDLERS.get(event_type)
+    if handler is None:
+        return IGNORED
+    return handler(EventContext(book, gateway, event), event["data"]["object"])
+
+
 # -- processing ------------------------------------------------------------------------------------------
 def process_event(
     session_factory: sessionmaker[Session], gateway: StripeReader | None, event_id: str, *, now: datetime | None = None
@@ -334,12 +341,7 @@ def process_event(
             return "busy"
         if row.status in (PROCESSED, IGNORED, DEAD):
             return row.status
-        handler = HANDLERS.get(row.type)
-        status = (
-            IGNORED
-            if handler is None
-            else handler(EventContext(uow.book, gateway, row.payload), row.payload["data"]["object"])
-        )
+        status = _handle(uow.book, gateway, row.type, row.payload)
         uow.session.execute(
             text(
                 "UPDATE stripe_events SET status = :s, attempts = attempts + 1, last_error = NULL, "
@@ -396,11 +398,7 @@ def process_pending(
         for row in rows:
             # A Book per event: each handler locks its own wallets before drafting, as it does alone.
             book = Book(uow.session, uow.book.now)
-            handler = HANDLERS.get(row.type)
-            if handler is None:
-                statuses.append(IGNORED)
-                continue
-            statuses.append(handler(EventContext(book, gateway, row.payload), row.payload["data"]["object"]))
+            statuses.append(_handle(book, gateway, row.type, row.payload))
             book.flush()
         if rows:
             uow.session.execute(

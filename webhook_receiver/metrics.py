@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import os
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest, multiprocess
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest, multiprocess
 
 WEBHOOKS = Counter("billing_webhooks_total", "Stripe webhook deliveries by outcome", ["outcome"])
 USAGE_EVENTS = Counter("billing_usage_events_total", "Usage reports received by outcome", ["outcome"])
 ENQUEUE_FAILURES = Counter("billing_enqueue_failures_total", "Sends to the broker that failed (swept later)")
-REQUEST_SECONDS = Histogram("billing_http_request_seconds", "Request latency", ["endpoint"])
 
 
 def render() -> tuple[bytes, str]:
