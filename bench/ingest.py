@@ -269,17 +269,19 @@ def wait_until(condition: Callable[[], Any], timeout: float, what: str, poll: fl
         time.sleep(poll)
 
 
-def gunicorn_argv(app: str, port: int, workers: int, access_log: bool) -> list[str]:
+def gunicorn_argv(app: str, port: int, workers: int, threads: int, access_log: bool) -> list[str]:
     # The Procfile's web line, bound to loopback on a free port.
     argv = [str(BIN / "gunicorn"), "--bind", f"127.0.0.1:{port}", "--workers", str(workers)]
+    if threads > 1:
+        argv += ["--threads", str(threads)]  # gunicorn's gthread worker, keep-alive
     if access_log:
         argv += ["--access-logfile", "-"]
     return [*argv, "--graceful-timeout", "20", app]
 
 
-def start_web(procs: Processes, name: str, app: str, workers: int, access_log: bool) -> str:
+def start_web(procs: Processes, name: str, app: str, args: argparse.Namespace) -> str:
     port = free_port()
-    procs.spawn(name, gunicorn_argv(app, port, workers, access_log))
+    procs.spawn(name, gunicorn_argv(app, port, args.web_workers, args.web_threads, not args.no_access_log))
     url = f"http://127.0.0.1:{port}"
 
     def up() -> bool:
@@ -978,7 +980,7 @@ def run_webhooks(
     as they come, all on the same two cores."""
     body_bytes = len(json.dumps(customer_event_template(), separators=(",", ":")))
     log("webhooks/bare: starting gunicorn 'bench.bare_app:create_app()'")
-    bare_url = start_web(procs, "bare", "bench.bare_app:create_app()", args.web_workers, not args.no_access_log)
+    bare_url = start_web(procs, "bare", "bench.bare_app:create_app()", args)
     cpu.track("bare", procs.procs["bare"].pid, "pgrp")
     try:
         bare, _ = run_side("bare", bare_url, secret, accounts, args, cpu)
@@ -1026,7 +1028,7 @@ def run_webhooks(
             "concurrency": args.client_procs * args.client_conns,
             "seconds": args.seconds,
         },
-        "gunicorn": {"workers": args.web_workers, "access_log": not args.no_access_log},
+        "gunicorn": {"workers": args.web_workers, "threads": args.web_threads, "access_log": not args.no_access_log},
         "bare": bare,
         "web": web,
         "worker_backlog": backlog,
@@ -1063,6 +1065,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         type=int,
         default=2 * (os.cpu_count() or 1) + 1,
         help="gunicorn --workers (web and bare; the Procfile's default, 2 x cores + 1)",
+    )
+    parser.add_argument(
+        "--web-threads", type=int, default=1, help="gunicorn --threads (web and bare; above 1: the gthread worker)"
     )
     parser.add_argument("--worker-concurrency", type=int, default=2, help="celery --concurrency")
     parser.add_argument("--no-access-log", action="store_true", help="run gunicorn without the Procfile's access log")
@@ -1165,7 +1170,7 @@ def main(argv: list[str] | None = None) -> int:
             cpu.track("redis", redis_pid(redis_url), "children")
 
         log(f"starting gunicorn (--workers {args.web_workers}) and celery (--concurrency {args.worker_concurrency})")
-        web_url = start_web(procs, "web", "webhook_receiver:create_app()", args.web_workers, not args.no_access_log)
+        web_url = start_web(procs, "web", "webhook_receiver:create_app()", args)
         cpu.track("web", procs.procs["web"].pid, "pgrp")
         start_worker(procs, args.worker_concurrency)
         cpu.track("worker", procs.procs["worker"].pid, "pgrp")
@@ -1189,6 +1194,7 @@ def main(argv: list[str] | None = None) -> int:
             "accounts": args.accounts,
             "seconds": args.seconds,
             "web_workers": args.web_workers,
+            "web_threads": args.web_threads,
             "worker_concurrency": args.worker_concurrency,
             "access_log": not args.no_access_log,
             "fund_seconds": round(fund_seconds, 1),

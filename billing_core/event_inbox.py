@@ -1,12 +1,12 @@
-"""The webhook receiver's write path: one prepared ``INSERT ... ON CONFLICT DO NOTHING`` per Stripe event, on a
-connection of the calling thread's own, in autocommit (one statement, one round trip, one commit).
+"""The webhook receiver's write path: ``INSERT ... ON CONFLICT DO NOTHING`` of Stripe events in autocommit,
+one statement and one commit per batch of the deliveries that are waiting at that moment.
 
 This is the receiver's hottest statement, and it is the whole of its database work, so it goes through
-psycopg's documented libpq layer (``psycopg.pq``) rather than a Session or even a psycopg cursor: measured
-in the receiver, a Session's begin/flush/commit cost several times the insert, and a cursor's parameter
-adaptation and result machinery twice what the server needs for it. A thread keeps its connection between
-requests (as Django's persistent connections do); one the server has closed is replaced on first use, so a
-database restart costs no delivery a 503.
+psycopg's documented libpq layer (``psycopg.pq``) with prepared statements, rather than a Session or even a
+psycopg cursor: measured in the receiver, a Session's begin/flush/commit cost several times the insert, and a
+cursor's parameter adaptation and result machinery twice what the server needs for it. The process keeps
+its connection between requests (as Django's persistent connections do); one the server has closed is
+replaced on first use, so a database restart costs no delivery a 503.
 
 Errors are raised as psycopg's own classes (``psycopg.errors.lookup`` of the SQLSTATE): a ``DataError`` is
 about the event itself (PostgreSQL cannot hold it), anything else about the store.
@@ -15,6 +15,7 @@ about the event itself (PostgreSQL cannot hold it), anything else about the stor
 from __future__ import annotations
 
 import threading
+from dataclasses import dataclass
 from typing import Any
 
 import psycopg
@@ -23,12 +24,20 @@ from psycopg.conninfo import make_conninfo
 
 from billing_core.settings import libpq_url
 
-STATEMENT = b"billing_store_event"
-INSERT_EVENT = (
-    b"INSERT INTO stripe_events (id, type, api_version, livemode, created, payload) "
-    b"VALUES ($1, $2, $3, $4, to_timestamp(CAST($5 AS bigint)), CAST($6 AS jsonb)) "
-    b"ON CONFLICT (id) DO NOTHING RETURNING 1"
-)
+# A batch of up to this many events is one statement and one commit (one prepared statement per size).
+MAX_BATCH = 64
+
+
+def insert_events_sql(count: int) -> bytes:
+    rows = ", ".join(
+        f"(${6 * i + 1}, ${6 * i + 2}, ${6 * i + 3}, ${6 * i + 4}, to_timestamp(CAST(${6 * i + 5} AS bigint)), "
+        f"CAST(${6 * i + 6} AS jsonb))"
+        for i in range(count)
+    )
+    return (
+        "INSERT INTO stripe_events (id, type, api_version, livemode, created, payload) "
+        f"VALUES {rows} ON CONFLICT (id) DO NOTHING RETURNING id"
+    ).encode()
 
 
 def event_params(event: dict[str, Any], raw: bytes) -> list[bytes | None]:
@@ -44,7 +53,22 @@ def event_params(event: dict[str, Any], raw: bytes) -> list[bytes | None]:
     ]
 
 
+@dataclass
+class _Slot:
+    """One delivery waiting for its batch's commit."""
+
+    params: list[bytes | None]
+    stored: bool = False
+    error: BaseException | None = None
+    done: bool = False
+
+
 class EventInbox:
+    """Group commit: deliveries that arrive while a commit is in flight (other threads of a threaded server)
+    wait for it and are then inserted together, one statement and one commit for the lot, by whichever of
+    them finds the writer free (as PostgreSQL's own WAL flush serves every committer that waits on it). Alone,
+    a delivery is a batch of one. Every delivery still returns only after its own row is committed."""
+
     def __init__(self, database_url: str, *, connect_timeout: int = 2) -> None:
         self.conninfo = make_conninfo(
             libpq_url(database_url),
@@ -53,46 +77,96 @@ class EventInbox:
             # Nothing else writes these rows for long; a delivery must not wait longer than Stripe does.
             options="-c lock_timeout=5s -c statement_timeout=10s",
         ).encode()
-        self._local = threading.local()
+        self._cond = threading.Condition()
+        self._pending: list[_Slot] = []
+        self._writing = False
+        self._conn: pq.PGconn | None = None  # used by the writer only
+        self._prepared: set[int] = set()  # batch sizes prepared on self._conn
 
     def store(self, event: dict[str, Any], raw: bytes) -> bool:
         """Insert the event unless its id is known; True when this delivery stored it (committed)."""
-        params = event_params(event, raw)
+        slot = _Slot(event_params(event, raw))
+        with self._cond:
+            self._pending.append(slot)
+            while not slot.done:
+                if self._writing:
+                    self._cond.wait()
+                    continue
+                self._writing = True
+                batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
+                self._cond.release()
+                try:
+                    self._write(batch)
+                finally:
+                    self._cond.acquire()
+                    self._writing = False
+                    self._cond.notify_all()
+        if slot.error is not None:
+            raise slot.error
+        return slot.stored
+
+    def close(self) -> None:
+        with self._cond:
+            self._drop()
+
+    def _write(self, batch: list[_Slot]) -> None:
+        """Settle every slot of the batch: stored or not, or the error that kept it out."""
+        try:
+            inserted = self._execute(batch)
+            for slot in batch:
+                # The same id twice in one batch: the first delivery stored it, the second is a duplicate.
+                slot.stored = slot.params[0] in inserted
+                inserted.discard(slot.params[0])
+        except psycopg.DataError as exc:
+            if len(batch) == 1:
+                batch[0].error = exc
+            else:
+                for slot in batch:  # one event PostgreSQL cannot hold: find it, store the others
+                    self._write([slot])
+        except BaseException as exc:  # the store is down: every delivery of the batch gets its 503
+            for slot in batch:
+                slot.error = exc
+        finally:
+            for slot in batch:
+                slot.done = True
+
+    def _execute(self, batch: list[_Slot]) -> set[bytes | None]:
+        params = [p for slot in batch for p in slot.params]
         for attempt in (1, 2):
             conn = self._connection()
-            result = conn.exec_prepared(STATEMENT, params)
+            name = f"billing_store_events_{len(batch)}".encode()
+            if len(batch) not in self._prepared:
+                prepared = conn.prepare(name, insert_events_sql(len(batch)))
+                if prepared.status != pq.ExecStatus.COMMAND_OK:
+                    if conn.status == pq.ConnStatus.OK or attempt == 2:
+                        raise _error(prepared, conn)
+                    self._drop()
+                    continue
+                self._prepared.add(len(batch))
+            result = conn.exec_prepared(name, params)
             if result.status == pq.ExecStatus.TUPLES_OK:
-                return result.ntuples == 1
+                return {result.get_value(row, 0) for row in range(result.ntuples)}
             if conn.status == pq.ConnStatus.OK or attempt == 2:
                 raise _error(result, conn)
             # The server closed this connection (a restart, an administrator): once more on a fresh one.
             self._drop()
         raise AssertionError("unreachable")
 
-    def close(self) -> None:
-        self._drop()
-
     def _connection(self) -> pq.PGconn:
-        conn: pq.PGconn | None = getattr(self._local, "conn", None)
-        if conn is not None and conn.status == pq.ConnStatus.OK:
-            return conn
+        if self._conn is not None and self._conn.status == pq.ConnStatus.OK:
+            return self._conn
         self._drop()
         conn = pq.PGconn.connect(self.conninfo)
         if conn.status != pq.ConnStatus.OK:
             message = conn.get_error_message()
             conn.finish()
             raise psycopg.OperationalError(f"connection to the event store failed: {message}")
-        prepared = conn.prepare(STATEMENT, INSERT_EVENT)
-        if prepared.status != pq.ExecStatus.COMMAND_OK:
-            error = _error(prepared, conn)
-            conn.finish()
-            raise error
-        self._local.conn = conn
+        self._conn = conn
         return conn
 
     def _drop(self) -> None:
-        conn = getattr(self._local, "conn", None)
-        self._local.conn = None
+        conn, self._conn = self._conn, None
+        self._prepared.clear()
         if conn is not None:
             conn.finish()
 

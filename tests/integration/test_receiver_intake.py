@@ -4,13 +4,16 @@ and that a refusal stores nothing; what is accepted is committed before the answ
 from __future__ import annotations
 
 import json
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import psycopg
 import redis
 import stripe
 
 from billing_core import wakeups
+from billing_core.event_inbox import EventInbox
 from billing_core.settings import Settings, libpq_url
 from billing_core.wakeups import Wakeups
 from webhook_receiver import create_app
@@ -220,3 +223,37 @@ def test_a_wake_up_lost_to_a_broker_failure_clears_its_flag_so_the_next_commit_r
     sender.flush()
 
     assert client.exists(wakeups.usage_partition(3)) == 0
+
+
+def test_concurrent_deliveries_are_committed_together_each_once_and_a_bad_one_alone(database_url, probe):
+    # given one inbox shared by 16 threads (a threaded server), each delivering events, some twice
+    inbox = EventInbox(database_url)
+    events = [
+        {"id": f"evt_g{n}", "type": "customer.updated", "created": 1_700_000_000, "data": {"object": {"id": "c"}}}
+        for n in range(80)
+    ]
+    bad = {"id": "evt_bad", "type": "x", "data": {"object": {"name": "a\\u0000b"}}}
+    deliveries = [*events, *events[:20], bad]
+    start = threading.Barrier(16)
+
+    def deliver(chunk: list[dict]) -> list[object]:
+        start.wait()
+        out: list[object] = []
+        for event in chunk:
+            raw = json.dumps(event).encode().replace(b"\\\\u0000", b"\\u0000")
+            try:
+                out.append((event["id"], inbox.store(event, raw)))
+            except psycopg.DataError:
+                out.append((event["id"], "refused"))
+        return out
+
+    with ThreadPoolExecutor(16) as pool:
+        results = [r for chunk in pool.map(deliver, [deliveries[i::16] for i in range(16)]) for r in chunk]
+    inbox.close()
+
+    # then every event is stored once, exactly one delivery of each was told "stored", the bad one is refused
+    stored = [event_id for event_id, outcome in results if outcome is True]
+    assert sorted(stored) == sorted(e["id"] for e in events)
+    assert sum(1 for _, outcome in results if outcome is False) == 20
+    assert ("evt_bad", "refused") in results
+    assert probe.scalar("SELECT count(*) FROM stripe_events") == 80
