@@ -25,7 +25,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from billing_core import unit_of_work
 from billing_core.commands import ClawBack, PurchaseCredits, check_account
-from billing_core.errors import BillingError
+from billing_core.errors import BillingError, IdempotencyConflict, InvalidAmount, InvalidCommand, UnknownPackage
 from billing_core.handlers import claw_back, purchase_credits
 from billing_core.ledger import Book
 from billing_core.units import parse_credits, round_mc
@@ -46,6 +46,16 @@ class StripeReader(Protocol):
 
 class MalformedEvent(BillingError):
     code = "malformed_payload"
+
+
+# Errors about the event's own content: retrying cannot help.
+PERMANENT_ERRORS: tuple[type[Exception], ...] = (
+    MalformedEvent,
+    InvalidCommand,
+    InvalidAmount,
+    UnknownPackage,
+    IdempotencyConflict,
+)
 
 
 class Waiting(Exception):
@@ -359,7 +369,10 @@ def process_event(
         if unit_of_work.database_unreachable(session_factory):
             raise
         log.exception("stripe event %s failed", event_id)
-        return _record_retry(session_factory, event_id, FAILED, f"{type(exc).__name__}: {exc}")
+        # An event whose own data we refuse (an invalid account in its metadata, a package we do not sell)
+        # fails the same way every time: it goes to the dead letters for an operator at once.
+        status = DEAD if isinstance(exc, PERMANENT_ERRORS) else FAILED
+        return _record_retry(session_factory, event_id, status, f"{type(exc).__name__}: {exc}")
 
 
 @dataclass

@@ -94,8 +94,11 @@ def drain_stripe_events(self: Task) -> dict[str, int]:
             totals[status] = totals.get(status, 0) + count
         if not result.more:
             return totals
-        if time.monotonic() - started > DRAIN_SECONDS:
+        # A full batch means a backlog: wake another drain (unless a wake-up is pending already) so that a
+        # second worker process shares it (SKIP LOCKED splits the rows), and hand over after DRAIN_SECONDS.
+        if rt.wakeups.arm(wakeups.STRIPE_EVENTS):
             drain_stripe_events.delay()
+        if time.monotonic() - started > DRAIN_SECONDS:
             return totals
 
 

@@ -676,6 +676,22 @@ def test_event_failing_max_attempts_times_is_dead_listed_and_replayable(session_
     probe.assert_consistent()
 
 
+def test_an_event_whose_own_data_is_refused_goes_to_the_dead_letters_at_once(session_factory, probe):
+    # given a customer whose metadata names an account we would never accept
+    deliver(session_factory, stripe_event("evt_bad_acct", "customer.created", customer(account="not an account!")))
+
+    # when it is processed
+    status = process_event(session_factory, None, "evt_bad_acct")
+
+    # then it is dead after one attempt (retrying cannot change its data), listed with the reason
+    assert status == DEAD
+    row = event_row(probe, "evt_bad_acct")
+    assert (row.status, row.attempts) == (DEAD, 1)
+    assert row.last_error.startswith("InvalidCommand: account must be")
+    assert [d.id for d in dead_letters.list_dead(session_factory)] == ["evt_bad_acct"]
+    assert probe.scalar("SELECT count(*) FROM wallets") == 0
+
+
 def test_due_events_lists_failed_events_once_their_retry_time_has_come(session_factory, probe):
     # given a failed and a waiting event (retries in the future), a processed one and a freshly received one
     deliver(session_factory, stripe_event("evt_failed", "checkout.session.completed", checkout_session()))
