@@ -206,6 +206,16 @@ def on_charge_refunded(ctx: EventContext, charge: dict[str, Any]) -> str:
     return PROCESSED
 
 
+def on_refund_updated(ctx: EventContext, refund: dict[str, Any]) -> str:
+    """A refund still pending when ``charge.refunded`` arrived (bank transfers, some cards) settles later:
+    once it has succeeded, its charge's refunds are clawed back as ``charge.refunded`` does (each refund once,
+    by its key). Pending, failed or canceled refunds moved no money, so they take nothing."""
+    if refund.get("status") != "succeeded" or not refund.get("charge"):
+        return IGNORED
+    charge = {"id": refund["charge"], "payment_intent": refund.get("payment_intent"), "refunds": {"data": [refund]}}
+    return on_charge_refunded(ctx, charge)
+
+
 def _dispute_clawback(ctx: EventContext, dispute: dict[str, Any]) -> tuple[Purchase, int]:
     purchase = _purchase_for(ctx, dispute.get("payment_intent"))
     amount_mc = _proportion(purchase, int(dispute["amount"]))
@@ -314,6 +324,8 @@ HANDLERS: dict[str, Callable[[EventContext, dict[str, Any]], str]] = {
     "checkout.session.async_payment_failed": on_payment_failed,
     "payment_intent.payment_failed": on_payment_failed,
     "charge.refunded": on_charge_refunded,
+    "charge.refund.updated": on_refund_updated,
+    "refund.updated": on_refund_updated,
     "charge.dispute.created": on_dispute_created,
     "charge.dispute.funds_withdrawn": on_dispute_funds_withdrawn,
     "charge.dispute.closed": on_dispute_closed,

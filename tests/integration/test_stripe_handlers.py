@@ -360,6 +360,38 @@ def test_refunds_arriving_in_two_events_read_from_the_payload_take_each_share_on
     probe.assert_consistent()
 
 
+def test_a_refund_pending_at_charge_refunded_is_clawed_back_when_it_succeeds(session_factory, probe):
+    # given the starter package bought, and a 400-cent refund still pending when charge.refunded arrives
+    buy_starter(probe, session_factory)
+    pending = {**refund("re_slow", 400), "status": "pending", "payment_intent": "pi_acme_1"}
+    stripe = FakeStripe([checkout_session()], {"ch_acme_1": [pending]})
+    status = receive(session_factory, stripe, stripe_event("evt_ref", "charge.refunded", charge([pending])))
+
+    # then nothing is taken yet: no money has moved
+    assert status == PROCESSED
+    assert probe.available("acme") == STARTER_MC
+
+    # when the refund succeeds and Stripe says so with charge.refund.updated (delivered twice)
+    settled = {**pending, "status": "succeeded"}
+    stripe.refunds["ch_acme_1"] = [settled]
+    first = receive(session_factory, stripe, stripe_event("evt_ref_upd", "charge.refund.updated", settled))
+    again = receive(session_factory, stripe, stripe_event("evt_ref_upd2", "refund.updated", settled))
+
+    # then its share is clawed back once
+    assert (first, again) == (PROCESSED, PROCESSED)
+    assert [e[1:] for e in entries(probe, "acme")[1:]] == [("refund:re_slow", "re_slow", -4_000_000)]
+    probe.assert_consistent()
+
+
+def test_a_refund_that_failed_or_was_canceled_takes_nothing(session_factory, probe):
+    buy_starter(probe, session_factory)
+    for n, state in enumerate(("failed", "canceled", "pending")):
+        obj = {**refund(f"re_{state}", 400), "status": state, "payment_intent": "pi_acme_1"}
+        assert receive(session_factory, None, stripe_event(f"evt_r{n}", "refund.updated", obj)) == IGNORED
+    assert probe.available("acme") == STARTER_MC
+    assert entry_count(probe) == 1
+
+
 def test_refund_before_its_purchase_waits_when_stripe_knows_no_paid_session(session_factory, probe):
     # given a refund whose purchase has not been credited, and Stripe finds no session for its payment
     refunds = [refund("re_a", 1_000)]
