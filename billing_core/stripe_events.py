@@ -460,22 +460,27 @@ def _record_retry(session_factory: sessionmaker[Session], event_id: str, status:
         ).scalar_one()
 
 
+@dataclass(frozen=True)
+class DueEvents:
+    retries: list[str]  # waiting or failed events whose retry time has come: a message each
+    stale_pending: int  # pending events no drain took in time (a lost message): one drain takes them all
+
+
 def due_events(
     session_factory: sessionmaker[Session], *, stale_after_seconds: int = 30, limit: int = 1000
-) -> list[str]:
+) -> DueEvents:
     """Events a message should have handled by now (lost or delayed by the broker), or whose retry is due."""
     with session_factory() as session:
-        return list(
-            session.execute(
-                text(
-                    "SELECT id FROM stripe_events WHERE status IN ('pending', 'waiting', 'failed') "
-                    "AND next_attempt_at <= now() "
-                    "AND (status <> 'pending' OR received_at < now() - make_interval(secs => :stale)) "
-                    "ORDER BY next_attempt_at LIMIT :n"
-                ),
-                {"stale": stale_after_seconds, "n": limit},
-            ).scalars()
-        )
+        rows = session.execute(
+            text(
+                "SELECT id, status FROM stripe_events WHERE status IN ('pending', 'waiting', 'failed') "
+                "AND next_attempt_at <= now() "
+                "AND (status <> 'pending' OR received_at < now() - make_interval(secs => :stale)) "
+                "ORDER BY next_attempt_at LIMIT :n"
+            ),
+            {"stale": stale_after_seconds, "n": limit},
+        ).all()
+    return DueEvents([r.id for r in rows if r.status != "pending"], sum(1 for r in rows if r.status == "pending"))
 
 
 def reopen(session_factory: sessionmaker[Session], event_id: str) -> bool:

@@ -116,9 +116,11 @@ def sweep_inbox(self: Task) -> dict[str, int]:
     for partition in partitions:
         apply_usage.delay(partition)
     events = stripe_events.due_events(rt.session_factory, stale_after_seconds=STALE_SECONDS)
-    for event_id in events:
+    if events.stale_pending:
+        drain_stripe_events.delay()
+    for event_id in events.retries:
         process_stripe_event.delay(event_id)
-    return {"partitions": len(partitions), "events": len(events)}
+    return {"partitions": len(partitions), "stale_events": events.stale_pending, "retries": len(events.retries)}
 
 
 def _sweep_all(make: type[ExpireHolds] | type[ExpireGrants], batch: int = 500) -> int:

@@ -21,6 +21,7 @@ from billing_core.stripe_events import (
     MAX_ATTEMPTS,
     PROCESSED,
     WAITING,
+    DueEvents,
     MalformedEvent,
     check_event,
     due_events,
@@ -686,7 +687,7 @@ def test_event_failing_max_attempts_times_is_dead_listed_and_replayable(session_
     assert process_event(session_factory, BrokenStripe(), "evt_dead") == DEAD
     row = event_row(probe, "evt_dead")
     assert (row.status, row.attempts) == (DEAD, MAX_ATTEMPTS)
-    assert "evt_dead" not in due_events(session_factory)
+    assert "evt_dead" not in due_events(session_factory).retries
     assert entry_count(probe) == 0
 
     # and an operator sees it among the dead letters
@@ -734,7 +735,7 @@ def test_due_events_lists_failed_events_once_their_retry_time_has_come(session_f
     assert receive(session_factory, None, early) == WAITING
 
     # then none is due yet
-    assert due_events(session_factory) == []
+    assert due_events(session_factory) == DueEvents([], 0)
 
     # when the failed and the waiting events' retry times pass
     execute_sql(
@@ -743,8 +744,17 @@ def test_due_events_lists_failed_events_once_their_retry_time_has_come(session_f
         "WHERE id IN ('evt_failed', 'evt_waiting')",
     )
 
-    # then those two alone are due
-    assert sorted(due_events(session_factory)) == ["evt_failed", "evt_waiting"]
+    # then those two alone are due, each for a retry of its own
+    assert sorted(due_events(session_factory).retries) == ["evt_failed", "evt_waiting"]
+
+    # when the fresh event has waited past the staleness limit (its message was lost)
+    execute_sql(
+        session_factory, "UPDATE stripe_events SET received_at = now() - interval '1 minute' WHERE id = 'evt_fresh'"
+    )
+
+    # then it is counted for a drain, not given a message of its own
+    due = due_events(session_factory)
+    assert due.stale_pending == 1 and "evt_fresh" not in due.retries
 
 
 # -- draining in batches ------------------------------------------------------------------------------------
