@@ -6,7 +6,7 @@
 Set-up: a durable (fsync on) throwaway PostgreSQL, migrated to head, and a throwaway Redis (unless
 ``--database-url`` / ``--redis-url`` name existing ones); an admin API key; ``--accounts`` wallets funded by an
 admin grant each. Then the production processes, as the Procfile runs them: gunicorn serving
-``webhook_receiver:create_app()`` (``--workers`` 2 x cores + 1 as the Procfile's default, access log on unless
+``webhook_receiver:create_app()`` (``--workers 4`` as the Procfile's default, access log on unless
 ``--no-access-log``) and a Celery worker
 (``--concurrency 2 --without-mingle --without-gossip``); no beat (the sweeper only repairs lost messages).
 
@@ -1063,8 +1063,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--web-workers",
         type=int,
-        default=2 * (os.cpu_count() or 1) + 1,
-        help="gunicorn --workers (web and bare; the Procfile's default, 2 x cores + 1)",
+        default=4,
+        help="gunicorn --workers (web and bare; the Procfile's default)",
     )
     parser.add_argument(
         "--web-threads", type=int, default=1, help="gunicorn --threads (web and bare; above 1: the gthread worker)"
