@@ -269,9 +269,11 @@ def wait_until(condition: Callable[[], Any], timeout: float, what: str, poll: fl
         time.sleep(poll)
 
 
-def gunicorn_argv(app: str, port: int, workers: int, threads: int, access_log: bool) -> list[str]:
+def gunicorn_argv(
+    app: str, port: int, workers: int, threads: int, access_log: bool, extra: list[str] | None = None
+) -> list[str]:
     # The Procfile's web line, bound to loopback on a free port.
-    argv = [str(BIN / "gunicorn"), "--bind", f"127.0.0.1:{port}", "--workers", str(workers)]
+    argv = [str(BIN / "gunicorn"), "--bind", f"127.0.0.1:{port}", "--workers", str(workers), *(extra or [])]
     if threads > 1:
         argv += ["--threads", str(threads)]  # gunicorn's gthread worker, keep-alive
     if access_log:
@@ -281,7 +283,10 @@ def gunicorn_argv(app: str, port: int, workers: int, threads: int, access_log: b
 
 def start_web(procs: Processes, name: str, app: str, args: argparse.Namespace) -> str:
     port = free_port()
-    procs.spawn(name, gunicorn_argv(app, port, args.web_workers, args.web_threads, not args.no_access_log))
+    procs.spawn(
+        name,
+        gunicorn_argv(app, port, args.web_workers, args.web_threads, not args.no_access_log, args.gunicorn_arg),
+    )
     url = f"http://127.0.0.1:{port}"
 
     def up() -> bool:
@@ -995,6 +1000,17 @@ def run_webhooks(
         web, prefix = run_side("web", web_url, secret, accounts, args, cpu)
     finally:
         os.killpg(worker_group, signal.SIGCONT)
+    ratio = web["rps"] / bare["rps"] if bare["rps"] else None
+    if args.receiver_only:
+        return {
+            "web_rps": web["rps"],
+            "bare_rps": bare["rps"],
+            "ratio": round(ratio, 3) if ratio is not None else None,
+            "goal_ratio": RATIO_GOAL,
+            "goal_met": bool(ratio and ratio >= RATIO_GOAL),
+            "bare": bare,
+            "web": web,
+        }
     log("webhooks/worker: draining the window's backlog")
     backlog = drain_backlog(conn, prefix, args.drain_timeout, cpu)
     log(f"webhooks/worker: {backlog['events']} events in {backlog['seconds']}s")
@@ -1008,7 +1024,6 @@ def run_webhooks(
     after = drain_backlog(conn, shared_prefix, args.drain_timeout)
     processed_in_window = at_window_end.get("processed", 0) + at_window_end.get("ignored", 0)
 
-    ratio = web["rps"] / bare["rps"] if bare["rps"] else None
     shared_ratio = shared["rps"] / bare["rps"] if bare["rps"] else None
     return {
         "web_rps": web["rps"],
@@ -1069,11 +1084,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--web-threads", type=int, default=1, help="gunicorn --threads (web and bare; above 1: the gthread worker)"
     )
+    parser.add_argument(
+        "--gunicorn-arg",
+        action="append",
+        default=[],
+        help="one more gunicorn argument for web and bare alike (repeat; e.g. --gunicorn-arg=--preload)",
+    )
     parser.add_argument("--worker-concurrency", type=int, default=2, help="celery --concurrency")
     parser.add_argument("--no-access-log", action="store_true", help="run gunicorn without the Procfile's access log")
     parser.add_argument("--drain-timeout", type=float, default=600, help="seconds to wait for the workers to finish")
     parser.add_argument("--skip-usage", action="store_true")
     parser.add_argument("--skip-webhooks", action="store_true")
+    parser.add_argument(
+        "--receiver-only",
+        action="store_true",
+        help="webhooks: only the bare and receiver windows (no worker backlog, no shared window)",
+    )
     parser.add_argument("--database-url", help="use this database (migrated here) instead of a throwaway cluster")
     parser.add_argument("--redis-url", help="use this Redis instead of a throwaway one")
     parser.add_argument("--keep-logs", action="store_true", help="keep the processes' logs (path on stderr)")

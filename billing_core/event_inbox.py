@@ -31,7 +31,7 @@ MAX_BATCH = 64
 def insert_events_sql(count: int) -> bytes:
     rows = ", ".join(
         f"(${6 * i + 1}, ${6 * i + 2}, ${6 * i + 3}, ${6 * i + 4}, to_timestamp(CAST(${6 * i + 5} AS bigint)), "
-        f"CAST(${6 * i + 6} AS jsonb))"
+        f"CAST(${6 * i + 6} AS json))"
         for i in range(count)
     )
     return (

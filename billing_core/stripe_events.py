@@ -79,6 +79,11 @@ def check_event(event: object) -> dict[str, Any]:
         raise MalformedEvent("the event has no id", field="id")
     if not isinstance(event_type, str) or not 0 < len(event_type) <= 100:
         raise MalformedEvent("the event has no type", field="type")
+    # These go to PostgreSQL as text parameters, which libpq cuts at the first NUL: "evt_a\u0000b" would be
+    # stored, and deduplicated, as "evt_a". Stripe never sends one; the body itself may hold them.
+    for name, value in (("id", event_id), ("type", event_type), ("api_version", event.get("api_version"))):
+        if isinstance(value, str) and "\x00" in value:
+            raise MalformedEvent(f"the event's {name} contains a NUL character", field=name)
     if not isinstance(data, dict) or not isinstance(data.get("object"), dict):
         raise MalformedEvent("the event has no data.object", field="data.object")
     return event

@@ -11,10 +11,12 @@ from werkzeug.exceptions import HTTPException
 
 from billing_core import errors as domain
 from billing_core.accounts import InvalidCursor, StripeCustomerTaken
+from billing_core.stripe_events import MalformedEvent
 
 # The domain's error codes, mapped to HTTP once, here.
 STATUS_BY_ERROR: dict[type[domain.BillingError], int] = {
     InvalidCursor: 400,
+    MalformedEvent: 400,  # the webhook contract: a signed body that is not an event is malformed_payload, 400
     domain.InsufficientCredits: 402,
     domain.AccountFlagged: 402,
     domain.UnknownAccount: 404,

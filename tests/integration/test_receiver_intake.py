@@ -9,6 +9,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import psycopg
+import pytest
 import redis
 import stripe
 
@@ -176,10 +177,31 @@ def test_a_webhook_after_its_pooled_connection_was_killed_is_stored_not_refused(
 
 
 def test_a_signed_event_postgres_cannot_hold_is_refused_for_good_and_stores_nothing(api, probe):
-    # a NUL character is valid JSON but not valid jsonb text: delivering it again could never succeed
-    payload, headers = signed_event("evt_nul", data={"object": {"id": "cus_1", "name": "a\u0000b"}})
+    # a creation time past PostgreSQL's last timestamp is valid JSON: delivering it again could never succeed
+    payload, headers = signed_event("evt_far", created=10**15)
     response = api.post("/webhooks/stripe", data=payload, headers=headers)
     assert response.status_code == 400 and response.json["error"]["code"] == "malformed_payload"
+    assert probe.scalar("SELECT count(*) FROM stripe_events") == 0
+
+
+def test_the_body_is_stored_as_delivered_even_with_a_nul_character(api, probe):
+    # a NUL in a string is valid JSON ("\u0000"); jsonb could not hold it, the json column keeps the text
+    payload, headers = signed_event("evt_nul", data={"object": {"id": "cus_1", "name": "a\x00b"}})
+    assert "\\u0000" in payload
+    response = api.post("/webhooks/stripe", data=payload, headers=headers)
+    assert (response.status_code, response.json) == (200, {"received": True, "duplicate": False})
+    # byte for byte what Stripe signed, and it still reads as the event
+    assert probe.scalar("SELECT payload::text FROM stripe_events WHERE id = 'evt_nul'") == payload
+    assert probe.scalar("SELECT payload FROM stripe_events")["data"]["object"]["name"] == "a\x00b"
+
+
+@pytest.mark.parametrize(("field", "fields"), [("id", {"id": "evt_a\x00b"}), ("type", {"type": "customer.\x00"})])
+def test_a_nul_in_the_event_id_or_type_is_refused(api, probe, field, fields):
+    # libpq sends text parameters up to their first NUL: "evt_a\u0000b" would be stored as "evt_a"
+    payload, headers = signed_event("evt_x", **fields)
+    response = api.post("/webhooks/stripe", data=payload, headers=headers)
+    assert response.status_code == 400
+    assert (response.json["error"]["code"], response.json["error"].get("field")) == ("malformed_payload", field)
     assert probe.scalar("SELECT count(*) FROM stripe_events") == 0
 
 
@@ -232,7 +254,7 @@ def test_concurrent_deliveries_are_committed_together_each_once_and_a_bad_one_al
         {"id": f"evt_g{n}", "type": "customer.updated", "created": 1_700_000_000, "data": {"object": {"id": "c"}}}
         for n in range(80)
     ]
-    bad = {"id": "evt_bad", "type": "x", "data": {"object": {"name": "a\\u0000b"}}}
+    bad = {"id": "evt_bad", "type": "x", "created": 10**15, "data": {"object": {}}}
     deliveries = [*events, *events[:20], bad]
     start = threading.Barrier(16)
 
@@ -240,7 +262,7 @@ def test_concurrent_deliveries_are_committed_together_each_once_and_a_bad_one_al
         start.wait()
         out: list[object] = []
         for event in chunk:
-            raw = json.dumps(event).encode().replace(b"\\\\u0000", b"\\u0000")
+            raw = json.dumps(event).encode()
             try:
                 out.append((event["id"], inbox.store(event, raw)))
             except psycopg.DataError:
@@ -257,3 +279,15 @@ def test_concurrent_deliveries_are_committed_together_each_once_and_a_bad_one_al
     assert sum(1 for _, outcome in results if outcome is False) == 20
     assert ("evt_bad", "refused") in results
     assert probe.scalar("SELECT count(*) FROM stripe_events") == 80
+
+
+@pytest.mark.parametrize("missing", ["id", "type", "data"])
+def test_a_signed_body_that_is_not_an_event_is_a_malformed_payload(api, probe, missing):
+    payload, _ = signed_event("evt_part")
+    event = json.loads(payload)
+    del event[missing]
+    payload = json.dumps(event)
+    headers = {"Stripe-Signature": stripe.WebhookSignature.generate_signature_header(payload, "whsec_test_current")}
+    response = api.post("/webhooks/stripe", data=payload, headers=headers)
+    assert (response.status_code, response.json["error"]["code"]) == (400, "malformed_payload")
+    assert probe.scalar("SELECT count(*) FROM stripe_events") == 0
