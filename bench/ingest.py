@@ -1,6 +1,6 @@
 """Intake throughput of the real processes: usage reports end to end, and signed Stripe webhooks per second.
 
-    .venv/bin/python -m bench.ingest [--events 100000] [--seconds 10] [--skip-usage] [--skip-webhooks]
+    .venv/bin/python -m bench.ingest [--events 100000] [--seconds 8] [--rounds 3] [--skip-usage] [--skip-webhooks]
                                      [--database-url URL] [--redis-url URL] [--no-access-log] ...
 
 Set-up: a durable (fsync on) throwaway PostgreSQL, migrated to head, and a throwaway Redis (unless
@@ -18,9 +18,13 @@ admin grant each. Then the production processes, as the Procfile runs them: guni
   transaction's own length is not in it), and the CPU of every process group.
 * webhooks: signed ``customer.updated`` events (unique ids, ``Stripe-Signature`` made before the timed part)
   POSTed for ``--seconds`` to a bare Flask endpoint (``bench.bare_app``) served the same way, then to the
-  receiver with the worker paused (SIGSTOP: ``ratio``, the web process's own figure), then the backlog left
-  drained by the worker alone (``worker_events_per_s``), then the receiver with the worker handling events as
-  they come on the same cores (``ratio_with_worker``). The client is ``--client-procs`` processes x
+  receiver, taking turns for ``--rounds`` rounds with the worker paused (SIGSTOP) throughout: ``ratio`` is
+  the receiver's requests over the bare endpoint's, all rounds together (the web process's own figure), and
+  ``ratio_by_round`` each round's. First the database is vacuumed and checkpointed, so that what the usage
+  part left to do in the background lands in neither side's windows. Then the backlog left is drained by the
+  worker alone (``worker_events_per_s``), then the receiver runs with the worker handling events as they
+  come on the same cores (``ratio_with_worker``). ``--receiver-only`` stops after the rounds.
+  The client is ``--client-procs`` processes x
   ``--client-conns`` connections, each sending pre-built raw HTTP/1.1 requests on a socket (gunicorn's sync
   workers close the connection after each response, so every request opens one); its CPU is reported so that
   a saturated client shows.
@@ -51,6 +55,7 @@ import secrets
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -979,40 +984,65 @@ def run_webhooks(
     accounts: list[str],
     cpu: CpuMeter,
 ) -> dict[str, Any]:
-    """Three windows: the bare endpoint; the receiver alone (the worker paused with SIGSTOP, so that the
-    figure is the web process's own, as the goal asks), then the backlog that builds up drained by the worker
-    with the machine otherwise idle (the worker's own rate); and the receiver with the worker handling events
-    as they come, all on the same two cores."""
+    """``--rounds`` rounds of two windows, the bare endpoint then the receiver, with the worker paused
+    (SIGSTOP) throughout so that the receiver's figure is the web process's own, as the goal asks; taking
+    turns cancels the drift of a shared machine between two long windows. Then the backlog they left, drained
+    by the worker with the machine otherwise idle (the worker's own rate); and a last window with the receiver
+    and the worker handling events as they come, all on the same two cores."""
     body_bytes = len(json.dumps(customer_event_template(), separators=(",", ":")))
+    # What the usage part left to do in the background (autovacuum of its inbox, a checkpoint) must not land
+    # in these windows, on either side.
+    conn.execute("VACUUM (ANALYZE)")
+    checkpoint(conn)
     log("webhooks/bare: starting gunicorn 'bench.bare_app:create_app()'")
     bare_url = start_web(procs, "bare", "bench.bare_app:create_app()", args)
     cpu.track("bare", procs.procs["bare"].pid, "pgrp")
-    try:
-        bare, _ = run_side("bare", bare_url, secret, accounts, args, cpu)
-    finally:
-        procs.stop("bare")
-        cpu.forget("bare")
-
     worker_group = procs.procs["worker"].pid
-    log("webhooks/web: the worker is paused (SIGSTOP) for this window")
+    log("webhooks: the worker is paused (SIGSTOP) for the bare and receiver windows")
+    rounds: list[dict[str, Any]] = []
     os.killpg(worker_group, signal.SIGSTOP)
     try:
-        web, prefix = run_side("web", web_url, secret, accounts, args, cpu)
+        for n in range(1, args.rounds + 1):
+            bare, _ = run_side(f"bare {n}/{args.rounds}", bare_url, secret, accounts, args, cpu)
+            web, _ = run_side(f"web {n}/{args.rounds}", web_url, secret, accounts, args, cpu)
+            rounds.append(
+                {"bare": bare, "web": web, "ratio": round(web["rps"] / bare["rps"], 3) if bare["rps"] else None}
+            )
     finally:
         os.killpg(worker_group, signal.SIGCONT)
-    ratio = web["rps"] / bare["rps"] if bare["rps"] else None
+        procs.stop("bare")
+        cpu.forget("bare")
+    bare_rps = sum(r["bare"]["ok"] for r in rounds) / sum(r["bare"]["seconds"] for r in rounds)
+    web_rps = sum(r["web"]["ok"] for r in rounds) / sum(r["web"]["seconds"] for r in rounds)
+    ratio = web_rps / bare_rps if bare_rps else None
+    log(
+        f"webhooks: web {web_rps:.1f} vs bare {bare_rps:.1f} req/s, ratio {ratio:.3f}"
+        if ratio
+        else "webhooks: no ratio"
+    )
+    summary = {
+        "web_rps": round(web_rps, 1),
+        "bare_rps": round(bare_rps, 1),
+        "ratio": round(ratio, 3) if ratio is not None else None,
+        "ratio_by_round": [r["ratio"] for r in rounds],
+        "goal_ratio": RATIO_GOAL,
+        "goal_met": bool(ratio and ratio >= RATIO_GOAL),
+        "cpu_us_per_request": {
+            side: {
+                group: round(statistics.median(r[side]["cpu"][group]["cpu_us_per_request"] for r in rounds), 1)
+                for group in (("bare", "client") if side == "bare" else ("web", "postgres", "client"))
+            }
+            for side in ("bare", "web")
+        },
+        "machine_busy": {
+            side: round(statistics.median(r[side]["cpu"]["machine_busy"] for r in rounds), 3)
+            for side in ("bare", "web")
+        },
+    }
     if args.receiver_only:
-        return {
-            "web_rps": web["rps"],
-            "bare_rps": bare["rps"],
-            "ratio": round(ratio, 3) if ratio is not None else None,
-            "goal_ratio": RATIO_GOAL,
-            "goal_met": bool(ratio and ratio >= RATIO_GOAL),
-            "bare": bare,
-            "web": web,
-        }
-    log("webhooks/worker: draining the window's backlog")
-    backlog = drain_backlog(conn, prefix, args.drain_timeout, cpu)
+        return {**summary, "rounds": rounds}
+    log("webhooks/worker: draining the backlog of the receiver's windows")
+    backlog = drain_backlog(conn, "", args.drain_timeout, cpu)
     log(f"webhooks/worker: {backlog['events']} events in {backlog['seconds']}s")
 
     checkpoint(conn)
@@ -1023,14 +1053,9 @@ def run_webhooks(
     at_window_end = webhook_events(conn, shared_prefix)
     after = drain_backlog(conn, shared_prefix, args.drain_timeout)
     processed_in_window = at_window_end.get("processed", 0) + at_window_end.get("ignored", 0)
-
-    shared_ratio = shared["rps"] / bare["rps"] if bare["rps"] else None
+    shared_ratio = shared["rps"] / bare_rps if bare_rps else None
     return {
-        "web_rps": web["rps"],
-        "bare_rps": bare["rps"],
-        "ratio": round(ratio, 3) if ratio is not None else None,
-        "goal_ratio": RATIO_GOAL,
-        "goal_met": bool(ratio and ratio >= RATIO_GOAL),
+        **summary,
         "worker_events_per_s": backlog.get("events_per_s"),
         "web_with_worker_rps": shared["rps"],
         "ratio_with_worker": round(shared_ratio, 3) if shared_ratio is not None else None,
@@ -1044,8 +1069,7 @@ def run_webhooks(
             "seconds": args.seconds,
         },
         "gunicorn": {"workers": args.web_workers, "threads": args.web_threads, "access_log": not args.no_access_log},
-        "bare": bare,
-        "web": web,
+        "rounds": rounds,
         "worker_backlog": backlog,
         "web_with_worker": {
             **shared,
@@ -1068,7 +1092,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=1000, help="usage reports per POST (at most 1000)")
     parser.add_argument("--client-threads", type=int, default=4, help="usage client threads")
     parser.add_argument("--accounts", type=int, default=1000, help="funded wallets the traffic spreads over")
-    parser.add_argument("--seconds", type=float, default=10.0, help="measured window of each webhook side")
+    parser.add_argument("--seconds", type=float, default=8.0, help="measured window of each webhook side")
+    parser.add_argument("--rounds", type=int, default=3, help="webhooks: rounds of a bare and a receiver window")
     parser.add_argument("--warmup-seconds", type=float, default=2.0, help="unmeasured warm-up of each webhook side")
     parser.add_argument("--client-procs", type=int, default=2, help="webhook client processes")
     parser.add_argument("--client-conns", type=int, default=4, help="connections (threads) per client process")
@@ -1106,8 +1131,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if not 1 <= args.batch_size <= 1000:
         parser.error("--batch-size must be 1..1000")
-    if min(args.events, args.client_threads, args.accounts, args.client_procs, args.client_conns) < 1:
-        parser.error("--events, --client-threads, --accounts, --client-procs and --client-conns must be positive")
+    if min(args.events, args.client_threads, args.accounts, args.client_procs, args.client_conns, args.rounds) < 1:
+        parser.error(
+            "--events, --client-threads, --accounts, --client-procs, --client-conns and --rounds must be positive"
+        )
     if args.seconds <= 0 or args.warmup_seconds <= 0:
         parser.error("--seconds and --warmup-seconds must be positive")
     return args

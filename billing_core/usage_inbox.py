@@ -9,6 +9,8 @@ others; a row that keeps failing ends ``dead`` for an operator to inspect and re
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -73,7 +75,15 @@ def _store_once(session_factory: sessionmaker[Session], reports: list[AcceptedRe
                         CAST(%(occs)b AS timestamptz[]), CAST(%(reps)b AS text[]))
                  WITH ORDINALITY AS t(k, fp, acc, part, amt, hold, occ, rep, n)
             ORDER BY n
-            ON CONFLICT (idempotency_key) DO NOTHING
+            ON CONFLICT (idempotency_key) DO UPDATE
+                SET fingerprint = EXCLUDED.fingerprint, account = EXCLUDED.account,
+                    partition = EXCLUDED.partition, amount_mc = EXCLUDED.amount_mc, hold_id = EXCLUDED.hold_id,
+                    occurred_at = EXCLUDED.occurred_at, report = EXCLUDED.report, source = EXCLUDED.source,
+                    status = 'pending', attempts = 0, reason_code = NULL, reason = NULL, entry_id = NULL,
+                    received_at = now(), next_attempt_at = now(), applied_at = NULL
+                -- a report refused as invalid (see store_refused) does not hold its key: the corrected one
+                -- takes its place, as a request that failed validation saves nothing at Stripe
+                WHERE usage_inbox.reason_code = 'invalid_usage'
             RETURNING idempotency_key
             """,
             {
@@ -112,6 +122,69 @@ def _store_once(session_factory: sessionmaker[Session], reports: list[AcceptedRe
                 result.duplicates.append(r.idempotency_key)
             seen.add(r.idempotency_key)
     return result
+
+
+INVALID_USAGE = "invalid_usage"
+
+
+def store_refused(
+    session_factory: sessionmaker[Session], payload: object, problems: list[dict[str, Any]], *, source: str
+) -> list[str]:
+    """Keep the reports of a refused request that nobody was told about (the Celery path has no caller to
+    answer) as ``rejected`` rows, so that ``GET /v1/usage/<key>`` and the operator can see why; returns their
+    keys. A report without a usable idempotency key cannot be looked up and is only logged by the caller. The
+    row does not hold its key: a corrected report with the same key replaces it (``store_usage``)."""
+    items = payload.get("events") if isinstance(payload, dict) and "events" in payload else [payload]
+    if not isinstance(items, list):
+        return []
+    rows: list[dict[str, Any]] = []
+    for index, item in enumerate(items):
+        key = item.get("idempotency_key") if isinstance(item, dict) else None
+        if not isinstance(key, str) or not 0 < len(key) <= 255 or "\x00" in key:
+            continue
+        own = [p for p in problems if p.get("index") in (index, -1)]
+        reason = "; ".join(f"{p['field'] or 'report'}: {p['message']}" for p in own) or (
+            "another report of the same batch is invalid; the batch was refused whole"
+        )
+        account = item.get("account")
+        report = json.dumps(_without_nul(item), default=str, ensure_ascii=False)
+        rows.append(
+            {
+                "k": key,
+                "fp": hashlib.sha256(report.encode()).hexdigest(),
+                "acc": account[:128] if isinstance(account, str) else "",
+                "rep": report,
+                "src": source,
+                "code": INVALID_USAGE,
+                "reason": reason[:2000],
+            }
+        )
+    if not rows:
+        return []
+    stored: list[str] = []
+    with session_factory() as session, session.begin():
+        for row in rows:  # rare and few: one statement each
+            stored += session.execute(
+                text(
+                    "INSERT INTO usage_inbox (idempotency_key, fingerprint, account, partition, amount_mc, report, "
+                    "source, status, reason_code, reason, applied_at) "
+                    "VALUES (:k, :fp, :acc, 0, 0, CAST(:rep AS jsonb), :src, 'rejected', :code, :reason, now()) "
+                    "ON CONFLICT (idempotency_key) DO NOTHING RETURNING idempotency_key"
+                ),
+                row,
+            ).scalars()
+    return stored
+
+
+def _without_nul(value: Any) -> Any:
+    # jsonb cannot hold a NUL character; the report is kept to be read, not replayed
+    if isinstance(value, str):
+        return value.replace("\x00", "")
+    if isinstance(value, dict):
+        return {_without_nul(k): _without_nul(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_without_nul(v) for v in value]
+    return value
 
 
 # -- applying -------------------------------------------------------------------------------------------

@@ -67,8 +67,13 @@ def record_usage(self: Task, report: dict[str, Any]) -> dict[str, Any]:
     try:
         accepted = accept_reports(report, rt.prices)
     except InvalidUsage as exc:
-        log.warning("billing.record_usage refused a report: %s %s", exc.message, exc.details.get("problems"))
-        return {"status": "invalid", "problems": exc.details.get("problems")}
+        # Nobody waits for this answer: keep what can be looked up by its key as a rejected row.
+        problems = exc.details.get("problems") or []
+        kept = usage_inbox.store_refused(rt.session_factory, report, problems, source="celery")
+        log.warning(
+            "billing.record_usage refused a report (%d kept as rejected): %s %s", len(kept), exc.message, problems
+        )
+        return {"status": "invalid", "problems": problems, "rejected": kept}
     try:
         stored = usage_inbox.store_usage(rt.session_factory, accepted, source="celery")
     except IdempotencyConflict as exc:

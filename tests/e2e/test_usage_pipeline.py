@@ -77,6 +77,36 @@ def test_usage_over_http_and_send_task_with_the_same_key_lands_once(stack: Stack
     assert stack.available_mc(account) == 100_000 - GPT4O_1200_300_MC
 
 
+def test_an_invalid_report_sent_through_the_broker_is_kept_rejected_and_a_corrected_one_takes_its_key(
+    stack: Stack, run_id: str
+) -> None:
+    # given a funded account, and a report with an unknown model sent through the broker (nobody is answered)
+    account = f"acct_{run_id}"
+    fund(stack, account, 100)
+    key = f"bad_{run_id}"
+    bad = report(key, account)
+    bad["items"][0]["model"] = "gpt-9"  # type: ignore[index]
+    sender = Celery(broker=stack.redis.url)
+    sender.conf.task_default_queue = "billing"
+    sender.send_task("billing.record_usage", args=[bad])
+
+    # then its key says why it was refused, and nothing was debited
+    wait_until(lambda: status_of(stack, key) == "rejected", what="the invalid report rejected")
+    status = stack.api("GET", f"/v1/usage/{key}").json()
+    assert status["reason"]["code"] == "invalid_usage" and "gpt-9" in status["reason"]["message"]
+    assert (status["credits"], status["entry_id"]) == ("0.000", None)
+    assert stack.available_mc(account) == 100_000
+
+    # when the corrected report is sent with the same key
+    fixed = stack.api("POST", "/v1/usage", json=report(key, account))
+
+    # then it is accepted (not a conflict, not a duplicate) and applied once
+    assert fixed.status_code == 202 and (fixed.json()["accepted"], fixed.json()["duplicates"]) == (1, [])
+    wait_until(lambda: status_of(stack, key) == "applied", what="the corrected report applied")
+    assert stack.available_mc(account) == 100_000 - GPT4O_1200_300_MC
+    assert stack.scalar("SELECT count(*) FROM usage_inbox WHERE idempotency_key = :k", k=key) == 1
+
+
 def test_usage_short_of_credits_is_rejected_with_the_reason(stack: Stack, run_id: str) -> None:
     account = f"poor_{run_id}"
     fund(stack, account, 1)

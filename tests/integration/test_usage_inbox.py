@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
+
 from billing_core.commands import GrantCredits
+from billing_core.errors import IdempotencyConflict
 from billing_core.pricing import PriceTable
-from billing_core.usage_inbox import MAX_ATTEMPTS, apply_partition, store_usage
-from billing_core.usage_reports import accept_reports, partition_of
+from billing_core.usage_inbox import MAX_ATTEMPTS, apply_partition, store_refused, store_usage, usage_status
+from billing_core.usage_reports import InvalidUsage, accept_reports, partition_of
 
 
 def report(key: str) -> dict[str, object]:
@@ -48,3 +51,57 @@ def test_a_row_failing_every_time_ends_dead_after_max_attempts(session_factory, 
         apply_partition(session_factory, partition_of("acme"))
     assert probe.rows("SELECT status, attempts FROM usage_inbox") == [("dead", MAX_ATTEMPTS)]
     assert probe.available("acme") == 100_000
+
+
+def refuse(session_factory, payload: object) -> list[str]:
+    with pytest.raises(InvalidUsage) as refused:
+        accept_reports(payload, PriceTable.default())
+    return store_refused(session_factory, payload, refused.value.details["problems"], source="celery")
+
+
+def test_a_refused_batch_keeps_each_keyed_report_rejected_with_its_own_reason(session_factory, probe):
+    # given a batch from the broker: one good report, one with negative credits, one without a key
+    bad = {**report("neg"), "items": [{"type": "credits", "credits": "-1"}], "metadata": {"note": "a\x00b"}}
+    kept = refuse(session_factory, {"events": [report("good"), bad, {"account": "acme"}]})
+
+    # then both keyed reports are kept, rejected, debiting nothing; each says why
+    assert sorted(kept) == ["good", "neg"]
+    rows = {r.idempotency_key: r for r in probe.rows("SELECT * FROM usage_inbox ORDER BY idempotency_key")}
+    assert {k: (r.status, r.reason_code, r.amount_mc, r.source) for k, r in rows.items()} == {
+        "good": ("rejected", "invalid_usage", 0, "celery"),
+        "neg": ("rejected", "invalid_usage", 0, "celery"),
+    }
+    assert "batch was refused whole" in rows["good"].reason
+    assert "items[0]" in rows["neg"].reason
+    assert rows["neg"].report["metadata"]["note"] == "ab"  # jsonb cannot hold the NUL; the rest is kept as sent
+    assert usage_status(session_factory, "neg")["reason"]["code"] == "invalid_usage"
+    # a worker finds nothing to apply
+    assert apply_partition(session_factory, partition_of("acme")).claimed == 0
+
+
+def test_a_corrected_report_takes_the_key_of_a_refused_one_but_not_of_a_rejected_debit(session_factory, probe):
+    # given a refused report, and a valid one rejected when applied (the account has no credits)
+    refuse(session_factory, {**report("k1"), "items": []})
+    store_usage(session_factory, accept_reports(report("k2"), PriceTable.default()))
+    apply_partition(session_factory, partition_of("acme"))
+    assert probe.rows("SELECT idempotency_key, status FROM usage_inbox ORDER BY 1") == [
+        ("k1", "rejected"),
+        ("k2", "rejected"),
+    ]
+    probe.run(GrantCredits("acme", 100_000, "fund"))
+
+    # when the corrected k1 arrives, it is accepted and applied; k2 sent again is a duplicate, not re-run
+    stored = store_usage(
+        session_factory, accept_reports({"events": [report("k1"), report("k2")]}, PriceTable.default())
+    )
+    assert (stored.accepted, stored.duplicates) == (["k1"], ["k2"])
+    apply_partition(session_factory, partition_of("acme"))
+    assert probe.rows("SELECT idempotency_key, status, attempts FROM usage_inbox ORDER BY 1") == [
+        ("k1", "applied", 1),
+        ("k2", "rejected", 1),
+    ]
+    assert probe.available("acme") == 100_000 - 2_000
+
+    # and k1 with another body is now a conflict, as for any stored report
+    with pytest.raises(IdempotencyConflict):
+        store_usage(session_factory, accept_reports({**report("k1"), "account": "other"}, PriceTable.default()))
