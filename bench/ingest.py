@@ -274,24 +274,20 @@ def wait_until(condition: Callable[[], Any], timeout: float, what: str, poll: fl
         time.sleep(poll)
 
 
-def gunicorn_argv(
-    app: str, port: int, workers: int, threads: int, access_log: bool, extra: list[str] | None = None
-) -> list[str]:
+def gunicorn_argv(app: str, port: int, args: argparse.Namespace) -> list[str]:
     # The Procfile's web line, bound to loopback on a free port.
-    argv = [str(BIN / "gunicorn"), "--bind", f"127.0.0.1:{port}", "--workers", str(workers), *(extra or [])]
-    if threads > 1:
-        argv += ["--threads", str(threads)]  # gunicorn's gthread worker, keep-alive
-    if access_log:
+    argv = [str(BIN / "gunicorn"), "--bind", f"127.0.0.1:{port}", "--worker-class", args.worker_class]
+    argv += ["--workers", str(args.web_workers), *args.gunicorn_arg]
+    if args.worker_class == "gthread":
+        argv += ["--threads", str(args.web_threads)]
+    if not args.no_access_log:
         argv += ["--access-logfile", "-"]
     return [*argv, "--graceful-timeout", "20", app]
 
 
 def start_web(procs: Processes, name: str, app: str, args: argparse.Namespace) -> str:
     port = free_port()
-    procs.spawn(
-        name,
-        gunicorn_argv(app, port, args.web_workers, args.web_threads, not args.no_access_log, args.gunicorn_arg),
-    )
+    procs.spawn(name, gunicorn_argv(app, port, args))
     url = f"http://127.0.0.1:{port}"
 
     def up() -> bool:
@@ -1068,7 +1064,12 @@ def run_webhooks(
             "concurrency": args.client_procs * args.client_conns,
             "seconds": args.seconds,
         },
-        "gunicorn": {"workers": args.web_workers, "threads": args.web_threads, "access_log": not args.no_access_log},
+        "gunicorn": {
+            "worker_class": args.worker_class,
+            "workers": args.web_workers,
+            "threads": args.web_threads if args.worker_class == "gthread" else 1,
+            "access_log": not args.no_access_log,
+        },
         "rounds": rounds,
         "worker_backlog": backlog,
         "web_with_worker": {
@@ -1096,19 +1097,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=3, help="webhooks: rounds of a bare and a receiver window")
     parser.add_argument("--warmup-seconds", type=float, default=2.0, help="unmeasured warm-up of each webhook side")
     parser.add_argument("--client-procs", type=int, default=2, help="webhook client processes")
-    parser.add_argument("--client-conns", type=int, default=4, help="connections (threads) per client process")
+    parser.add_argument("--client-conns", type=int, default=8, help="connections (threads) per client process")
     parser.add_argument(
         "--max-rps", type=float, default=20_000, help="cap on the pre-built webhook requests (rate x seconds)"
     )
     parser.add_argument(
-        "--web-workers",
-        type=int,
-        default=4,
-        help="gunicorn --workers (web and bare; the Procfile's default)",
+        "--worker-class",
+        choices=["gevent", "sync", "gthread"],
+        default="gevent",
+        help="gunicorn --worker-class (web and bare; the Procfile's)",
     )
     parser.add_argument(
-        "--web-threads", type=int, default=1, help="gunicorn --threads (web and bare; above 1: the gthread worker)"
+        "--web-workers",
+        type=int,
+        default=2,
+        help="gunicorn --workers (web and bare; the Procfile's default)",
     )
+    parser.add_argument("--web-threads", type=int, default=4, help="gunicorn --threads (with --worker-class gthread)")
     parser.add_argument(
         "--gunicorn-arg",
         action="append",
@@ -1222,7 +1227,10 @@ def main(argv: list[str] | None = None) -> int:
         if redis_server is not None:
             cpu.track("redis", redis_pid(redis_url), "children")
 
-        log(f"starting gunicorn (--workers {args.web_workers}) and celery (--concurrency {args.worker_concurrency})")
+        log(
+            f"starting gunicorn (--worker-class {args.worker_class} --workers {args.web_workers}) "
+            f"and celery (--concurrency {args.worker_concurrency})"
+        )
         web_url = start_web(procs, "web", "webhook_receiver:create_app()", args)
         cpu.track("web", procs.procs["web"].pid, "pgrp")
         start_worker(procs, args.worker_concurrency)

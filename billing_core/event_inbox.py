@@ -14,7 +14,9 @@ about the event itself (PostgreSQL cannot hold it), anything else about the stor
 
 from __future__ import annotations
 
+import select
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -77,6 +79,7 @@ class EventInbox:
             # Nothing else writes these rows for long; a delivery must not wait longer than Stripe does.
             options="-c lock_timeout=5s -c statement_timeout=10s",
         ).encode()
+        self.connect_timeout = connect_timeout
         self._cond = threading.Condition()
         self._pending: list[_Slot] = []
         self._writing = False
@@ -132,43 +135,93 @@ class EventInbox:
 
     def _execute(self, batch: list[_Slot]) -> set[bytes | None]:
         params = [p for slot in batch for p in slot.params]
+        name = f"billing_store_events_{len(batch)}".encode()
         for attempt in (1, 2):
             conn = self._connection()
-            name = f"billing_store_events_{len(batch)}".encode()
-            if len(batch) not in self._prepared:
-                prepared = conn.prepare(name, insert_events_sql(len(batch)))
-                if prepared.status != pq.ExecStatus.COMMAND_OK:
-                    if conn.status == pq.ConnStatus.OK or attempt == 2:
+            try:
+                if len(batch) not in self._prepared:
+                    conn.send_prepare(name, insert_events_sql(len(batch)))
+                    prepared = _result(conn)
+                    if prepared.status != pq.ExecStatus.COMMAND_OK:
                         raise _error(prepared, conn)
-                    self._drop()
-                    continue
-                self._prepared.add(len(batch))
-            result = conn.exec_prepared(name, params)
-            if result.status == pq.ExecStatus.TUPLES_OK:
+                    self._prepared.add(len(batch))
+                conn.send_query_prepared(name, params)
+                result = _result(conn)
+                if result.status != pq.ExecStatus.TUPLES_OK:
+                    raise _error(result, conn)
                 return {result.get_value(row, 0) for row in range(result.ntuples)}
-            if conn.status == pq.ConnStatus.OK or attempt == 2:
-                raise _error(result, conn)
-            # The server closed this connection (a restart, an administrator): once more on a fresh one.
-            self._drop()
+            except psycopg.Error:
+                if conn.status == pq.ConnStatus.OK or attempt == 2:
+                    raise
+                # The server closed this connection (a restart, an administrator): once more on a fresh one.
+                self._drop()
         raise AssertionError("unreachable")
 
     def _connection(self) -> pq.PGconn:
         if self._conn is not None and self._conn.status == pq.ConnStatus.OK:
             return self._conn
         self._drop()
-        conn = pq.PGconn.connect(self.conninfo)
-        if conn.status != pq.ConnStatus.OK:
-            message = conn.get_error_message()
-            conn.finish()
-            raise psycopg.OperationalError(f"connection to the event store failed: {message}")
-        self._conn = conn
-        return conn
+        self._conn = _connect(self.conninfo, self.connect_timeout)
+        return self._conn
 
     def _drop(self) -> None:
         conn, self._conn = self._conn, None
         self._prepared.clear()
         if conn is not None:
             conn.finish()
+
+
+# -- waiting on libpq without blocking the process ------------------------------------------------------
+# libpq's blocking calls (PQexec*, PQconnectdb) wait inside C, where nothing else of the process can run. Here
+# the waits are Python's select.poll, which gevent makes cooperative: under the receiver's gevent workers the
+# other requests of the process go on while this one waits for its commit (and join its group commit). In a
+# plain process it is the same wait libpq would do.
+
+
+def _wait(conn: pq.PGconn, events: int, timeout: float | None = None) -> bool:
+    poller = select.poll()
+    poller.register(conn.socket, events)
+    return bool(poller.poll(None if timeout is None else max(0, int(timeout * 1000))))
+
+
+def _result(conn: pq.PGconn) -> pq.PGresult:
+    """The result of the one command sent: flush it, wait for the answer, collect it."""
+    while conn.flush():
+        _wait(conn, select.POLLOUT)
+    while True:
+        conn.consume_input()
+        if not conn.is_busy():
+            break
+        _wait(conn, select.POLLIN)
+    result = conn.get_result()
+    while conn.get_result() is not None:  # the end of this command's results
+        pass
+    if result is None:
+        raise psycopg.OperationalError(conn.get_error_message() or "the event store sent no result")
+    return result
+
+
+def _connect(conninfo: bytes, timeout: float) -> pq.PGconn:
+    """PQconnectStart/PQconnectPoll with our own deadline (libpq's connect_timeout is PQconnectdb's alone)."""
+    conn = pq.PGconn.connect_start(conninfo)
+    deadline = time.monotonic() + timeout
+    status = pq.PollingStatus.WRITING
+    try:
+        while status not in (pq.PollingStatus.OK, pq.PollingStatus.FAILED):
+            if conn.status == pq.ConnStatus.BAD:
+                break
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not _wait(
+                conn, select.POLLIN if status == pq.PollingStatus.READING else select.POLLOUT, remaining
+            ):
+                raise psycopg.OperationalError(f"connection to the event store timed out after {timeout:g} s")
+            status = conn.connect_poll()
+        if conn.status != pq.ConnStatus.OK:
+            raise psycopg.OperationalError(f"connection to the event store failed: {conn.get_error_message()}")
+    except BaseException:
+        conn.finish()
+        raise
+    return conn
 
 
 def _error(result: pq.PGresult, conn: pq.PGconn) -> psycopg.Error:

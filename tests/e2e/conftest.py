@@ -239,6 +239,8 @@ def stack() -> Iterator[Stack]:
                 str(BIN / "gunicorn"),
                 "--bind",
                 f"127.0.0.1:{web_port}",
+                "--worker-class",  # as the Procfile
+                "gevent",
                 "--workers",
                 "2",
                 "webhook_receiver:create_app()",
