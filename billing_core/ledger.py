@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+import orjson
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
@@ -26,6 +27,9 @@ from billing_core.grants import PRIORITY_BY_SOURCE, GrantLot, in_spending_order,
 
 class ConcurrentDuplicate(Exception):
     """Another transaction committed the same idempotency key after we looked: retry the whole command."""
+
+
+NON_STR_KEYS = orjson.OPT_NON_STR_KEYS  # as json.dumps, which writes {1: x} as {"1": x}
 
 
 def fingerprint(kind: str, body: dict[str, Any]) -> str:
@@ -417,7 +421,10 @@ class Book:
                 "keys": [e.idempotency_key for e in ordered],
                 "fps": [e.fingerprint for e in ordered],
                 "refs": [e.external_ref for e in ordered],
-                "metas": [json.dumps(e.metadata, sort_keys=True, default=str) for e in ordered],
+                # orjson: several times the standard library's speed on the hot path (key order is jsonb's own)
+                "metas": [
+                    orjson.dumps(e.metadata, default=str, option=orjson.OPT_NON_STR_KEYS).decode() for e in ordered
+                ],
                 "occs": [e.occurred_at for e in ordered],
             },
         )

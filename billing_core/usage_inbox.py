@@ -29,6 +29,10 @@ from billing_core.usage_reports import AcceptedReport
 
 LEDGER_KEY_PREFIX = "usage:"
 MAX_ATTEMPTS = 8
+# Rows claimed and applied per transaction. Measured with bench.ingest (4 pairs of runs): 1,000 applies about
+# 7% more reports per second than 500 (the statements of a batch cost the same whatever its size), 250 about
+# 15% fewer; a batch of 1,000 is one transaction of ~0.1 s.
+BATCH_SIZE = 1000
 # pg_try_advisory_xact_lock(namespace, partition): one worker per partition at a time.
 ADVISORY_NAMESPACE = 0x0B11
 
@@ -293,7 +297,7 @@ def _record(session: Session, verdicts: list[tuple[int, str, int | None, str | N
 
 
 def apply_partition(
-    session_factory: sessionmaker[Session], partition: int, *, batch_size: int = 500, now: datetime | None = None
+    session_factory: sessionmaker[Session], partition: int, *, batch_size: int = BATCH_SIZE, now: datetime | None = None
 ) -> BatchResult:
     """Claim and apply up to ``batch_size`` open rows of one partition in one transaction.
 
