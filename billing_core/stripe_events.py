@@ -180,8 +180,9 @@ def on_payment_failed(ctx: EventContext, obj: dict[str, Any]) -> str:
 def on_charge_refunded(ctx: EventContext, charge: dict[str, Any]) -> str:
     """Claw back credits in proportion to each refund, once per refund (key ``refund:<re_id>``).
 
-    The amount of each refund is the difference of the rounded cumulative proportions, so partial refunds
-    that add up to the whole payment take back exactly the whole purchase.
+    What a new refund takes is the rounded proportion of everything refunded so far minus what the earlier
+    refunds actually took, so partial refunds that add up to the whole payment take back exactly the whole
+    purchase, whatever order they settle in (a pending refund may succeed after a later one).
     """
     purchase = _purchase_for(ctx, charge.get("payment_intent"))
     if ctx.gateway is not None:
@@ -189,14 +190,16 @@ def on_charge_refunded(ctx: EventContext, charge: dict[str, Any]) -> str:
     else:
         refunds = ((charge.get("refunds") or {}).get("data")) or []
     succeeded = sorted((r for r in refunds if r.get("status") == "succeeded"), key=lambda r: (r["created"], r["id"]))
-    done = ctx.book.find_entries([f"refund:{r['id']}" for r in succeeded])
-    cumulative = 0
+    taken = _refunds_taken(ctx.book, [f"refund:{r['id']}" for r in succeeded])
+    refunded = sum(r["amount"] for r in succeeded if f"refund:{r['id']}" in taken)
+    taken_mc = sum(taken.values())
     for refund in succeeded:
-        before = _proportion(purchase, cumulative)
-        cumulative += refund["amount"]
         key = f"refund:{refund['id']}"
-        amount_mc = _proportion(purchase, cumulative) - before
-        if key in done or amount_mc <= 0:
+        if key in taken:
+            continue
+        refunded += refund["amount"]
+        amount_mc = _proportion(purchase, refunded) - taken_mc
+        if amount_mc <= 0:
             continue
         cmd = ClawBack(
             account=purchase.account,
@@ -208,7 +211,23 @@ def on_charge_refunded(ctx: EventContext, charge: dict[str, Any]) -> str:
             metadata={"charge": charge["id"], "amount": refund["amount"]},
         )
         claw_back(Book(ctx.book.session, ctx.book.now), cmd)
+        taken_mc += amount_mc
     return PROCESSED
+
+
+def _refunds_taken(book: Book, keys: list[str]) -> dict[str, int]:
+    """What each refund already handled took, by its key: its line on the system refunds account."""
+    if not keys:
+        return {}
+    rows = book.session.execute(
+        text(
+            "SELECT e.idempotency_key, p.amount_mc FROM unnest(CAST(:keys AS text[])) AS k(key) "
+            "JOIN ledger_entries e ON e.idempotency_key = k.key "
+            "JOIN postings p ON p.entry_id = e.id AND p.account_id = :refunds"
+        ),
+        {"keys": keys, "refunds": book.system_account("refunds")},
+    ).all()
+    return {row.idempotency_key: row.amount_mc for row in rows}
 
 
 def on_refund_updated(ctx: EventContext, refund: dict[str, Any]) -> str:

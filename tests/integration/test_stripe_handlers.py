@@ -384,6 +384,40 @@ def test_a_refund_pending_at_charge_refunded_is_clawed_back_when_it_succeeds(ses
     probe.assert_consistent()
 
 
+def test_refunds_settling_out_of_order_still_take_back_exactly_the_whole_purchase(session_factory, probe):
+    # given 10,000 credits bought for 999 cents (a share of credits per cent is not whole), and three refunds:
+    # re_a created first but still pending, re_b and re_c created later and succeeded
+    session = checkout_session(amount_total=999)
+    assert receive(session_factory, None, stripe_event("evt_buy", "checkout.session.completed", session)) == PROCESSED
+    pending = {**refund("re_a", 333, created=1_700_000_100), "status": "pending", "payment_intent": "pi_acme_1"}
+    later = [refund("re_b", 333, created=1_700_000_200), refund("re_c", 1, created=1_700_000_300)]
+    stripe = FakeStripe([session], {"ch_acme_1": [pending, *later]})
+    assert receive(session_factory, stripe, stripe_event("evt_r1", "charge.refunded", charge(later))) == PROCESSED
+
+    # when re_a succeeds last, and then the rest of the payment is refunded
+    stripe.refunds["ch_acme_1"] = [{**pending, "status": "succeeded"}, *later]
+    settled = receive(session_factory, stripe, stripe_event("evt_r2", "refund.updated", stripe.refunds["ch_acme_1"][0]))
+    rest = refund("re_d", 999 - 333 - 333 - 1, created=1_700_000_400)
+    stripe.refunds["ch_acme_1"].append(rest)
+    final = receive(
+        session_factory, stripe, stripe_event("evt_r3", "charge.refunded", charge(stripe.refunds["ch_acme_1"]))
+    )
+
+    # then each share is the rounded running proportion (10,000,000 mc x refunded / 999), and together they
+    # take back exactly the 10,000 credits: nothing left over, nothing overdrawn
+    assert (settled, final) == (PROCESSED, PROCESSED)
+    taken = {key: -amount for _, key, _, amount in entries(probe, "acme")[1:]}
+    assert taken == {
+        "refund:re_b": 3_333_333,  # 333 / 999
+        "refund:re_c": 10_010,  # 334 / 999 -> 3,343,343
+        "refund:re_a": 3_333_334,  # 667 / 999 -> 6,676,677
+        "refund:re_d": 3_323_323,  # 999 / 999
+    }
+    assert sum(taken.values()) == STARTER_MC
+    assert probe.available("acme") == 0 and purchase_grant(probe, "acme").remaining_mc == 0
+    probe.assert_consistent()
+
+
 def test_a_refund_that_failed_or_was_canceled_takes_nothing(session_factory, probe):
     buy_starter(probe, session_factory)
     for n, state in enumerate(("failed", "canceled", "pending")):
