@@ -6,7 +6,7 @@
 Set-up: a durable (fsync on) throwaway PostgreSQL, migrated to head, and a throwaway Redis (unless
 ``--database-url`` / ``--redis-url`` name existing ones); an admin API key; ``--accounts`` wallets funded by an
 admin grant each. Then the production processes, as the Procfile runs them: gunicorn serving
-``webhook_receiver:create_app()`` (``--workers 4`` as the Procfile's default, access log on unless
+``webhook_receiver:create_app()`` (the Procfile's worker class and default of 2 workers, access log on unless
 ``--no-access-log``) and a Celery worker
 (``--concurrency 2 --without-mingle --without-gossip``); no beat (the sweeper only repairs lost messages).
 
@@ -80,6 +80,7 @@ from billing_core.api_keys import create_api_key
 from billing_core.cli import alembic_config
 from billing_core.commands import GrantCredits
 from billing_core.db import make_engine, make_session_factory
+from billing_core.dev_stack import web_worker_class
 from billing_core.handlers import execute
 from billing_core.local_servers import ThrowawayPostgres, ThrowawayRedis, free_port
 from billing_core.settings import libpq_url, sqlalchemy_url
@@ -1104,7 +1105,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--worker-class",
         choices=["gevent", "sync", "gthread"],
-        default="gevent",
+        default=web_worker_class(),
         help="gunicorn --worker-class (web and bare; the Procfile's)",
     )
     parser.add_argument(

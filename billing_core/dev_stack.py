@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import shutil
 import sys
@@ -24,6 +25,16 @@ from contextlib import ExitStack
 from pathlib import Path
 
 PROCFILE = Path(__file__).resolve().parent.parent / "Procfile"
+
+
+def web_worker_class() -> str:
+    """The gunicorn worker class of the Procfile's ``web``, so that the end-to-end tests and the benchmark serve
+    the receiver exactly as production does, and follow the Procfile when it changes."""
+    for line in PROCFILE.read_text().splitlines():
+        if line.startswith("web:"):
+            found = re.search(r"--worker-class[ =](\S+)", line)
+            return found.group(1) if found else "sync"
+    raise RuntimeError(f"no web process in {PROCFILE}")
 
 
 def _wait_http(url: str, timeout: float, ok: Callable[[int], bool] = lambda status: status < 500) -> bool:

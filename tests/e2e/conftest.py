@@ -29,6 +29,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from billing_core.api_keys import create_api_key
 from billing_core.db import make_engine, make_session_factory
+from billing_core.dev_stack import web_worker_class
 from billing_core.local_servers import ThrowawayRedis, free_port, stop_process
 from billing_core.settings import sqlalchemy_url
 
@@ -240,7 +241,7 @@ def stack() -> Iterator[Stack]:
                 "--bind",
                 f"127.0.0.1:{web_port}",
                 "--worker-class",  # as the Procfile
-                "gevent",
+                web_worker_class(),
                 "--workers",
                 "2",
                 "webhook_receiver:create_app()",

@@ -10,6 +10,7 @@ import psycopg
 import requests
 import stripe
 
+from billing_core.dev_stack import web_worker_class
 from billing_core.local_servers import free_port
 from billing_core.settings import libpq_url
 from tests.e2e.conftest import BIN, Stack, _wait_http, wait_until
@@ -18,13 +19,12 @@ APP = "webhook_receiver:create_app()"
 
 
 def test_a_webhook_waiting_on_the_database_leaves_its_worker_serving_others(stack: Stack, run_id: str) -> None:
-    # given a receiver with a single gevent worker, as the Procfile runs it
+    # given a receiver with a single worker of the Procfile's class (gevent)
+    assert web_worker_class() == "gevent"
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    proc = stack.spawn(
-        "web-single",
-        [str(BIN / "gunicorn"), "--bind", f"127.0.0.1:{port}", "--worker-class", "gevent", "--workers", "1", APP],
-    )
+    server = ["--worker-class", web_worker_class(), "--workers", "1"]
+    proc = stack.spawn("web-single", [str(BIN / "gunicorn"), "--bind", f"127.0.0.1:{port}", *server, APP])
     _wait_http(f"{url}/healthz", proc, stack, "web-single")
 
     # and another transaction inserting the same event id, not yet committed: the receiver's insert must wait
