@@ -76,13 +76,13 @@ from alembic import command as alembic_command
 from sqlalchemy import event
 
 from bench.cpu import machine_jiffies
-from billing_core.api_keys import create_api_key
-from billing_core.cli import alembic_config
-from billing_core.commands import GrantCredits
-from billing_core.db import make_engine, make_session_factory
-from billing_core.dev_stack import web_worker_class
-from billing_core.handlers import execute
-from billing_core.local_servers import ThrowawayPostgres, ThrowawayRedis, free_port
+from billing_cli.dev_stack import web_worker_class
+from billing_cli.main import alembic_config
+from billing_cli.throwaway import ThrowawayPostgres, ThrowawayRedis, free_port
+from billing_core.accounts.api_keys import create_api_key
+from billing_core.db.engine import make_engine, make_session_factory
+from billing_core.ledger.commands import GrantCredits
+from billing_core.ledger.handlers import execute
 from billing_core.settings import libpq_url, sqlalchemy_url
 
 ROOT = Path(__file__).resolve().parents[1]

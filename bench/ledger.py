@@ -58,14 +58,14 @@ from sqlalchemy import Engine, event, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from bench.cpu import machine_jiffies
-from billing_core.checks import check_ledger
-from billing_core.cli import alembic_config
-from billing_core.commands import DebitUsage, GrantCredits, PurchaseCredits
-from billing_core.db import make_engine, make_session_factory
-from billing_core.handlers import execute
-from billing_core.local_servers import ThrowawayPostgres, find_postgres_bin_dir
+from billing_cli.main import alembic_config
+from billing_cli.throwaway import ThrowawayPostgres, find_postgres_bin_dir
+from billing_core.db.engine import make_engine, make_session_factory
+from billing_core.ledger.batch_debit import APPLIED, apply_usage_batch
+from billing_core.ledger.checks import check_ledger
+from billing_core.ledger.commands import DebitUsage, GrantCredits, PurchaseCredits
+from billing_core.ledger.handlers import execute
 from billing_core.settings import libpq_url, sqlalchemy_url
-from billing_core.usage_batch import APPLIED, apply_usage_batch
 
 BENCH_DB = "bench_ledger"
 PGBENCH_DB = "pgbench"

@@ -7,7 +7,7 @@ import os
 from alembic import context
 from sqlalchemy import create_engine, pool
 
-from billing_core.models import Base
+from billing_core.db.tables import Base
 from billing_core.settings import sqlalchemy_url
 
 config = context.config

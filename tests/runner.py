@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from types import FrameType
 
-from billing_core.local_servers import ThrowawayPostgres, ThrowawayRedis, stop_process
+from billing_cli.throwaway import ThrowawayPostgres, ThrowawayRedis, stop_process
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TEMPLATE_DB = "billing_template"
@@ -183,10 +183,10 @@ def _run(sup: _Supervisor, pg: ThrowawayPostgres, redis: ThrowawayRedis, pytest_
     if os.environ.get("BILLING_TEST_SKIP_MIGRATE") == "1":
         print("tests.runner: BILLING_TEST_SKIP_MIGRATE=1, template database left empty", flush=True)
     else:
-        code = sup.run([sys.executable, "-m", "billing_core.cli", "db", "upgrade"], env)
+        code = sup.run([sys.executable, "-m", "billing_cli.main", "db", "upgrade"], env)
         if code != 0:
             print(
-                f"tests.runner: migrating {TEMPLATE_DB} failed (`python -m billing_core.cli db upgrade` "
+                f"tests.runner: migrating {TEMPLATE_DB} failed (`python -m billing_cli.main db upgrade` "
                 f"exited {code}); not running pytest",
                 file=sys.stderr,
                 flush=True,

@@ -6,7 +6,7 @@ from typing import Any
 
 from flask import Blueprint, jsonify, request
 
-from billing_core.accounts import (
+from billing_core.accounts.profile import (
     MAX_PAGE,
     UNSET,
     InvalidCursor,

@@ -6,12 +6,12 @@ import logging
 
 from flask import Flask
 
-from billing_core.db import make_engine, make_session_factory
+from billing_core.db.engine import make_engine, make_session_factory
+from billing_core.db.event_writer import EventInbox
 from billing_core.errors import MissingSetting
-from billing_core.event_inbox import EventInbox
-from billing_core.pricing import load_price_table
+from billing_core.pricing.catalog import load_price_table
 from billing_core.settings import Settings, load_settings
-from billing_core.stripe_gateway import StripeGateway
+from billing_core.stripe.gateway import StripeGateway
 from webhook_receiver import accounts, catalog, errors, health, holds, usage, webhooks
 from webhook_receiver.enqueue import CelerySender, Enqueue
 from webhook_receiver.runtime import Runtime

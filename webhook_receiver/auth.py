@@ -9,8 +9,8 @@ from typing import Any, TypeVar
 
 from flask import g, request
 
-from billing_core.api_keys import ApiKeyView, find_api_key, hash_key
-from billing_core.unit_of_work import retry_transient
+from billing_core.accounts.api_keys import ApiKeyView, find_api_key, hash_key
+from billing_core.db.unit_of_work import retry_transient
 from webhook_receiver.errors import ApiError
 from webhook_receiver.runtime import runtime
 

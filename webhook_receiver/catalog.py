@@ -7,12 +7,12 @@ from urllib.parse import urlsplit
 
 from flask import Blueprint, jsonify
 
-from billing_core.accounts import ensure_stripe_customer, spendable_mc
-from billing_core.commands import check_account
+from billing_core.accounts.profile import ensure_stripe_customer, spendable_mc
+from billing_core.db.unit_of_work import utcnow
 from billing_core.errors import InvalidCommand
-from billing_core.pricing import price_items
-from billing_core.stripe_gateway import GatewayError, StripeUnavailable
-from billing_core.unit_of_work import utcnow
+from billing_core.ledger.commands import check_account
+from billing_core.pricing.catalog import price_items
+from billing_core.stripe.gateway import GatewayError, StripeUnavailable
 from billing_core.units import format_credits
 from webhook_receiver.auth import require
 from webhook_receiver.bodies import json_body, known_fields

@@ -5,7 +5,7 @@ error: the rows are safe in PostgreSQL and the beat sweeper enqueues them later,
 and counted, never raised.
 
 Stored work is announced with ``wake``: one message per queue while one is pending, not one per row (see
-``billing_core.wakeups``). The request only notes what to wake; a thread of the receiver process talks to
+``billing_core.db.wakeups``). The request only notes what to wake; a thread of the receiver process talks to
 Redis, at most once per queue every ``COALESCE_SECONDS``, so a burst of requests costs one round trip rather
 than one each. A process that dies with a wake-up still noted loses nothing: the rows are committed and the
 sweeper enqueues them.
@@ -23,7 +23,7 @@ from typing import Any, Protocol
 import redis
 from celery import Celery
 
-from billing_core.wakeups import Wakeups, redis_client
+from billing_core.db.wakeups import Wakeups, redis_client
 from webhook_receiver.metrics import ENQUEUE_FAILURES
 
 log = logging.getLogger(__name__)

@@ -11,10 +11,10 @@ from typing import Any
 
 from flask import Blueprint, jsonify
 
-from billing_core.commands import HOLD_ID_RE, KEY_RE, CaptureHold, PlaceHold, ReleaseHold
 from billing_core.errors import InvalidAmount, InvalidCommand, UnknownHold
-from billing_core.handlers import HoldView, Receipt, execute
-from billing_core.pricing import price_items
+from billing_core.ledger.commands import HOLD_ID_RE, KEY_RE, CaptureHold, PlaceHold, ReleaseHold
+from billing_core.ledger.handlers import HoldView, Receipt, execute
+from billing_core.pricing.catalog import price_items
 from billing_core.units import format_credits, parse_credits
 from webhook_receiver.auth import require
 from webhook_receiver.bodies import json_body, known_fields, parse_json, read_body

@@ -9,10 +9,10 @@ from flask import current_app
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from billing_core.event_inbox import EventInbox
-from billing_core.pricing import PriceTable
+from billing_core.db.event_writer import EventInbox
+from billing_core.pricing.catalog import PriceTable
 from billing_core.settings import Settings
-from billing_core.stripe_gateway import StripeGateway
+from billing_core.stripe.gateway import StripeGateway
 from webhook_receiver.enqueue import Enqueue
 
 

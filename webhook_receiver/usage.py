@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from flask import Blueprint, jsonify
 
-from billing_core import wakeups
-from billing_core.usage_inbox import store_usage, usage_status
-from billing_core.usage_reports import accept_reports
+from billing_core.db import wakeups
+from billing_core.intake.usage_inbox import store_usage, usage_status
+from billing_core.intake.usage_reports import accept_reports
 from webhook_receiver.auth import require
 from webhook_receiver.bodies import parse_json, read_body
 from webhook_receiver.errors import ApiError

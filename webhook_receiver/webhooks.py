@@ -10,8 +10,8 @@ import psycopg
 import stripe
 from flask import Blueprint, Response, request
 
-from billing_core import wakeups
-from billing_core.stripe_events import check_event
+from billing_core.db import wakeups
+from billing_core.intake.stripe_events import check_event
 from webhook_receiver.bodies import parse_json, read_body
 from webhook_receiver.errors import ApiError
 from webhook_receiver.metrics import WEBHOOKS

@@ -9,11 +9,11 @@ from functools import lru_cache
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from billing_core.db import make_engine, make_session_factory
-from billing_core.pricing import PriceTable, load_price_table
+from billing_core.db.engine import make_engine, make_session_factory
+from billing_core.db.wakeups import Wakeups, redis_client
+from billing_core.pricing.catalog import PriceTable, load_price_table
 from billing_core.settings import load_settings
-from billing_core.stripe_gateway import StripeGateway
-from billing_core.wakeups import Wakeups, redis_client
+from billing_core.stripe.gateway import StripeGateway
 
 
 @dataclass(frozen=True)

@@ -10,11 +10,12 @@ from typing import Any
 from celery import Task
 from sqlalchemy.exc import OperationalError
 
-from billing_core import stripe_events, usage_inbox, wakeups
-from billing_core.commands import ExpireGrants, ExpireHolds
+from billing_core.db import wakeups
 from billing_core.errors import IdempotencyConflict
-from billing_core.handlers import execute
-from billing_core.usage_reports import InvalidUsage, accept_reports
+from billing_core.intake import stripe_events, usage_inbox
+from billing_core.intake.usage_reports import InvalidUsage, accept_reports
+from billing_core.ledger.commands import ExpireGrants, ExpireHolds
+from billing_core.ledger.handlers import execute
 from worker.celery_app import STALE_SECONDS, app
 from worker.runtime import runtime
 

@@ -27,10 +27,10 @@ import stripe
 from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session, sessionmaker
 
-from billing_core.api_keys import create_api_key
-from billing_core.db import make_engine, make_session_factory
-from billing_core.dev_stack import web_worker_class
-from billing_core.local_servers import ThrowawayRedis, free_port, stop_process
+from billing_cli.dev_stack import web_worker_class
+from billing_cli.throwaway import ThrowawayRedis, free_port, stop_process
+from billing_core.accounts.api_keys import create_api_key
+from billing_core.db.engine import make_engine, make_session_factory
 from billing_core.settings import sqlalchemy_url
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -167,7 +167,7 @@ class Stack:
 
     def billing_check(self) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "billing_core.cli", "check"],
+            [sys.executable, "-m", "billing_cli.main", "check"],
             env=self.env,
             capture_output=True,
             text=True,

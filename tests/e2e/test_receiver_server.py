@@ -10,8 +10,8 @@ import psycopg
 import requests
 import stripe
 
-from billing_core.dev_stack import web_worker_class
-from billing_core.local_servers import free_port
+from billing_cli.dev_stack import web_worker_class
+from billing_cli.throwaway import free_port
 from billing_core.settings import libpq_url
 from tests.e2e.conftest import BIN, Stack, _wait_http, wait_until
 

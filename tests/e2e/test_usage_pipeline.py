@@ -8,8 +8,8 @@ import json
 
 from celery import Celery
 
-from billing_core.commands import GrantCredits
-from billing_core.handlers import execute
+from billing_core.ledger.commands import GrantCredits
+from billing_core.ledger.handlers import execute
 from tests.e2e.conftest import Stack, wait_until
 
 GPT4O_1200_300_MC = 6000  # 1,200 input + 300 output tokens of gpt-4o at 2,500 / 10,000 credits per 1M

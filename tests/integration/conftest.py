@@ -19,10 +19,10 @@ import pytest
 from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session, sessionmaker
 
-from billing_core import ledger
-from billing_core.db import make_engine, make_session_factory
-from billing_core.handlers import execute
-from billing_core.models import SYSTEM_ACCOUNTS
+from billing_core.db.engine import make_engine, make_session_factory
+from billing_core.db.tables import SYSTEM_ACCOUNTS
+from billing_core.ledger import book as ledger
+from billing_core.ledger.handlers import execute
 from billing_core.settings import sqlalchemy_url
 
 TABLES = (
@@ -47,7 +47,7 @@ def _require(name: str) -> str:
 
 def event_inbox_for(session_factory: sessionmaker[Session]) -> Any:
     """The receiver's own event inbox on the test database (one per database, kept for the run)."""
-    from billing_core.event_inbox import EventInbox
+    from billing_core.db.event_writer import EventInbox
 
     url = session_factory.kw["bind"].url.render_as_string(hide_password=False)
     if url not in _INBOXES:
@@ -164,7 +164,7 @@ class LedgerProbe:
         return {"counts": counts, "balances": balances, "grants": grants, "holds": holds, "flags": flags}
 
     def assert_consistent(self) -> None:
-        from billing_core.checks import check_ledger
+        from billing_core.ledger.checks import check_ledger
 
         report = check_ledger(self.engine)
         assert report.ok, "\n".join(str(f) for f in report.findings)
@@ -198,7 +198,7 @@ class ApiClient:
     session_factory: sessionmaker[Session]
 
     def key(self, *scopes: str) -> str:
-        from billing_core.api_keys import create_api_key
+        from billing_core.accounts.api_keys import create_api_key
 
         return create_api_key(self.session_factory, "test", list(scopes) or ["admin"])[1]
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from billing_core.accounts import encode_cursor
-from billing_core.api_keys import SCOPES
-from billing_core.commands import ClawBack, GrantCredits, PlaceHold, PurchaseCredits
-from billing_core.pricing import PriceTable
+from billing_core.accounts.api_keys import SCOPES
+from billing_core.accounts.profile import encode_cursor
+from billing_core.ledger.commands import ClawBack, GrantCredits, PlaceHold, PurchaseCredits
+from billing_core.pricing.catalog import PriceTable
 
 pytestmark = pytest.mark.integration
 

@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from billing_core.commands import ClawBack, GrantCredits, PurchaseCredits
+from billing_core.ledger.commands import ClawBack, GrantCredits, PurchaseCredits
 
 pytestmark = pytest.mark.integration
 

@@ -6,7 +6,8 @@ from decimal import Decimal
 
 import pytest
 
-from billing_core.commands import (
+from billing_core.errors import BillingError, InvalidAmount, InvalidCommand, UnknownAccount
+from billing_core.ledger.commands import (
     Adjust,
     CaptureHold,
     DebitUsage,
@@ -15,7 +16,6 @@ from billing_core.commands import (
     PurchaseCredits,
     TransferCredits,
 )
-from billing_core.errors import BillingError, InvalidAmount, InvalidCommand, UnknownAccount
 
 pytestmark = pytest.mark.integration
 

@@ -14,8 +14,8 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import create_engine, text
 
-from billing_core.commands import CaptureHold, ClawBack, DebitUsage, GrantCredits, PlaceHold, PurchaseCredits
-from billing_core.models import Base
+from billing_core.db.tables import Base
+from billing_core.ledger.commands import CaptureHold, ClawBack, DebitUsage, GrantCredits, PlaceHold, PurchaseCredits
 from billing_core.settings import sqlalchemy_url
 
 pytestmark = pytest.mark.integration
@@ -23,7 +23,7 @@ pytestmark = pytest.mark.integration
 
 def billing(*args: str, database_url: str, **env: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "billing_core.cli", *args],
+        [sys.executable, "-m", "billing_cli.main", *args],
         env={**os.environ, "DATABASE_URL": database_url, **env},
         capture_output=True,
         text=True,

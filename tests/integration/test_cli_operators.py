@@ -1,4 +1,4 @@
-"""The operators' command line run for real (``python -m billing_core.cli``) on the test database: API keys,
+"""The operators' command line run for real (``python -m billing_cli.main``) on the test database: API keys,
 dead letters and their replay."""
 
 from __future__ import annotations
@@ -15,10 +15,10 @@ from typing import Any
 import pytest
 from sqlalchemy import text
 
-from billing_core import stripe_events, usage_inbox
-from billing_core.commands import GrantCredits
-from billing_core.pricing import PriceTable
-from billing_core.usage_reports import accept_reports
+from billing_core.intake import stripe_events, usage_inbox
+from billing_core.intake.usage_reports import accept_reports
+from billing_core.ledger.commands import GrantCredits
+from billing_core.pricing.catalog import PriceTable
 from tests.integration.conftest import event_inbox_for
 
 pytestmark = pytest.mark.integration
@@ -36,7 +36,7 @@ def billing(database_url: str, session_factory):
 
     def run(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "billing_core.cli", *args],
+            [sys.executable, "-m", "billing_cli.main", *args],
             env=env,
             cwd=REPO_ROOT,
             capture_output=True,

@@ -8,7 +8,16 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from billing_core.commands import (
+from billing_core.errors import (
+    AccountFlagged,
+    HoldNotPending,
+    IdempotencyConflict,
+    InsufficientCredits,
+    InvalidCommand,
+    UnknownAccount,
+    UnknownHold,
+)
+from billing_core.ledger.commands import (
     Adjust,
     CaptureHold,
     ClawBack,
@@ -20,15 +29,6 @@ from billing_core.commands import (
     PurchaseCredits,
     ReleaseHold,
     TransferCredits,
-)
-from billing_core.errors import (
-    AccountFlagged,
-    HoldNotPending,
-    IdempotencyConflict,
-    InsufficientCredits,
-    InvalidCommand,
-    UnknownAccount,
-    UnknownHold,
 )
 
 pytestmark = pytest.mark.integration

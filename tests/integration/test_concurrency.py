@@ -8,9 +8,9 @@ from concurrent.futures import ThreadPoolExecutor
 import psycopg
 import pytest
 
-from billing_core.commands import DebitUsage, PlaceHold, PurchaseCredits, TransferCredits
 from billing_core.errors import InsufficientCredits
-from billing_core.usage_batch import APPLIED, DUPLICATE, apply_usage_batch
+from billing_core.ledger.batch_debit import APPLIED, DUPLICATE, apply_usage_batch
+from billing_core.ledger.commands import DebitUsage, PlaceHold, PurchaseCredits, TransferCredits
 
 pytestmark = pytest.mark.integration
 

@@ -7,7 +7,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from freezegun import freeze_time
 
-from billing_core.commands import (
+from billing_core.errors import HoldNotPending, InsufficientCredits
+from billing_core.ledger.commands import (
     CaptureHold,
     DebitUsage,
     ExpireGrants,
@@ -17,7 +18,6 @@ from billing_core.commands import (
     PurchaseCredits,
     ReleaseHold,
 )
-from billing_core.errors import HoldNotPending, InsufficientCredits
 
 pytestmark = pytest.mark.integration
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)

@@ -35,7 +35,16 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from billing_core.commands import (
+from billing_core.db.tables import SYSTEM_ACCOUNTS
+from billing_core.errors import (
+    AccountFlagged,
+    HoldNotPending,
+    IdempotencyConflict,
+    InsufficientCredits,
+    UnknownAccount,
+    UnknownHold,
+)
+from billing_core.ledger.commands import (
     Adjust,
     CaptureHold,
     ClawBack,
@@ -48,16 +57,7 @@ from billing_core.commands import (
     ReleaseHold,
     TransferCredits,
 )
-from billing_core.errors import (
-    AccountFlagged,
-    HoldNotPending,
-    IdempotencyConflict,
-    InsufficientCredits,
-    UnknownAccount,
-    UnknownHold,
-)
-from billing_core.grants import PRIORITY_BY_SOURCE
-from billing_core.models import SYSTEM_ACCOUNTS
+from billing_core.ledger.grants import PRIORITY_BY_SOURCE
 from billing_core.units import format_credits
 from tests.integration.conftest import reset_database
 

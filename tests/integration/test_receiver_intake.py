@@ -13,10 +13,10 @@ import pytest
 import redis
 import stripe
 
-from billing_core import wakeups
-from billing_core.event_inbox import EventInbox
+from billing_core.db import wakeups
+from billing_core.db.event_writer import EventInbox
+from billing_core.db.wakeups import Wakeups
 from billing_core.settings import Settings, libpq_url
-from billing_core.wakeups import Wakeups
 from webhook_receiver import create_app
 from webhook_receiver.enqueue import CelerySender
 

@@ -17,7 +17,7 @@ import pytest
 import requests
 import stripe
 
-from billing_core.stripe_gateway import StripeGateway, StripeNotFound, StripeRejected
+from billing_core.stripe.gateway import StripeGateway, StripeNotFound, StripeRejected
 from stripe_emulator import run_in_thread
 
 API_KEY = "sk_test_emulator"

@@ -12,9 +12,8 @@ from typing import Any
 import pytest
 from sqlalchemy import text
 
-from billing_core import dead_letters
-from billing_core.commands import DebitUsage
-from billing_core.stripe_events import (
+from billing_core.intake import dead_letters
+from billing_core.intake.stripe_events import (
     DEAD,
     FAILED,
     IGNORED,
@@ -28,7 +27,8 @@ from billing_core.stripe_events import (
     process_event,
     process_pending,
 )
-from billing_core.stripe_gateway import StripeNotFound
+from billing_core.ledger.commands import DebitUsage
+from billing_core.stripe.gateway import StripeNotFound
 from tests.integration.conftest import event_inbox_for
 
 pytestmark = pytest.mark.integration

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from billing_core.commands import DebitUsage, GrantCredits, PurchaseCredits
 from billing_core.errors import IdempotencyConflict, InsufficientCredits, UnknownAccount
-from billing_core.usage_batch import APPLIED, DUPLICATE, REJECTED, apply_usage_batch
+from billing_core.ledger.batch_debit import APPLIED, DUPLICATE, REJECTED, apply_usage_batch
+from billing_core.ledger.commands import DebitUsage, GrantCredits, PurchaseCredits
 
 pytestmark = pytest.mark.integration
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from billing_core.commands import GrantCredits
 from billing_core.errors import IdempotencyConflict
-from billing_core.pricing import PriceTable
-from billing_core.usage_inbox import MAX_ATTEMPTS, apply_partition, store_refused, store_usage, usage_status
-from billing_core.usage_reports import InvalidUsage, accept_reports, partition_of
+from billing_core.intake.usage_inbox import MAX_ATTEMPTS, apply_partition, store_refused, store_usage, usage_status
+from billing_core.intake.usage_reports import InvalidUsage, accept_reports, partition_of
+from billing_core.ledger.commands import GrantCredits
+from billing_core.pricing.catalog import PriceTable
 
 
 def report(key: str) -> dict[str, object]:

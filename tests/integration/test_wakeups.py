@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import redis
 
-from billing_core.wakeups import Wakeups
+from billing_core.db.wakeups import Wakeups
 
 pytestmark = pytest.mark.integration
 

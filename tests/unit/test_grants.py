@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from billing_core.grants import PRIORITY_BY_SOURCE, GrantLot, plan_draws
+from billing_core.ledger.grants import PRIORITY_BY_SOURCE, GrantLot, plan_draws
 
 NOW = datetime(2026, 5, 1, tzinfo=UTC)
 

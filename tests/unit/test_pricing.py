@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from billing_core.errors import InvalidAmount, InvalidCommand, UnknownModel, UnknownPackage, UnknownPriceCode
-from billing_core.pricing import (
+from billing_core.pricing.catalog import (
     MAX_ITEMS,
     MAX_QUANTITY,
     MAX_TOKENS,

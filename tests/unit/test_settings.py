@@ -22,7 +22,7 @@ def test_missing_database_url_names_the_variable(monkeypatch):
 def test_cli_prints_one_clear_line_and_exits_2_without_database_url():
     env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
     done = subprocess.run(
-        [sys.executable, "-m", "billing_core.cli", "check"], env=env, capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "billing_cli.main", "check"], env=env, capture_output=True, text=True, timeout=60
     )
     assert done.returncode == 2
     assert done.stdout == ""

@@ -16,9 +16,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StrictInt, StrictStr, TypeAdapter, ValidationError
 
-from billing_core.commands import ACCOUNT_RE, HOLD_ID_RE, KEY_RE, MAX_METADATA_BYTES
 from billing_core.errors import BillingError
-from billing_core.pricing import PriceTable, price_items
+from billing_core.ledger.commands import ACCOUNT_RE, HOLD_ID_RE, KEY_RE, MAX_METADATA_BYTES
+from billing_core.pricing.catalog import PriceTable, price_items
 
 MAX_EVENTS_PER_REQUEST = 1000
 MAX_ITEMS_PER_REPORT = 100

@@ -19,7 +19,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
-from billing_core.ledger import Book, ConcurrentDuplicate
+from billing_core.ledger.book import Book, ConcurrentDuplicate
 
 T = TypeVar("T")
 RETRYABLE_SQLSTATES = {"40001", "40P01", "55P03"}  # serialization failure, deadlock, lock not available

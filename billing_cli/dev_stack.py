@@ -71,10 +71,10 @@ def run_dev_stack(*, web_port: int, emulator_port: int, echo: Callable[[str], No
     from alembic import command
     from honcho.manager import Manager
 
-    from billing_core.api_keys import create_api_key
-    from billing_core.cli import alembic_config
-    from billing_core.db import make_engine, make_session_factory
-    from billing_core.local_servers import ThrowawayPostgres, ThrowawayRedis
+    from billing_cli.main import alembic_config
+    from billing_cli.throwaway import ThrowawayPostgres, ThrowawayRedis
+    from billing_core.accounts.api_keys import create_api_key
+    from billing_core.db.engine import make_engine, make_session_factory
 
     env = dict(os.environ)
     with ExitStack() as stack:

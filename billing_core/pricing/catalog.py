@@ -177,7 +177,7 @@ class PriceTable:
 
     @classmethod
     def default(cls) -> PriceTable:
-        """The table shipped with the package (``billing_core/price_table.json``), loaded once."""
+        """The table shipped with the package (``billing_core/pricing/price_table.json``), loaded once."""
         return _default_table()
 
     @classmethod
@@ -265,8 +265,8 @@ class PriceTable:
 
 @lru_cache(maxsize=1)
 def _default_table() -> PriceTable:
-    resource = resources.files("billing_core").joinpath(DEFAULT_TABLE_RESOURCE)
-    return PriceTable._from_json(resource.read_bytes(), f"billing_core/{DEFAULT_TABLE_RESOURCE}")
+    resource = resources.files("billing_core.pricing").joinpath(DEFAULT_TABLE_RESOURCE)
+    return PriceTable._from_json(resource.read_bytes(), f"billing_core/pricing/{DEFAULT_TABLE_RESOURCE}")
 
 
 def load_price_table(path: str | None) -> PriceTable:

@@ -20,9 +20,9 @@ from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from billing_core import unit_of_work
-from billing_core.commands import check_account
+from billing_core.db import unit_of_work
 from billing_core.errors import BillingError, InvalidAmount, InvalidCommand, UnknownAccount
+from billing_core.ledger.commands import check_account
 from billing_core.units import MAX_MC, format_credits
 
 MAX_PAGE = 100

@@ -22,7 +22,7 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from billing_core.errors import IdempotencyConflict, UnknownAccount
-from billing_core.grants import PRIORITY_BY_SOURCE, GrantLot, in_spending_order, plan_draws
+from billing_core.ledger.grants import PRIORITY_BY_SOURCE, GrantLot, in_spending_order, plan_draws
 
 
 class ConcurrentDuplicate(Exception):

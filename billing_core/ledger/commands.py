@@ -12,7 +12,7 @@ from datetime import datetime
 from typing import Any, ClassVar
 
 from billing_core.errors import InvalidAmount, InvalidCommand
-from billing_core.grants import GRANT_SOURCES
+from billing_core.ledger.grants import GRANT_SOURCES
 from billing_core.units import MAX_MC, validate_mc
 
 ACCOUNT_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:@+\-]{0,127}")

@@ -12,10 +12,10 @@ from dataclasses import dataclass
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from billing_core import unit_of_work
-from billing_core.commands import DebitUsage
+from billing_core.db import unit_of_work
 from billing_core.errors import BillingError, IdempotencyConflict, InsufficientCredits, UnknownAccount
-from billing_core.ledger import Book, EntryDraft, fingerprint
+from billing_core.ledger.book import Book, EntryDraft, fingerprint
+from billing_core.ledger.commands import DebitUsage
 
 APPLIED, DUPLICATE, REJECTED = "applied", "duplicate", "rejected"
 

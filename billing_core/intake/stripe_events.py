@@ -23,11 +23,11 @@ from typing import Any, Protocol
 from sqlalchemy import text
 from sqlalchemy.orm import Session, sessionmaker
 
-from billing_core import unit_of_work
-from billing_core.commands import ClawBack, PurchaseCredits, check_account
+from billing_core.db import unit_of_work
 from billing_core.errors import BillingError, IdempotencyConflict, InvalidAmount, InvalidCommand, UnknownPackage
-from billing_core.handlers import claw_back, purchase_credits
-from billing_core.ledger import Book
+from billing_core.ledger.book import Book
+from billing_core.ledger.commands import ClawBack, PurchaseCredits, check_account
+from billing_core.ledger.handlers import claw_back, purchase_credits
 from billing_core.units import parse_credits, round_mc
 
 log = logging.getLogger(__name__)

@@ -16,8 +16,17 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.orm import Session, sessionmaker
 
-from billing_core import unit_of_work
-from billing_core.commands import (
+from billing_core.db import unit_of_work
+from billing_core.errors import (
+    AccountFlagged,
+    HoldNotPending,
+    InsufficientCredits,
+    InvalidCommand,
+    UnknownAccount,
+    UnknownHold,
+)
+from billing_core.ledger.book import Book, EntryDraft, ExistingEntry, WalletState, fingerprint
+from billing_core.ledger.commands import (
     Adjust,
     CaptureHold,
     ClawBack,
@@ -31,16 +40,7 @@ from billing_core.commands import (
     ReleaseHold,
     TransferCredits,
 )
-from billing_core.errors import (
-    AccountFlagged,
-    HoldNotPending,
-    InsufficientCredits,
-    InvalidCommand,
-    UnknownAccount,
-    UnknownHold,
-)
-from billing_core.grants import GrantLot
-from billing_core.ledger import Book, EntryDraft, ExistingEntry, WalletState, fingerprint
+from billing_core.ledger.grants import GrantLot
 
 
 @dataclass(frozen=True)

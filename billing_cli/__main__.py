@@ -1,0 +1,3 @@
+from billing_cli.main import main
+
+main()

@@ -1,0 +1,1 @@
+"""Customer accounts around the ledger: profile settings, the Stripe customer link, and API keys."""
