@@ -139,29 +139,24 @@ def grant(
 @click.argument("account")
 def balance(account: str) -> None:
     """Show ACCOUNT's balance: available, held, total (credits), and whether it is flagged negative."""
-    from sqlalchemy import text
-
     from billing_core.db.engine import make_engine
+    from billing_core.ledger.balances import read_balance
     from billing_core.units import format_credits
 
     settings = _settings_or_exit()
     engine = make_engine(settings.database_url, pool_size=1)
     try:
         with engine.connect() as conn:
-            row = conn.execute(
-                text(
-                    "SELECT a.balance_mc, h.balance_mc, w.negative_since FROM wallets w "
-                    "JOIN ledger_accounts a ON a.id = w.available_account_id "
-                    "JOIN ledger_accounts h ON h.id = w.held_account_id WHERE w.account = :acc"
-                ),
-                {"acc": account},
-            ).first()
+            found = read_balance(conn, account)
     finally:
         engine.dispose()
-    available, held, negative_since = row if row else (0, 0, None)
+    if found is None:
+        # As the API's 404: an account without a wallet has no balance, and zeros would say it has one.
+        click.echo(f"billing: unknown_account: no account {account!r}", err=True)
+        sys.exit(1)
     click.echo(
-        f"{account}: available {format_credits(available)}  held {format_credits(held)}  "
-        f"total {format_credits(available + held)} credits" + ("  [NEGATIVE, flagged]" if negative_since else "")
+        f"{account}: available {format_credits(found.available_mc)}  held {format_credits(found.held_mc)}  "
+        f"total {format_credits(found.total_mc)} credits" + ("  [NEGATIVE, flagged]" if found.negative else "")
     )
 
 

@@ -179,6 +179,9 @@ def _run(sup: _Supervisor, pg: ThrowawayPostgres, redis: ThrowawayRedis, pytest_
         DATABASE_URL=pg.url(TEMPLATE_DB),
         REDIS_URL=redis.url,
         BILLING_TEST_PG_BIN=str(pg.bin_dir),
+        # The checkout under test, ahead of whatever the virtualenv's editable install points at: tests and the
+        # processes they start (gunicorn, Celery) import this tree's code, also from a second git worktree.
+        PYTHONPATH=os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p),
     )
     if os.environ.get("BILLING_TEST_SKIP_MIGRATE") == "1":
         print("tests.runner: BILLING_TEST_SKIP_MIGRATE=1, template database left empty", flush=True)

@@ -7,9 +7,10 @@ from urllib.parse import urlsplit
 
 from flask import Blueprint, jsonify
 
-from billing_core.accounts.profile import ensure_stripe_customer, spendable_mc
+from billing_core.accounts.profile import ensure_stripe_customer
 from billing_core.db.unit_of_work import utcnow
 from billing_core.errors import InvalidCommand
+from billing_core.ledger.balances import spendable_mc
 from billing_core.ledger.commands import check_account
 from billing_core.pricing.catalog import price_items
 from billing_core.stripe.gateway import GatewayError, StripeUnavailable

@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from billing_core.db import unit_of_work
 from billing_core.errors import BillingError, InvalidAmount, InvalidCommand, UnknownAccount
+from billing_core.ledger.balances import read_balance
 from billing_core.ledger.commands import check_account
 from billing_core.units import MAX_MC, format_credits
 
@@ -61,52 +62,28 @@ class CustomerGateway(Protocol):
     ) -> dict[str, Any]: ...
 
 
-_VIEW_SQL = text(
-    "SELECT w.id, w.account, a.balance_mc AS available_mc, h.balance_mc AS held_mc, w.negative_since, w.email, "
-    "w.name, w.low_balance_threshold_mc, w.stripe_customer_id FROM wallets w "
-    "JOIN ledger_accounts a ON a.id = w.available_account_id "
-    "JOIN ledger_accounts h ON h.id = w.held_account_id WHERE w.account = :account"
-)
-
-
 def _iso(value: datetime | None) -> str | None:
     return value.isoformat() if value is not None else None
 
 
 def account_view(session: Session, account: str) -> dict[str, Any] | None:
     """The public shape of an account (balances as credit strings), or None when it has no wallet."""
-    row = session.execute(_VIEW_SQL, {"account": account}).first()
-    if row is None:
+    balance = read_balance(session, account)
+    if balance is None:
         return None
-    threshold = row.low_balance_threshold_mc
+    threshold = balance.low_balance_threshold_mc
     return {
-        "account": row.account,
-        "available": format_credits(row.available_mc),
-        "held": format_credits(row.held_mc),
-        "total": format_credits(row.available_mc + row.held_mc),
+        "account": balance.account,
+        "available": format_credits(balance.available_mc),
+        "held": format_credits(balance.held_mc),
+        "total": format_credits(balance.total_mc),
         "currency": "credits",
-        "flags": {"negative": row.negative_since is not None, "negative_since": _iso(row.negative_since)},
-        "email": row.email,
-        "name": row.name,
+        "flags": {"negative": balance.negative, "negative_since": _iso(balance.negative_since)},
+        "email": balance.email,
+        "name": balance.name,
         "low_balance_threshold": None if threshold is None else format_credits(threshold),
-        "stripe_customer_id": row.stripe_customer_id,
+        "stripe_customer_id": balance.stripe_customer_id,
     }
-
-
-def spendable_mc(session: Session, account: str, now: datetime) -> int:
-    """Credits a hold placed at ``now`` could reserve: 0 for an unknown or flagged (negative) account.
-    Mirrors ``grants.GrantLot.spendable_at`` and the flag check of ``handlers.place_hold``."""
-    row = session.execute(
-        text(
-            "SELECT w.negative_since, COALESCE(sum(g.remaining_mc), 0) AS spendable FROM wallets w "
-            "LEFT JOIN grants g ON g.wallet_id = w.id AND g.source <> 'debt' AND g.remaining_mc > 0 "
-            "AND (g.expires_at IS NULL OR g.expires_at > :now) WHERE w.account = :account GROUP BY w.id"
-        ),
-        {"account": account, "now": now},
-    ).first()
-    if row is None or row.negative_since is not None:
-        return 0
-    return int(row.spendable)
 
 
 # -- transactions -------------------------------------------------------------------------------------

@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from billing_core.db.engine import make_engine, make_session_factory
 from billing_core.db.tables import SYSTEM_ACCOUNTS
 from billing_core.ledger import book as ledger
+from billing_core.ledger.balances import read_balance
 from billing_core.ledger.handlers import execute
 from billing_core.settings import sqlalchemy_url
 
@@ -131,13 +132,9 @@ class LedgerProbe:
             return list(conn.execute(text(sql), params).all())
 
     def wallet(self, account: str) -> WalletView | None:
-        rows = self.rows(
-            "SELECT a.balance_mc, h.balance_mc, w.negative_since IS NOT NULL FROM wallets w "
-            "JOIN ledger_accounts a ON a.id = w.available_account_id "
-            "JOIN ledger_accounts h ON h.id = w.held_account_id WHERE w.account = :acc",
-            acc=account,
-        )
-        return WalletView(*rows[0]) if rows else None
+        with self.engine.connect() as conn:
+            found = read_balance(conn, account)
+        return None if found is None else WalletView(found.available_mc, found.held_mc, found.negative)
 
     def available(self, account: str) -> int:
         view = self.wallet(account)
