@@ -19,12 +19,12 @@ from billing_core.intake import stripe_events, usage_inbox
 from billing_core.intake.usage_reports import accept_reports
 from billing_core.ledger.commands import GrantCredits
 from billing_core.pricing.catalog import PriceTable
+from tests.fixtures import STRIPE_FIXTURES
 from tests.integration.conftest import event_inbox_for
 
 pytestmark = pytest.mark.integration
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-STRIPE_FIXTURES = Path("/work/shared/stripe/fixtures3.json")
 
 
 @pytest.fixture

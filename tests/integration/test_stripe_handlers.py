@@ -6,7 +6,6 @@ from __future__ import annotations
 import copy
 import json
 from functools import cache
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -29,11 +28,12 @@ from billing_core.intake.stripe_events import (
 )
 from billing_core.ledger.commands import DebitUsage
 from billing_core.stripe.gateway import StripeNotFound
+from tests.fixtures import STRIPE_FIXTURES
 from tests.integration.conftest import event_inbox_for
 
 pytestmark = pytest.mark.integration
 
-FIXTURES = Path("/work/shared/stripe/fixtures3.json")
+FIXTURES = STRIPE_FIXTURES
 STARTER_MC = 10_000_000  # 10,000 credits
 STARTER_CENTS = 1_000
 
