@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
@@ -13,6 +15,7 @@ from sqlalchemy.exc import OperationalError
 from billing_core.db import wakeups
 from billing_core.errors import IdempotencyConflict
 from billing_core.intake import stripe_events, usage_inbox
+from billing_core.intake.inbox import BatchResult
 from billing_core.intake.usage_reports import InvalidUsage, accept_reports
 from billing_core.ledger.commands import ExpireGrants, ExpireHolds
 from billing_core.ledger.handlers import execute
@@ -36,29 +39,49 @@ RETRY = {
 }
 
 
+def _drain(
+    claim_batch: Callable[[], BatchResult],
+    *,
+    on_busy: Callable[[], None] = lambda: None,
+    on_full: Callable[[], None] = lambda: None,
+    on_time_up: Callable[[], None] = lambda: None,
+) -> dict[str, int]:
+    """Claim and handle batches until one comes back short (or busy), for at most ``DRAIN_SECONDS``."""
+    started, totals = time.monotonic(), Counter[str]()
+    while True:
+        result = claim_batch()
+        if result.busy:
+            on_busy()
+            break
+        totals["claimed"] += result.claimed
+        totals.update(result.outcomes)
+        if not result.more:
+            break
+        on_full()
+        if time.monotonic() - started > DRAIN_SECONDS:
+            on_time_up()
+            break
+    return dict(totals)
+
+
 @app.task(name="billing.apply_usage", bind=True, **RETRY)
-def apply_usage(self: Task, partition: int) -> dict[str, Any]:
+def apply_usage(self: Task, partition: int) -> dict[str, int]:
     rt = runtime()
     key = wakeups.usage_partition(partition)
     # Before claiming: rows committed from now on set the key again and wake another task.
     rt.wakeups.disarm(key)
-    started, totals = time.monotonic(), {"claimed": 0, "applied": 0, "rejected": 0, "failed": 0}
-    while True:
-        result = usage_inbox.apply_partition(rt.session_factory, partition)
-        if result.busy:
-            # Another worker is draining this partition; look again shortly in case it stopped just before
-            # our rows were committed (unless a wake-up is pending already).
-            if rt.wakeups.arm(key):
-                apply_usage.apply_async(args=[partition], countdown=BUSY_RETRY_SECONDS)
-            break
-        for name in totals:
-            totals[name] += getattr(result, name)
-        if not result.more:
-            break
-        if time.monotonic() - started > DRAIN_SECONDS:
-            apply_usage.delay(partition)
-            break
-    return totals
+
+    def look_again_shortly() -> None:
+        # Another worker is draining this partition; look again shortly in case it stopped just before our
+        # rows were committed (unless a wake-up is pending already).
+        if rt.wakeups.arm(key):
+            apply_usage.apply_async(args=[partition], countdown=BUSY_RETRY_SECONDS)
+
+    return _drain(
+        lambda: usage_inbox.apply_partition(rt.session_factory, partition),
+        on_busy=look_again_shortly,
+        on_time_up=lambda: apply_usage.delay(partition),
+    )
 
 
 @app.task(name="billing.record_usage", bind=True, **RETRY)
@@ -84,7 +107,11 @@ def record_usage(self: Task, report: dict[str, Any]) -> dict[str, Any]:
     for partition in sorted(stored.partitions):
         if rt.wakeups.arm(wakeups.usage_partition(partition)):
             apply_usage.delay(partition)
-    return {"accepted": stored.accepted, "duplicates": stored.duplicates}
+    return {
+        "accepted": stored.accepted,
+        "duplicates": stored.duplicates,
+        "duplicate_statuses": stored.duplicate_statuses,
+    }
 
 
 @app.task(name="billing.drain_stripe_events", bind=True, **RETRY)
@@ -92,20 +119,14 @@ def drain_stripe_events(self: Task) -> dict[str, int]:
     """Handle stored events in batches until none is pending (the receiver wakes this task, see wakeups)."""
     rt = runtime()
     rt.wakeups.disarm(wakeups.STRIPE_EVENTS)
-    started, totals = time.monotonic(), {"claimed": 0}
-    while True:
-        result = stripe_events.process_pending(rt.session_factory, rt.gateway)
-        totals["claimed"] += result.claimed
-        for status, count in result.outcomes.items():
-            totals[status] = totals.get(status, 0) + count
-        if not result.more:
-            return totals
+
+    def share_the_backlog() -> None:
         # A full batch means a backlog: wake another drain (unless a wake-up is pending already) so that a
-        # second worker process shares it (SKIP LOCKED splits the rows), and hand over after DRAIN_SECONDS.
+        # second worker process shares it (SKIP LOCKED splits the rows); this one hands over after DRAIN_SECONDS.
         if rt.wakeups.arm(wakeups.STRIPE_EVENTS):
             drain_stripe_events.delay()
-        if time.monotonic() - started > DRAIN_SECONDS:
-            return totals
+
+    return _drain(lambda: stripe_events.process_pending(rt.session_factory, rt.gateway), on_full=share_the_backlog)
 
 
 @app.task(name="billing.process_stripe_event", bind=True, **RETRY)

@@ -79,17 +79,14 @@ def run(
     attempts: int = 8,
 ) -> T:
     """Run ``work`` in a unit of work and commit; retry transient conflicts with jittered backoff."""
-    for attempt in range(1, attempts + 1):
-        try:
-            with UnitOfWork(session_factory, now) as uow:
-                result = work(uow)
-                uow.commit()
-                return result
-        except Exception as exc:
-            if attempt == attempts or not is_retryable(exc):
-                raise
-            time.sleep(random.uniform(0, 0.002 * 2**attempt))
-    raise AssertionError("unreachable")
+
+    def once() -> T:
+        with UnitOfWork(session_factory, now) as uow:
+            result = work(uow)
+            uow.commit()
+            return result
+
+    return retry_transient(once, attempts=attempts)
 
 
 def database_unreachable(session_factory: sessionmaker[Session]) -> bool:
@@ -104,9 +101,10 @@ def database_unreachable(session_factory: sessionmaker[Session]) -> bool:
 
 
 def retry_transient(work: Callable[[], T], *, attempts: int = 3) -> T:
-    """Run ``work`` (which opens and commits its own transaction) again when it failed transiently: most
-    often a pooled connection the server closed (a restart, an administrator), found dead on first use
-    because the pool does not ping. A stale connection must not cost a caller a 503."""
+    """Run ``work`` (which opens and commits its own transaction) again when it failed transiently, after a
+    jittered exponential pause: a deadlock, a serialization failure, a duplicate committed by a concurrent
+    transaction (see ``run``), or a pooled connection the server closed (a restart, an administrator), found
+    dead on first use because the pool does not ping. A stale connection must not cost a caller a 503."""
     for attempt in range(1, attempts + 1):
         try:
             return work()

@@ -10,6 +10,7 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session, sessionmaker
 
 from billing_core.intake import stripe_events, usage_inbox
+from billing_core.stripe.event_handlers import StripeReader
 
 
 @dataclass(frozen=True)
@@ -37,9 +38,7 @@ def list_dead(session_factory: sessionmaker[Session], *, limit: int = 100) -> li
     return [DeadLetter(*row) for row in rows]
 
 
-def replay(
-    session_factory: sessionmaker[Session], gateway: stripe_events.StripeReader | None, letter_id: str
-) -> str | None:
+def replay(session_factory: sessionmaker[Session], gateway: StripeReader | None, letter_id: str) -> str | None:
     """Reopen and process one letter now; its status afterwards, or None when there was nothing to replay."""
     if stripe_events.reopen(session_factory, letter_id):
         return stripe_events.process_event(session_factory, gateway, letter_id)
@@ -48,4 +47,4 @@ def replay(
         return None
     usage_inbox.apply_rows(session_factory, [row_id])
     status = usage_inbox.usage_status(session_factory, letter_id)
-    return None if status is None else str(status.get("processing") or status["status"])
+    return None if status is None else status.processing

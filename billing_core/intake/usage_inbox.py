@@ -2,30 +2,31 @@
 
 Intake writes rows (``INSERT ... ON CONFLICT DO NOTHING``: the idempotency key is unique, so a report sent
 twice, over HTTP and over Celery, lands once). Workers claim one partition's oldest open rows, apply them
-through ``usage_batch`` in the same transaction that marks them, and so a crash anywhere repeats the claim
-but never its effect. A batch that fails is retried row by row, so one poisoned report cannot hold up the
-others; a row that keeps failing ends ``dead`` for an operator to inspect and replay.
+through ``batch_debit`` in the same transaction that marks them, and so a crash anywhere repeats the claim
+but never its effect. Claiming, marking, backoff, dead letters and the row-by-row fallback are the shared
+inbox mechanism (``inbox.py``); this module holds what is particular to usage.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import text
+from sqlalchemy import Row, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from billing_core.db import unit_of_work
 from billing_core.errors import BillingError, IdempotencyConflict
+from billing_core.intake.inbox import BatchResult, Inbox, apply_batch
 from billing_core.intake.usage_reports import AcceptedReport
 from billing_core.ledger.batch_debit import APPLIED, DUPLICATE, debit_usage_batch
 from billing_core.ledger.book import Book, bulk_execute
 from billing_core.ledger.commands import CaptureHold, DebitUsage
 from billing_core.ledger.handlers import capture_hold
-from billing_core.units import format_credits
 
 LEDGER_KEY_PREFIX = "usage:"
 MAX_ATTEMPTS = 8
@@ -35,24 +36,33 @@ MAX_ATTEMPTS = 8
 BATCH_SIZE = 1000
 # pg_try_advisory_xact_lock(namespace, partition): one worker per partition at a time.
 ADVISORY_NAMESPACE = 0x0B11
+APPLIED_STATUS, REJECTED_STATUS, FAILED_STATUS = "applied", "rejected", "failed"
+
+USAGE_INBOX = Inbox(
+    table="usage_inbox",
+    id_type="bigint",
+    key_column="idempotency_key",
+    retry_statuses=(FAILED_STATUS,),
+    error_column="reason",
+    done_at_column="applied_at",
+    max_attempts=MAX_ATTEMPTS,
+    failure_code=("reason_code", "processing_error"),
+)
+
+
+def public_status(status: str) -> str:
+    """What a client is told: ``pending`` until applied or rejected (failing and dead rows are still
+    pending to it: an operator may yet replay them)."""
+    return status if status in (APPLIED_STATUS, REJECTED_STATUS) else "pending"
 
 
 @dataclass
 class StoreResult:
     accepted: list[str] = field(default_factory=list)
     duplicates: list[str] = field(default_factory=list)
+    # The public status (pending | applied | rejected) of each duplicate's stored report.
+    duplicate_statuses: dict[str, str] = field(default_factory=dict)
     partitions: set[int] = field(default_factory=set)
-
-
-@dataclass
-class BatchResult:
-    partition: int | None
-    claimed: int = 0
-    applied: int = 0
-    rejected: int = 0
-    failed: int = 0
-    busy: bool = False  # another worker holds the partition
-    more: bool = False  # the claim was full: there may be more rows waiting
 
 
 def store_usage(
@@ -67,6 +77,18 @@ def _store_once(session_factory: sessionmaker[Session], reports: list[AcceptedRe
     result = StoreResult()
     if not reports:
         return result
+    # A key repeated within the request is stored once: one statement cannot insert (or, for a refused row,
+    # update) the same key twice. Repeated with another body, it is a conflict like any reused key.
+    first: dict[str, AcceptedReport] = {}
+    for r in reports:
+        first.setdefault(r.idempotency_key, r)
+    repeated = sorted({r.idempotency_key for r in reports if first[r.idempotency_key].fingerprint != r.fingerprint})
+    if repeated:
+        raise IdempotencyConflict(
+            "idempotency key already used with a different report; nothing was stored",
+            idempotency_keys=repeated[:50],
+        )
+    unique = list(first.values())
     with session_factory() as session, session.begin():
         rows = bulk_execute(
             session,
@@ -92,31 +114,44 @@ def _store_once(session_factory: sessionmaker[Session], reports: list[AcceptedRe
             """,
             {
                 "src": source,
-                "keys": [r.idempotency_key for r in reports],
-                "fps": [r.fingerprint for r in reports],
-                "accs": [r.account for r in reports],
-                "parts": [r.partition for r in reports],
-                "amts": [r.amount_mc for r in reports],
-                "holds": [r.hold_id for r in reports],
-                "occs": [r.occurred_at for r in reports],
-                "reps": [r.report_json for r in reports],
+                "keys": [r.idempotency_key for r in unique],
+                "fps": [r.fingerprint for r in unique],
+                "accs": [r.account for r in unique],
+                "parts": [r.partition for r in unique],
+                "amts": [r.amount_mc for r in unique],
+                "holds": [r.hold_id for r in unique],
+                "occs": [r.occurred_at for r in unique],
+                "reps": [r.report_json for r in unique],
             },
         )
         inserted = {row[0] for row in rows}
-        others = [r for r in reports if r.idempotency_key not in inserted]
+        others = [r for r in unique if r.idempotency_key not in inserted]
+        # Reports stored by this request are pending; earlier ones are read with their fingerprints (the
+        # statement a duplicate costs anyway), so a duplicate's answer tells where its report really is.
+        statuses = dict.fromkeys(inserted, "pending")
         if others:
-            earlier = dict(
-                session.execute(
-                    text("SELECT idempotency_key, fingerprint FROM usage_inbox WHERE idempotency_key = ANY(:k)"),
+            earlier = {
+                row.idempotency_key: row
+                for row in session.execute(
+                    text(
+                        "SELECT idempotency_key, fingerprint, status FROM usage_inbox WHERE idempotency_key = ANY(:k)"
+                    ),
                     {"k": sorted({r.idempotency_key for r in others})},
                 ).all()
+            }
+            conflicts = sorted(
+                {
+                    r.idempotency_key
+                    for r in others
+                    if r.idempotency_key not in earlier or earlier[r.idempotency_key].fingerprint != r.fingerprint
+                }
             )
-            conflicts = sorted({r.idempotency_key for r in others if earlier.get(r.idempotency_key) != r.fingerprint})
             if conflicts:
                 raise IdempotencyConflict(
                     "idempotency key already used with a different report; nothing was stored",
                     idempotency_keys=conflicts[:50],
                 )
+            statuses.update({key: public_status(row.status) for key, row in earlier.items()})
         seen: set[str] = set()
         for r in reports:
             if r.idempotency_key in inserted and r.idempotency_key not in seen:
@@ -124,6 +159,7 @@ def _store_once(session_factory: sessionmaker[Session], reports: list[AcceptedRe
                 result.partitions.add(r.partition)
             else:
                 result.duplicates.append(r.idempotency_key)
+                result.duplicate_statuses[r.idempotency_key] = statuses[r.idempotency_key]
             seen.add(r.idempotency_key)
     return result
 
@@ -193,31 +229,7 @@ def _without_nul(value: Any) -> Any:
 
 # -- applying -------------------------------------------------------------------------------------------
 _CLAIM_COLUMNS = "id, idempotency_key, account, amount_mc, hold_id, occurred_at, report"
-
-
-def _claim_partition(session: Session, partition: int, limit: int) -> list[Any]:
-    return list(
-        session.execute(
-            text(
-                f"SELECT {_CLAIM_COLUMNS} FROM usage_inbox "
-                "WHERE partition = :p AND status IN ('pending', 'failed') AND next_attempt_at <= now() "
-                "ORDER BY id LIMIT :n FOR UPDATE SKIP LOCKED"
-            ),
-            {"p": partition, "n": limit},
-        ).all()
-    )
-
-
-def _claim_ids(session: Session, ids: list[int]) -> list[Any]:
-    return list(
-        session.execute(
-            text(
-                f"SELECT {_CLAIM_COLUMNS} FROM usage_inbox "
-                "WHERE id = ANY(:ids) AND status IN ('pending', 'failed') ORDER BY id FOR UPDATE SKIP LOCKED"
-            ),
-            {"ids": ids},
-        ).all()
-    )
+Verdict = tuple[int, str, int | None, str | None, str | None]  # (id, status, entry id, reason code, reason)
 
 
 def _entry_metadata(report: dict[str, Any]) -> dict[str, Any]:
@@ -225,9 +237,9 @@ def _entry_metadata(report: dict[str, Any]) -> dict[str, Any]:
     return {"items": report["items"], "metadata": report.get("metadata") or {}}
 
 
-def _apply_rows(book: Book, rows: list[Any]) -> list[tuple[int, str, int | None, str | None, str | None]]:
+def _apply_rows(book: Book, rows: list[Row[Any]]) -> list[Verdict]:
     """Apply claimed rows; one verdict per row: (id, status, entry id, reason code, reason)."""
-    verdicts: list[tuple[int, str, int | None, str | None, str | None]] = []
+    verdicts: list[Verdict] = []
     plain = [r for r in rows if r.hold_id is None and r.amount_mc > 0]
     verdicts += [(r.id, "applied", None, None, None) for r in rows if r.hold_id is None and r.amount_mc == 0]
     if plain:
@@ -252,7 +264,7 @@ def _apply_rows(book: Book, rows: list[Any]) -> list[tuple[int, str, int | None,
     return verdicts
 
 
-def _capture_for_report(book: Book, row: Any) -> tuple[int, str, int | None, str | None, str | None]:
+def _capture_for_report(book: Book, row: Row[Any]) -> Verdict:
     """A report naming a hold settles that hold at the reported amount (a fresh ``Book``: the batch's has
     flushed, and a refusal here must not leave drafts behind for the next row)."""
     owner = book.session.execute(
@@ -273,126 +285,86 @@ def _capture_for_report(book: Book, row: Any) -> tuple[int, str, int | None, str
     return (row.id, "applied", receipt.entry_id, None, None)
 
 
-def _record(session: Session, verdicts: list[tuple[int, str, int | None, str | None, str | None]]) -> None:
-    if not verdicts:
-        return
-    session.execute(
-        text(
-            """
-            UPDATE usage_inbox u SET status = v.status, entry_id = v.entry_id, reason_code = v.code,
-                   reason = v.reason, attempts = u.attempts + 1, applied_at = now()
-            FROM unnest(CAST(:ids AS bigint[]), CAST(:statuses AS text[]), CAST(:entries AS bigint[]),
-                        CAST(:codes AS text[]), CAST(:reasons AS text[])) AS v(id, status, entry_id, code, reason)
-            WHERE u.id = v.id
-            """
-        ),
+def _apply_and_record(uow: unit_of_work.UnitOfWork, rows: list[Row[Any]]) -> BatchResult:
+    verdicts = _apply_rows(uow.book, rows)
+    USAGE_INBOX.mark_done(
+        uow.session,
+        [v[0] for v in verdicts],
+        [v[1] for v in verdicts],
         {
-            "ids": [v[0] for v in verdicts],
-            "statuses": [v[1] for v in verdicts],
-            "entries": [v[2] for v in verdicts],
-            "codes": [v[3] for v in verdicts],
-            "reasons": [v[4] for v in verdicts],
+            "entry_id": ("bigint", [v[2] for v in verdicts]),
+            "reason_code": ("text", [v[3] for v in verdicts]),
+            "reason": ("text", [v[4] for v in verdicts]),
         },
     )
+    return BatchResult(claimed=len(rows), outcomes=Counter(v[1] for v in verdicts))
+
+
+def _combined(results: list[BatchResult]) -> BatchResult:
+    total = BatchResult(more=True)  # the batch fell back row by row: look again for more
+    for result in results:
+        total.add(result)
+    return total
 
 
 def apply_partition(
     session_factory: sessionmaker[Session], partition: int, *, batch_size: int = BATCH_SIZE, now: datetime | None = None
 ) -> BatchResult:
-    """Claim and apply up to ``batch_size`` open rows of one partition in one transaction.
+    """Claim and apply up to ``batch_size`` open rows of one partition in one transaction; a batch that
+    raises is retried row by row, so that a single bad row is marked ``failed`` alone."""
 
-    A batch that raises is retried row by row (each row in its own transaction) so that a single bad row is
-    marked ``failed`` alone; errors that are not about a row (the database is gone) propagate to the caller.
-    """
-    claimed_ids: list[int] = []
-
-    def work(uow: unit_of_work.UnitOfWork) -> BatchResult:
-        result = BatchResult(partition)
+    def batch(uow: unit_of_work.UnitOfWork, claimed: list[int]) -> BatchResult:
         locked = uow.session.execute(
             text("SELECT pg_try_advisory_xact_lock(:ns, :p)"), {"ns": ADVISORY_NAMESPACE, "p": partition}
         ).scalar()
         if not locked:
-            result.busy = True
-            return result
-        rows = _claim_partition(uow.session, partition, batch_size)
-        claimed_ids[:] = [r.id for r in rows]
-        _tally(result, rows, _apply_and_record(uow, rows))
+            return BatchResult(busy=True)
+        rows = USAGE_INBOX.claim(
+            uow.session, _CLAIM_COLUMNS, where="partition = :p", params={"p": partition}, limit=batch_size
+        )
+        claimed.extend(r.id for r in rows)
+        result = _apply_and_record(uow, rows)
         result.more = len(rows) == batch_size
         return result
 
-    try:
-        return unit_of_work.run(session_factory, work, now=now)
-    except Exception:
-        if not claimed_ids or unit_of_work.database_unreachable(session_factory):
-            raise
-    result = BatchResult(partition, more=True)
-    for row_id in claimed_ids:
-        single = apply_rows(session_factory, [row_id], now=now)
-        result.claimed += single.claimed
-        result.applied += single.applied
-        result.rejected += single.rejected
-        result.failed += single.failed
-    return result
+    return apply_batch(session_factory, batch, lambda row_id: apply_rows(session_factory, [row_id], now=now), _combined)
 
 
 def apply_rows(session_factory: sessionmaker[Session], ids: list[int], *, now: datetime | None = None) -> BatchResult:
-    """Apply the given open rows in one transaction; on an error, mark them failed (or dead) with it."""
+    """Apply the given open rows (due or not) in one transaction; on an error, mark them failed (or dead)."""
 
     def work(uow: unit_of_work.UnitOfWork) -> BatchResult:
-        result = BatchResult(None)
-        rows = _claim_ids(uow.session, ids)
-        _tally(result, rows, _apply_and_record(uow, rows))
-        return result
+        rows = USAGE_INBOX.claim(
+            uow.session, _CLAIM_COLUMNS, where="id = ANY(:ids)", params={"ids": ids}, due_only=False
+        )
+        return _apply_and_record(uow, rows)
 
     try:
         return unit_of_work.run(session_factory, work, now=now)
     except Exception as exc:
         if unit_of_work.database_unreachable(session_factory):
             raise
-        mark_failed(session_factory, ids, f"{type(exc).__name__}: {exc}")
-        return BatchResult(None, claimed=len(ids), failed=len(ids))
-
-
-def _apply_and_record(
-    uow: unit_of_work.UnitOfWork, rows: list[Any]
-) -> list[tuple[int, str, int | None, str | None, str | None]]:
-    verdicts = _apply_rows(uow.book, rows)
-    _record(uow.session, verdicts)
-    return verdicts
-
-
-def _tally(
-    result: BatchResult, rows: list[Any], verdicts: list[tuple[int, str, int | None, str | None, str | None]]
-) -> None:
-    result.claimed = len(rows)
-    result.applied = sum(1 for v in verdicts if v[1] == "applied")
-    result.rejected = sum(1 for v in verdicts if v[1] == "rejected")
-
-
-def backoff(attempts: int) -> timedelta:
-    """Exponential with a cap: 2 s, 4 s, 8 s ... at most 10 minutes."""
-    return timedelta(seconds=min(600, 2**attempts))
-
-
-def mark_failed(session_factory: sessionmaker[Session], ids: list[int], error: str) -> None:
-    with session_factory() as session, session.begin():
-        session.execute(
-            text(
-                """
-                UPDATE usage_inbox SET attempts = attempts + 1, reason_code = 'processing_error', reason = :err,
-                       status = CASE WHEN attempts + 1 >= :max THEN 'dead' ELSE 'failed' END,
-                       next_attempt_at = now() + make_interval(secs => least(600, power(2, attempts + 1)))
-                WHERE id = ANY(:ids) AND status IN ('pending', 'failed')
-                """
-            ),
-            {"ids": ids, "err": error[:2000], "max": MAX_ATTEMPTS},
-        )
+        USAGE_INBOX.mark_failed(session_factory, ids, FAILED_STATUS, f"{type(exc).__name__}: {exc}")
+        return BatchResult(claimed=len(ids), outcomes=Counter({FAILED_STATUS: len(ids)}))
 
 
 # -- reading --------------------------------------------------------------------------------------------
-def usage_status(session_factory: sessionmaker[Session], key: str) -> dict[str, Any] | None:
-    """The public status of a report: ``pending`` until applied or rejected (a failing row stays pending to
-    the client, with ``attempts``; a dead one says so in ``processing``)."""
+@dataclass(frozen=True)
+class UsageStatus:
+    idempotency_key: str
+    status: str  # public: pending | applied | rejected
+    amount_mc: int
+    entry_id: int | None
+    reason_code: str | None  # why it was rejected; while failing, the last processing error
+    reason: str | None
+    received_at: datetime
+    applied_at: datetime | None  # when it was applied or rejected; None while pending
+    processing: str  # the row itself: pending | failed | dead | applied | rejected
+    attempts: int
+
+
+def usage_status(session_factory: sessionmaker[Session], key: str) -> UsageStatus | None:
+    """Where a report stands, or None for a key never stored."""
     with session_factory() as session:
         row = session.execute(
             text(
@@ -403,22 +375,19 @@ def usage_status(session_factory: sessionmaker[Session], key: str) -> dict[str, 
         ).first()
     if row is None:
         return None
-    public = row.status if row.status in ("applied", "rejected") else "pending"
-    out: dict[str, Any] = {
-        "idempotency_key": row.idempotency_key,
-        "status": public,
-        "credits": format_credits(row.amount_mc),
-        "reason": None,
-        "entry_id": row.entry_id,
-        "received_at": row.received_at.isoformat(),
-        "applied_at": row.applied_at.isoformat() if row.applied_at and public != "pending" else None,
-    }
-    if row.status == "rejected":
-        out["reason"] = {"code": row.reason_code, "message": row.reason}
-    if public == "pending":
-        out["processing"] = row.status  # pending | failed | dead
-        out["attempts"] = row.attempts
-    return out
+    public = public_status(row.status)
+    return UsageStatus(
+        idempotency_key=row.idempotency_key,
+        status=public,
+        amount_mc=row.amount_mc,
+        entry_id=row.entry_id,
+        reason_code=row.reason_code,
+        reason=row.reason,
+        received_at=row.received_at,
+        applied_at=row.applied_at if public != "pending" else None,
+        processing=row.status,
+        attempts=row.attempts,
+    )
 
 
 def due_partitions(
@@ -426,26 +395,13 @@ def due_partitions(
 ) -> list[int]:
     """Partitions with rows a message should have applied by now (the broker lost or delayed it), or failed
     rows whose retry time has come."""
-    with session_factory() as session:
-        return list(
-            session.execute(
-                text(
-                    "SELECT DISTINCT partition FROM usage_inbox WHERE status IN ('pending', 'failed') "
-                    "AND next_attempt_at <= now() AND (status = 'failed' OR received_at < now() - :stale) "
-                    "ORDER BY partition"
-                ),
-                {"stale": stale_after},
-            ).scalars()
-        )
+    rows = USAGE_INBOX.due(
+        session_factory, "DISTINCT partition", stale_after_seconds=stale_after.total_seconds(), order_by="partition"
+    )
+    return [row.partition for row in rows]
 
 
 def reopen(session_factory: sessionmaker[Session], key: str) -> int | None:
     """Make a dead (or failed) row due again now, with a fresh attempt count; returns its id."""
-    with session_factory() as session, session.begin():
-        return session.execute(
-            text(
-                "UPDATE usage_inbox SET status = 'pending', attempts = 0, next_attempt_at = now() "
-                "WHERE idempotency_key = :k AND status IN ('dead', 'failed') RETURNING id"
-            ),
-            {"k": key},
-        ).scalar()
+    row_id = USAGE_INBOX.reopen(session_factory, key)
+    return None if row_id is None else int(row_id)

@@ -38,7 +38,7 @@ def test_a_valid_batch_is_stored_priced_and_partitioned(api, probe):
     events = [{**REPORT, "idempotency_key": f"b-{i}", "account": f"user_{i % 7}"} for i in range(50)]
     response = api.post("/v1/usage", key=key, json={"events": events})
     assert response.status_code == 202
-    assert response.json == {"accepted": 50, "duplicates": [], "status": "pending"}
+    assert response.json == {"accepted": 50, "duplicates": [], "duplicate_statuses": {}, "status": "pending"}
     rows = probe.rows("SELECT amount_mc, partition, status FROM usage_inbox")
     assert len(rows) == 50 and {r.amount_mc for r in rows} == {6000} and {r.status for r in rows} == {"pending"}
     assert all(0 <= r.partition < 8 for r in rows)

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import copy
 import json
+import threading
 from functools import cache
 from typing import Any
 
 import pytest
 from sqlalchemy import text
 
+from billing_core.db.unit_of_work import UnitOfWork
 from billing_core.intake import dead_letters
 from billing_core.intake.stripe_events import (
     DEAD,
@@ -27,6 +29,7 @@ from billing_core.intake.stripe_events import (
     process_pending,
 )
 from billing_core.ledger.commands import DebitUsage
+from billing_core.ledger.handlers import debit_usage
 from billing_core.stripe.gateway import StripeNotFound
 from tests.fixtures import STRIPE_FIXTURES
 from tests.integration.conftest import event_inbox_for
@@ -904,3 +907,113 @@ def test_inquiry_escalated_to_a_chargeback_takes_the_credits_back_when_funds_are
     assert probe.available("acme") == 0
     assert probe.scalar("SELECT count(*) FROM ledger_entries WHERE kind = 'clawback'") == 1
     probe.assert_consistent()
+
+
+# -- no network call under row locks -----------------------------------------------------------------------
+class HangingStripe(FakeStripe):
+    """Stripe that, asked for a Checkout Session, hangs until the test releases it."""
+
+    def __init__(self, sessions: list[dict[str, Any]]):
+        super().__init__(sessions)
+        self.entered, self.release = threading.Event(), threading.Event()
+
+    def retrieve_checkout_session(self, session_id: str) -> dict[str, Any]:
+        self.entered.set()
+        assert self.release.wait(timeout=60), "the test never released Stripe"
+        return super().retrieve_checkout_session(session_id)
+
+
+def test_a_debit_completes_while_a_drain_waits_on_stripe_for_the_same_wallet(session_factory, probe):
+    # given acme's wallet funded, then a batch touching it: a customer update (it locks the wallet) and a
+    # second purchase whose Checkout Session must be read from a Stripe that hangs
+    buy_starter(probe, session_factory)
+    second = checkout_session("cs_test_acme_2", payment_intent="pi_acme_2")
+    deliver(session_factory, stripe_event("evt_cus_upd", "customer.updated", customer()))
+    deliver(session_factory, stripe_event("evt_buy_2", "checkout.session.completed", second))
+    stripe = HangingStripe([second])
+    drained: dict[str, Any] = {}
+    drain = threading.Thread(
+        target=lambda: drained.setdefault("result", process_pending(session_factory, stripe)), daemon=True
+    )
+
+    try:
+        # when the drain is inside the Stripe call
+        drain.start()
+        assert stripe.entered.wait(timeout=30), "the drain never asked Stripe"
+
+        # then a debit on the same wallet, refusing to wait for locks, commits
+        with UnitOfWork(session_factory) as uow:
+            uow.session.execute(text("SET LOCAL lock_timeout = '2s'"))
+            debit_usage(uow.book, DebitUsage("acme", 1_000_000, "usage:during-stripe"))
+            uow.commit()
+        # and the waiting event's inbox row is not held either
+        with session_factory() as s, s.begin():
+            s.execute(text("SET LOCAL lock_timeout = '2s'"))
+            assert s.execute(text("SELECT status FROM stripe_events WHERE id = 'evt_buy_2' FOR UPDATE")).scalar() == (
+                "pending"
+            )
+    finally:
+        stripe.release.set()
+        drain.join(timeout=60)
+
+    # when Stripe answers, the purchase is credited once, after the debit, and both events are processed
+    assert not drain.is_alive()
+    assert drained["result"].outcomes == {PROCESSED: 2}
+    assert [e[1] for e in entries(probe, "acme")] == [
+        "checkout:cs_test_acme_1",
+        "usage:during-stripe",
+        "checkout:cs_test_acme_2",
+    ]
+    assert probe.available("acme") == 2 * STARTER_MC - 1_000_000
+    assert {event_row(probe, e).status for e in ("evt_cus_upd", "evt_buy_2")} == {PROCESSED}
+    probe.assert_consistent()
+
+
+def test_an_event_handled_alone_reads_stripe_before_it_locks_its_row(session_factory, probe):
+    # given a purchase whose Checkout Session must be read from a Stripe that hangs
+    session = checkout_session()
+    deliver(session_factory, stripe_event("evt_alone", "checkout.session.completed", session))
+    stripe = HangingStripe([session])
+    handled: dict[str, str] = {}
+    worker = threading.Thread(
+        target=lambda: handled.setdefault("status", process_event(session_factory, stripe, "evt_alone")), daemon=True
+    )
+    try:
+        # when the event is inside the Stripe call
+        worker.start()
+        assert stripe.entered.wait(timeout=30), "the event never asked Stripe"
+        # then its inbox row can be locked at once by someone else
+        with session_factory() as s, s.begin():
+            s.execute(text("SET LOCAL lock_timeout = '2s'"))
+            assert s.execute(text("SELECT status FROM stripe_events WHERE id = 'evt_alone' FOR UPDATE")).scalar() == (
+                "pending"
+            )
+    finally:
+        stripe.release.set()
+        worker.join(timeout=60)
+    assert handled["status"] == PROCESSED
+    assert probe.available("acme") == STARTER_MC
+
+
+def test_an_event_another_worker_handled_while_stripe_was_read_is_not_applied_twice(session_factory, probe):
+    # given a purchase event being read from a hanging Stripe by one drain
+    session = checkout_session()
+    deliver(session_factory, stripe_event("evt_race", "checkout.session.completed", session))
+    stripe = HangingStripe([session])
+    drained: dict[str, Any] = {}
+    drain = threading.Thread(
+        target=lambda: drained.setdefault("result", process_pending(session_factory, stripe)), daemon=True
+    )
+    try:
+        drain.start()
+        assert stripe.entered.wait(timeout=30), "the drain never asked Stripe"
+        # when another worker handles the same event meanwhile
+        assert process_event(session_factory, FakeStripe([session]), "evt_race") == PROCESSED
+    finally:
+        stripe.release.set()
+        drain.join(timeout=60)
+
+    # then the first drain skips it: credited once, one attempt
+    assert drained["result"].claimed == 1 and sum(drained["result"].outcomes.values()) == 0
+    assert event_row(probe, "evt_race").attempts == 1
+    assert entries(probe, "acme") == [("purchase", "checkout:cs_test_acme_1", "pi_acme_1", STARTER_MC)]

@@ -27,7 +27,7 @@ def test_a_row_that_breaks_the_batch_is_marked_failed_alone_and_the_rest_apply(s
     result = apply_partition(session_factory, partition_of("acme"))
 
     # then the batch was retried row by row: two applied, the bad one failed with its error and a retry time
-    assert (result.applied, result.failed) == (2, 1)
+    assert (result.outcomes["applied"], result.outcomes["failed"]) == (2, 1)
     rows = {
         r.idempotency_key: r
         for r in probe.rows(
@@ -74,7 +74,7 @@ def test_a_refused_batch_keeps_each_keyed_report_rejected_with_its_own_reason(se
     assert "batch was refused whole" in rows["good"].reason
     assert "items[0]" in rows["neg"].reason
     assert rows["neg"].report["metadata"]["note"] == "ab"  # jsonb cannot hold the NUL; the rest is kept as sent
-    assert usage_status(session_factory, "neg")["reason"]["code"] == "invalid_usage"
+    assert usage_status(session_factory, "neg").reason_code == "invalid_usage"
     # a worker finds nothing to apply
     assert apply_partition(session_factory, partition_of("acme")).claimed == 0
 

@@ -1,0 +1,290 @@
+"""What each Stripe event type does to the ledger: ``HANDLERS`` below is the whole map; read it top to bottom.
+
+Every effect goes through a ledger command whose idempotency key comes from the Stripe object that caused it
+(``checkout:cs_...``, ``refund:re_...``, ``dispute:dp_...``), so a duplicate delivery, a retry after a crash
+or a replay by an operator finds the first entry and writes nothing.
+
+A handler works in two steps, because no transaction may hold row locks while waiting on Stripe (DESIGN
+rule 10: a debit on the same wallet would wait on Stripe's latency). First ``read`` asks Stripe what the
+handler needs (the payload may be stale or forged, so a Checkout Session is re-read; a refund lists its
+charge's refunds), outside any transaction; then ``apply`` writes the effect in the ledger transaction with
+those facts, re-checking the ledger under its locks (the purchase may have been credited meanwhile). A
+handler without ``read`` needs nothing from Stripe, and when there is no gateway at all (tests, replays from
+the payload) ``apply`` trusts the payload as it is.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from sqlalchemy import text
+
+from billing_core.ledger.book import Book
+from billing_core.ledger.commands import ClawBack, PurchaseCredits, check_account
+from billing_core.ledger.handlers import claw_back, purchase_credits
+from billing_core.stripe.purchases import IGNORED, PROCESSED, Purchase, credit_checkout, is_paid, purchase_for
+
+StripeObject = dict[str, Any]
+# Whether the ledger already holds the purchase a payment intent paid for (a read that takes no lock).
+PurchaseKnown = Callable[[str], bool]
+
+
+class StripeReader(Protocol):
+    """What handlers read from Stripe (``billing_core.stripe.gateway.StripeGateway`` in production)."""
+
+    def retrieve_checkout_session(self, session_id: str) -> StripeObject: ...
+    def list_checkout_sessions(self, *, payment_intent: str | None = None, limit: int = 10) -> list[StripeObject]: ...
+    def list_refunds(self, *, charge: str) -> list[StripeObject]: ...
+
+
+@dataclass(frozen=True)
+class StripeFacts:
+    """What a handler read from Stripe before its transaction; empty when Stripe was not asked."""
+
+    checkout_session: StripeObject | None = None  # the session as Stripe shows it now
+    sessions: list[StripeObject] = field(default_factory=list)  # a payment's sessions, when its purchase is unknown
+    refunds: list[StripeObject] | None = None  # every refund of a charge
+
+
+@dataclass(frozen=True)
+class EventHandler:
+    apply: Callable[[Book, StripeObject, StripeFacts], str]
+    read: Callable[[StripeReader, StripeObject, PurchaseKnown], StripeFacts] | None = None
+
+
+# -- checkout --------------------------------------------------------------------------------------------
+def read_checkout_session(stripe: StripeReader, session: StripeObject, known: PurchaseKnown) -> StripeFacts:
+    return StripeFacts(checkout_session=stripe.retrieve_checkout_session(session["id"]))
+
+
+def on_checkout_completed(book: Book, session: StripeObject, facts: StripeFacts) -> str:
+    """Paid now: credit the package. Unpaid (a delayed method such as a bank debit): nothing yet, the
+    ``async_payment_succeeded`` event credits it. Stripe's own view of the session decides, not the payload."""
+    current = facts.checkout_session or session
+    if not is_paid(current):
+        return PROCESSED
+    return credit_checkout(book, current)
+
+
+def on_payment_failed(book: Book, obj: StripeObject, facts: StripeFacts) -> str:
+    """Nothing was credited, so nothing moves; the stored event is the record (notifications come later)."""
+    return PROCESSED
+
+
+# -- refunds ---------------------------------------------------------------------------------------------
+def _payment_sessions(stripe: StripeReader, payment_intent: str | None, known: PurchaseKnown) -> list[StripeObject]:
+    """The payment's Checkout Sessions, asked for only when its purchase is not in the ledger yet."""
+    if not payment_intent or known(payment_intent):
+        return []
+    return stripe.list_checkout_sessions(payment_intent=payment_intent, limit=3)
+
+
+def read_charge_refunds(stripe: StripeReader, charge: StripeObject, known: PurchaseKnown) -> StripeFacts:
+    return StripeFacts(
+        sessions=_payment_sessions(stripe, charge.get("payment_intent"), known),
+        refunds=stripe.list_refunds(charge=charge["id"]),
+    )
+
+
+def on_charge_refunded(book: Book, charge: StripeObject, facts: StripeFacts) -> str:
+    """Claw back credits in proportion to each refund, once per refund (key ``refund:<re_id>``).
+
+    What a new refund takes is the rounded proportion of everything refunded so far minus what the earlier
+    refunds actually took, so partial refunds that add up to the whole payment take back exactly the whole
+    purchase, whatever order they settle in (a pending refund may succeed after a later one).
+    """
+    purchase = purchase_for(book, charge.get("payment_intent"), facts.sessions)
+    refunds = facts.refunds if facts.refunds is not None else ((charge.get("refunds") or {}).get("data")) or []
+    succeeded = sorted((r for r in refunds if r.get("status") == "succeeded"), key=lambda r: (r["created"], r["id"]))
+    taken = _refunds_taken(book, [f"refund:{r['id']}" for r in succeeded])
+    refunded = sum(r["amount"] for r in succeeded if f"refund:{r['id']}" in taken)
+    taken_mc = sum(taken.values())
+    for refund in succeeded:
+        key = f"refund:{refund['id']}"
+        if key in taken:
+            continue
+        refunded += refund["amount"]
+        amount_mc = purchase.share(refunded) - taken_mc
+        if amount_mc <= 0:
+            continue
+        cmd = ClawBack(
+            account=purchase.account,
+            amount_mc=amount_mc,
+            idempotency_key=key,
+            reason="refund",
+            grant_ref=purchase.payment_intent,
+            external_ref=refund["id"],
+            metadata={"charge": charge["id"], "amount": refund["amount"]},
+        )
+        claw_back(Book(book.session, book.now), cmd)
+        taken_mc += amount_mc
+    return PROCESSED
+
+
+def _refunds_taken(book: Book, keys: list[str]) -> dict[str, int]:
+    """What each refund already handled took, by its key: its line on the system refunds account."""
+    if not keys:
+        return {}
+    rows = book.session.execute(
+        text(
+            "SELECT e.idempotency_key, p.amount_mc FROM unnest(CAST(:keys AS text[])) AS k(key) "
+            "JOIN ledger_entries e ON e.idempotency_key = k.key "
+            "JOIN postings p ON p.entry_id = e.id AND p.account_id = :refunds"
+        ),
+        {"keys": keys, "refunds": book.system_account("refunds")},
+    ).all()
+    return {row.idempotency_key: row.amount_mc for row in rows}
+
+
+def _settled_refund_charge(refund: StripeObject) -> StripeObject | None:
+    """The charge of a refund that has succeeded, as ``charge.refunded`` would carry it; None for a refund
+    still pending, failed or canceled: those moved no money, so they take nothing."""
+    if refund.get("status") != "succeeded" or not refund.get("charge"):
+        return None
+    return {"id": refund["charge"], "payment_intent": refund.get("payment_intent"), "refunds": {"data": [refund]}}
+
+
+def read_refund_update(stripe: StripeReader, refund: StripeObject, known: PurchaseKnown) -> StripeFacts:
+    charge = _settled_refund_charge(refund)
+    return StripeFacts() if charge is None else read_charge_refunds(stripe, charge, known)
+
+
+def on_refund_updated(book: Book, refund: StripeObject, facts: StripeFacts) -> str:
+    """A refund still pending when ``charge.refunded`` arrived (bank transfers, some cards) settles later:
+    once it has succeeded, its charge's refunds are clawed back as ``charge.refunded`` does (each refund once,
+    by its key)."""
+    charge = _settled_refund_charge(refund)
+    if charge is None:
+        return IGNORED
+    return on_charge_refunded(book, charge, facts)
+
+
+# -- disputes --------------------------------------------------------------------------------------------
+def _is_inquiry(dispute: StripeObject) -> bool:
+    # An inquiry (statuses ``warning_*``) withdraws no money, and the payment may still be refunded: taking
+    # credits back then would take them twice (once more by the refund) or for nothing (closed unescalated).
+    # An inquiry that escalates to a chargeback keeps its id and moves to ``needs_response``.
+    return str(dispute.get("status", "")).startswith("warning_")
+
+
+def read_dispute(stripe: StripeReader, dispute: StripeObject, known: PurchaseKnown) -> StripeFacts:
+    return StripeFacts(sessions=_payment_sessions(stripe, dispute.get("payment_intent"), known))
+
+
+def read_dispute_unless_inquiry(stripe: StripeReader, dispute: StripeObject, known: PurchaseKnown) -> StripeFacts:
+    return StripeFacts() if _is_inquiry(dispute) else read_dispute(stripe, dispute, known)
+
+
+def _dispute_clawback(book: Book, dispute: StripeObject, facts: StripeFacts) -> tuple[Purchase, int]:
+    purchase = purchase_for(book, dispute.get("payment_intent"), facts.sessions)
+    amount_mc = purchase.share(int(dispute["amount"]))
+    cmd = ClawBack(
+        account=purchase.account,
+        amount_mc=amount_mc,
+        idempotency_key=f"dispute:{dispute['id']}",
+        reason="dispute",
+        grant_ref=purchase.payment_intent,
+        external_ref=dispute["id"],
+        metadata={"charge": dispute.get("charge"), "amount": dispute["amount"]},
+    )
+    claw_back(Book(book.session, book.now), cmd)
+    return purchase, amount_mc
+
+
+def _reinstate(book: Book, dispute: StripeObject, facts: StripeFacts) -> None:
+    purchase, amount_mc = _dispute_clawback(book, dispute, facts)
+    cmd = PurchaseCredits(
+        account=purchase.account,
+        amount_mc=amount_mc,
+        idempotency_key=f"dispute_won:{dispute['id']}",
+        external_ref=purchase.payment_intent,
+        metadata={"dispute": dispute["id"], "reinstated": True},
+    )
+    purchase_credits(Book(book.session, book.now), cmd)
+
+
+def on_dispute_created(book: Book, dispute: StripeObject, facts: StripeFacts) -> str:
+    """A chargeback takes the disputed share back at once: the money is already withdrawn."""
+    if not _is_inquiry(dispute):
+        _dispute_clawback(book, dispute, facts)
+    return PROCESSED
+
+
+def on_dispute_funds_withdrawn(book: Book, dispute: StripeObject, facts: StripeFacts) -> str:
+    """Money left (also when an inquiry escalates): the same clawback, once (``dispute:<dp_id>``)."""
+    _dispute_clawback(book, dispute, facts)
+    return PROCESSED
+
+
+def on_dispute_closed(book: Book, dispute: StripeObject, facts: StripeFacts) -> str:
+    """Won: the credits come back (key ``dispute_won:<dp_id>``). Lost: the clawback stands. Either way the
+    clawback is made first (a no-op when ``created`` was handled) in case that event never came. An inquiry
+    closed without escalating took nothing, so it gives nothing back."""
+    if _is_inquiry(dispute):
+        return PROCESSED
+    if dispute.get("status") == "won":
+        _reinstate(book, dispute, facts)
+    else:
+        _dispute_clawback(book, dispute, facts)
+    return PROCESSED
+
+
+def on_dispute_funds_reinstated(book: Book, dispute: StripeObject, facts: StripeFacts) -> str:
+    _reinstate(book, dispute, facts)
+    return PROCESSED
+
+
+# -- customers -------------------------------------------------------------------------------------------
+def on_customer_changed(book: Book, customer: StripeObject, facts: StripeFacts) -> str:
+    """Link the Stripe customer to the account named in its metadata (created by our gateway)."""
+    account = (customer.get("metadata") or {}).get("account")
+    if not account:
+        return IGNORED
+    wallet = book.lock_wallet(check_account(account), create=True)
+    if wallet.stripe_customer_id != customer["id"]:
+        # One customer, one wallet: a customer re-pointed at another account leaves the old one. (When the
+        # wallet already has it, no other can: the column is unique.)
+        book.session.execute(
+            text(
+                "UPDATE wallets SET stripe_customer_id = NULL, updated_at = now() "
+                "WHERE stripe_customer_id = :c AND id <> :w"
+            ),
+            {"c": customer["id"], "w": wallet.id},
+        )
+    book.session.execute(
+        text(
+            "UPDATE wallets SET stripe_customer_id = :c, email = coalesce(:email, email), "
+            "name = coalesce(:name, name), updated_at = now() WHERE id = :w"
+        ),
+        {"c": customer["id"], "email": customer.get("email"), "name": customer.get("name"), "w": wallet.id},
+    )
+    wallet.stripe_customer_id = customer["id"]
+    return PROCESSED
+
+
+def on_customer_deleted(book: Book, customer: StripeObject, facts: StripeFacts) -> str:
+    book.session.execute(
+        text("UPDATE wallets SET stripe_customer_id = NULL, updated_at = now() WHERE stripe_customer_id = :c"),
+        {"c": customer["id"]},
+    )
+    return PROCESSED
+
+
+HANDLERS: dict[str, EventHandler] = {
+    "checkout.session.completed": EventHandler(on_checkout_completed, read=read_checkout_session),
+    "checkout.session.async_payment_succeeded": EventHandler(on_checkout_completed, read=read_checkout_session),
+    "checkout.session.async_payment_failed": EventHandler(on_payment_failed),
+    "payment_intent.payment_failed": EventHandler(on_payment_failed),
+    "charge.refunded": EventHandler(on_charge_refunded, read=read_charge_refunds),
+    "charge.refund.updated": EventHandler(on_refund_updated, read=read_refund_update),
+    "refund.updated": EventHandler(on_refund_updated, read=read_refund_update),
+    "charge.dispute.created": EventHandler(on_dispute_created, read=read_dispute_unless_inquiry),
+    "charge.dispute.funds_withdrawn": EventHandler(on_dispute_funds_withdrawn, read=read_dispute),
+    "charge.dispute.closed": EventHandler(on_dispute_closed, read=read_dispute_unless_inquiry),
+    "charge.dispute.funds_reinstated": EventHandler(on_dispute_funds_reinstated, read=read_dispute),
+    "customer.created": EventHandler(on_customer_changed),
+    "customer.updated": EventHandler(on_customer_changed),
+    "customer.deleted": EventHandler(on_customer_deleted),
+}
