@@ -11,7 +11,8 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import BigInteger, any_, literal, select
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session
 
 from billing_core.db.tables import Grant
@@ -45,8 +46,9 @@ def lot_from_row(row: Any) -> GrantLot:
 
 
 def lots_by_id(session: Session, grant_ids: list[int]) -> list[GrantLot]:
-    """These grants as lots, open or exhausted (their wallets must be locked by the caller)."""
-    rows = session.execute(select(*LOT_COLUMNS).where(Grant.id.in_(grant_ids))).all()
+    """These grants as lots, open or exhausted (their wallets must be locked by the caller). The ids go as one
+    array, as in ``wallet_rows.account_names``."""
+    rows = session.execute(select(*LOT_COLUMNS).where(Grant.id == any_(literal(grant_ids, ARRAY(BigInteger))))).all()
     return [lot_from_row(r) for r in rows]
 
 

@@ -3,8 +3,8 @@ adjustments): their ids, read once per engine.
 
 The first migration creates them and nothing ever changes or removes them, so their ids are fixed for the
 life of a database. Every command posts to one of them; reading them per transaction would cost each command
-a round trip. The ids are kept against the engine, so a process (or a test) with another engine, hence
-another database, reads its own, and nothing has to be reset by hand.
+a round trip. They are kept against the engine, not in a global keyed by URL: a new engine (a restarted process,
+a test's own) reads them afresh and goes when its engine goes, so nothing has to be reset by hand.
 """
 
 from __future__ import annotations

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import func, select, update
+from sqlalchemy import BigInteger, any_, func, literal, select, update
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session
 
 from billing_core.db.tables import Wallet
@@ -19,8 +20,10 @@ def wallet_exists(session: Session, account: str) -> bool:
 
 
 def account_names(session: Session, wallet_ids: list[int]) -> list[str]:
-    """The account names of these wallets (unlocked: the caller locks them by name)."""
-    return list(session.execute(select(Wallet.account).where(Wallet.id.in_(wallet_ids))).scalars())
+    """The account names of these wallets (unlocked: the caller locks them by name). The ids go as one array,
+    not an IN list: a sweep names up to 10,000 of them, and one statement shape keeps one prepared plan."""
+    ids = literal(wallet_ids, ARRAY(BigInteger))
+    return list(session.execute(select(Wallet.account).where(Wallet.id == any_(ids))).scalars())
 
 
 def set_negative_since(session: Session, wallet_id: int, since: datetime | None) -> None:
