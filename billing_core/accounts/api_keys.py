@@ -11,9 +11,10 @@ import secrets
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import text
+from sqlalchemy import Row, func, insert, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from billing_core.db.tables import ApiKey
 from billing_core.errors import InvalidCommand
 
 # ``admin`` implies every other scope.
@@ -42,6 +43,14 @@ class ApiKeyView:
         return "admin" in self.scopes or scope in self.scopes
 
 
+_VIEW = select(ApiKey.id, ApiKey.name, ApiKey.prefix, ApiKey.scopes, ApiKey.created_at, ApiKey.revoked_at)
+
+
+def _view(row: Row[tuple[int, str, str, list[str], datetime, datetime | None]]) -> ApiKeyView:
+    key_id, name, prefix, scopes, created_at, revoked_at = row
+    return ApiKeyView(key_id, name, prefix, frozenset(scopes), created_at, revoked_at)
+
+
 def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
@@ -66,43 +75,35 @@ def create_api_key(
     checked = parse_scopes(scopes)
     key = KEY_PREFIX + secrets.token_urlsafe(32)
     with session_factory() as session, session.begin():
-        row = session.execute(
-            text(
-                "INSERT INTO api_keys (name, prefix, key_hash, scopes) VALUES (:n, :p, :h, :s) RETURNING id, created_at"
-            ),
-            {"n": name, "p": key[:12], "h": hash_key(key), "s": checked},
+        key_id, created_at = session.execute(
+            insert(ApiKey)
+            .values(name=name, prefix=key[:12], key_hash=hash_key(key), scopes=checked)
+            .returning(ApiKey.id, ApiKey.created_at)
         ).one()
-    return ApiKeyView(row.id, name, key[:12], frozenset(checked), row.created_at), key
+    return ApiKeyView(key_id, name, key[:12], frozenset(checked), created_at), key
 
 
 def find_api_key(session: Session, key: str) -> ApiKeyView | None:
     """The live key with this plaintext, or None (unknown or revoked look the same to a caller)."""
     if not key.startswith(KEY_PREFIX) or len(key) > 100:
         return None
-    row = session.execute(
-        text(
-            "SELECT id, name, prefix, scopes, created_at, revoked_at FROM api_keys "
-            "WHERE key_hash = :h AND revoked_at IS NULL"
-        ),
-        {"h": hash_key(key)},
-    ).first()
-    if row is None:
-        return None
-    return ApiKeyView(row.id, row.name, row.prefix, frozenset(row.scopes), row.created_at, row.revoked_at)
+    row = session.execute(_VIEW.where(ApiKey.key_hash == hash_key(key), ApiKey.revoked_at.is_(None))).first()
+    return None if row is None else _view(row)
 
 
 def list_api_keys(session_factory: sessionmaker[Session]) -> list[ApiKeyView]:
     with session_factory() as session:
-        rows = session.execute(
-            text("SELECT id, name, prefix, scopes, created_at, revoked_at FROM api_keys ORDER BY id")
-        ).all()
-    return [ApiKeyView(r.id, r.name, r.prefix, frozenset(r.scopes), r.created_at, r.revoked_at) for r in rows]
+        return [_view(row) for row in session.execute(_VIEW.order_by(ApiKey.id))]
 
 
 def revoke_api_key(session_factory: sessionmaker[Session], key_id: int) -> bool:
     with session_factory() as session, session.begin():
         done = session.execute(
-            text("UPDATE api_keys SET revoked_at = now() WHERE id = :i AND revoked_at IS NULL RETURNING id"),
-            {"i": key_id},
+            update(ApiKey)
+            .where(ApiKey.id == key_id, ApiKey.revoked_at.is_(None))
+            .values(revoked_at=func.now())
+            .returning(ApiKey.id)
+            # No ORM objects are loaded here: nothing to synchronise.
+            .execution_options(synchronize_session=False)
         ).first()
     return done is not None

@@ -23,6 +23,7 @@ from typing import Any
 import psycopg
 from psycopg import pq
 from psycopg.conninfo import make_conninfo
+from psycopg.pq.abc import PGconn, PGresult  # the protocol of pq.PGconn, whose class psycopg picks at import
 
 from billing_core.settings import libpq_url
 
@@ -83,7 +84,7 @@ class EventInbox:
         self._cond = threading.Condition()
         self._pending: list[_Slot] = []
         self._writing = False
-        self._conn: pq.PGconn | None = None  # used by the writer only
+        self._conn: PGconn | None = None  # used by the writer only
         self._prepared: set[int] = set()  # batch sizes prepared on self._conn
 
     def store(self, event: dict[str, Any], raw: bytes) -> bool:
@@ -157,7 +158,7 @@ class EventInbox:
                 self._drop()
         raise AssertionError("unreachable")
 
-    def _connection(self) -> pq.PGconn:
+    def _connection(self) -> PGconn:
         if self._conn is not None and self._conn.status == pq.ConnStatus.OK:
             return self._conn
         self._drop()
@@ -178,13 +179,13 @@ class EventInbox:
 # plain process it is the same wait libpq would do.
 
 
-def _wait(conn: pq.PGconn, events: int, timeout: float | None = None) -> bool:
+def _wait(conn: PGconn, events: int, timeout: float | None = None) -> bool:
     poller = select.poll()
     poller.register(conn.socket, events)
     return bool(poller.poll(None if timeout is None else max(0, int(timeout * 1000))))
 
 
-def _result(conn: pq.PGconn) -> pq.PGresult:
+def _result(conn: PGconn) -> PGresult:
     """The result of the one command sent: flush it, wait for the answer, collect it."""
     while conn.flush():
         _wait(conn, select.POLLOUT)
@@ -201,11 +202,11 @@ def _result(conn: pq.PGconn) -> pq.PGresult:
     return result
 
 
-def _connect(conninfo: bytes, timeout: float) -> pq.PGconn:
+def _connect(conninfo: bytes, timeout: float) -> PGconn:
     """PQconnectStart/PQconnectPoll with our own deadline (libpq's connect_timeout is PQconnectdb's alone)."""
     conn = pq.PGconn.connect_start(conninfo)
     deadline = time.monotonic() + timeout
-    status = pq.PollingStatus.WRITING
+    status: int = pq.PollingStatus.WRITING
     try:
         while status not in (pq.PollingStatus.OK, pq.PollingStatus.FAILED):
             if conn.status == pq.ConnStatus.BAD:
@@ -224,7 +225,7 @@ def _connect(conninfo: bytes, timeout: float) -> pq.PGconn:
     return conn
 
 
-def _error(result: pq.PGresult, conn: pq.PGconn) -> psycopg.Error:
+def _error(result: PGresult, conn: PGconn) -> psycopg.Error:
     sqlstate = result.error_field(pq.DiagnosticField.SQLSTATE)
     message = (result.error_message or conn.error_message or b"").decode(errors="replace").strip()
     if not sqlstate:

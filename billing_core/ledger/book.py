@@ -15,14 +15,17 @@ import json
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, LiteralString
 
 import orjson
+import psycopg
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from billing_core.errors import IdempotencyConflict, UnknownAccount
+from billing_core.ledger import grant_rows, wallet_rows
 from billing_core.ledger.grants import PRIORITY_BY_SOURCE, GrantLot, in_spending_order, plan_draws
+from billing_core.ledger.system_accounts import system_account_ids
 
 
 class ConcurrentDuplicate(Exception):
@@ -74,16 +77,15 @@ class ExistingEntry:
     created_at: datetime
 
 
-_SYSTEM_IDS: dict[str, dict[str, int]] = {}
-
-
-def bulk_execute(session: Session, sql: str, params: dict[str, Any]) -> list[Any]:
+def bulk_execute(session: Session, sql: LiteralString, params: dict[str, Any]) -> list[Any]:
     """Run a multi-row statement with its arrays sent in PostgreSQL's binary format (``%(name)b``), on the
     session's own connection, inside its transaction. In text format psycopg escapes every element of every
     string array, which cost the client more than the server spent on the whole insert."""
     raw = session.connection().connection.driver_connection
-    with raw.cursor() as cur:  # type: ignore[union-attr]
-        cur.execute(sql, params)  # type: ignore[arg-type]
+    if not isinstance(raw, psycopg.Connection):  # make_engine always builds on psycopg 3
+        raise TypeError(f"bulk writes need a psycopg connection, not {type(raw).__name__}")
+    with raw.cursor() as cur:
+        cur.execute(sql, params)
         return cur.fetchall() if cur.description else []
 
 
@@ -101,14 +103,7 @@ class Book:
 
     # -- reading -------------------------------------------------------------------------------------
     def system_account(self, kind: str) -> int:
-        bind = self.session.get_bind()
-        key = str(bind.url)
-        ids = _SYSTEM_IDS.get(key)
-        if ids is None or kind not in ids:
-            rows = self.session.execute(text("SELECT kind, id FROM ledger_accounts WHERE code LIKE 'system:%'")).all()
-            ids = {row.kind: row.id for row in rows}
-            _SYSTEM_IDS[key] = ids
-        return ids[kind]
+        return system_account_ids(self.session)[kind]
 
     def find_entries(self, keys: list[str]) -> dict[str, ExistingEntry]:
         if not keys:
@@ -171,9 +166,7 @@ class Book:
         return self.lock_wallets([account], create=create)[account]
 
     def lock_wallet_by_id(self, wallet_id: int) -> WalletState:
-        account = self.session.execute(
-            text("SELECT account FROM wallets WHERE id = :id"), {"id": wallet_id}
-        ).scalar_one()
+        (account,) = wallet_rows.account_names(self.session, [wallet_id])
         return self.lock_wallet(account)
 
     def _create_missing(self, accounts: list[str]) -> None:
@@ -215,8 +208,8 @@ class Book:
         todo = {w.id: w for w in wallets if w.lots is None}
         if not todo:
             return
-        for w in todo.values():
-            w.lots = []
+        loaded: dict[int, list[GrantLot]] = {wallet_id: [] for wallet_id in todo}
+        # The columns of grant_rows.LOT_COLUMNS, as plain SQL: this runs in every debit's transaction.
         rows = self.session.execute(
             text(
                 "SELECT id, wallet_id, source, amount_mc, remaining_mc, expires_at, priority, external_ref "
@@ -225,7 +218,9 @@ class Book:
             {"ids": list(todo)},
         ).all()
         for r in rows:
-            todo[r.wallet_id].lots.append(self._lot(r))  # type: ignore[union-attr]
+            loaded[r.wallet_id].append(grant_rows.lot_from_row(r))
+        for wallet_id, wallet in todo.items():
+            wallet.lots = loaded[wallet_id]
 
     def grant_lots(self, grant_ids: list[int]) -> dict[int, GrantLot]:
         """Lots by id, including exhausted ones (a hold release returns credits to a grant at zero).
@@ -234,32 +229,12 @@ class Book:
         known = {lot.id: lot for w in self.wallets.values() for lot in w.lots or [] if lot.id is not None}
         missing = [g for g in set(grant_ids) if g not in known]
         if missing:
-            rows = self.session.execute(
-                text(
-                    "SELECT id, wallet_id, source, amount_mc, remaining_mc, expires_at, priority, external_ref "
-                    "FROM grants WHERE id = ANY(CAST(:ids AS bigint[]))"
-                ),
-                {"ids": missing},
-            ).all()
             wallets_by_id = {w.id: w for w in self.wallets.values()}
-            for r in rows:
-                lot = self._lot(r)
-                self.lots(wallets_by_id[r.wallet_id]).append(lot)
-                known[r.id] = lot
+            for lot in grant_rows.lots_by_id(self.session, missing):
+                assert lot.id is not None  # read from its row
+                self.lots(wallets_by_id[lot.wallet_id]).append(lot)
+                known[lot.id] = lot
         return {g: known[g] for g in grant_ids}
-
-    @staticmethod
-    def _lot(r: Any) -> GrantLot:
-        return GrantLot(
-            wallet_id=r.wallet_id,
-            source=r.source,
-            remaining_mc=r.remaining_mc,
-            expires_at=r.expires_at,
-            priority=r.priority,
-            id=r.id,
-            amount_mc=r.amount_mc,
-            external_ref=r.external_ref,
-        )
 
     def spendable(self, wallet: WalletState) -> int:
         return sum(lot.remaining_mc for lot in in_spending_order(self.lots(wallet), self.now))
@@ -318,9 +293,7 @@ class Book:
         debt = wallet.debt_lot()
         if debt is None:
             # A wallet has one debt grant for life; once paid off (remaining 0) it is not among the open lots.
-            settled = self.session.execute(
-                text("SELECT id FROM grants WHERE wallet_id = :w AND source = 'debt'"), {"w": wallet.id}
-            ).scalar()
+            settled = grant_rows.debt_grant_id(self.session, wallet.id)
             debt = self.grant_lots([settled])[settled] if settled else self.new_grant(entry, wallet, "debt", 0, None)
         self.post_to_wallet(entry, wallet, debt, -amount_mc)
 
@@ -395,7 +368,7 @@ class Book:
                 self.post_to_wallet(entry, wallet, debt, take)
 
     # -- writing -------------------------------------------------------------------------------------
-    def _bulk(self, sql: str, params: dict[str, Any]) -> list[Any]:
+    def _bulk(self, sql: LiteralString, params: dict[str, Any]) -> list[Any]:
         return bulk_execute(self.session, sql, params)
 
     def flush(self) -> None:
@@ -510,13 +483,10 @@ class Book:
                 wallet.negative_since = None
             else:
                 continue
-            self.session.execute(
-                text("UPDATE wallets SET negative_since = :since, updated_at = now() WHERE id = :id"),
-                {"since": wallet.negative_since, "id": wallet.id},
-            )
+            wallet_rows.set_negative_since(self.session, wallet.id, wallet.negative_since)
 
     def _write_balances(self) -> None:
-        system_ids = set(_SYSTEM_IDS.get(str(self.session.get_bind().url), {}).values())
+        system_ids = set(system_account_ids(self.session).values())
         customer = {a: d for a, d in self.deltas.items() if d and a not in system_ids}
         if customer:
             self.session.execute(

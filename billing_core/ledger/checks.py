@@ -2,6 +2,11 @@
 
 Each check is one aggregate query that returns the offending rows; an empty result means the invariant
 holds. They read a consistent snapshot (REPEATABLE READ, read only) so a busy ledger gives no false alarm.
+
+Unlike the rest of the ledger's queries these stay plain SQL: each is an audit that an operator reads next to
+its finding, and joins of derived tables with HAVING read as the invariant in SQL but as construction code in
+SQLAlchemy Core. They take no input but the row limit, and the tests of ``billing check`` run them all on a
+sound ledger and on corrupted ones.
 """
 
 from __future__ import annotations

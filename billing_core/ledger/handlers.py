@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import text
 from sqlalchemy.orm import Session, sessionmaker
 
 from billing_core.db import unit_of_work
@@ -25,6 +24,7 @@ from billing_core.errors import (
     UnknownAccount,
     UnknownHold,
 )
+from billing_core.ledger import grant_rows, hold_rows, wallet_rows
 from billing_core.ledger.book import Book, EntryDraft, ExistingEntry, WalletState, fingerprint
 from billing_core.ledger.commands import (
     Adjust,
@@ -41,16 +41,7 @@ from billing_core.ledger.commands import (
     TransferCredits,
 )
 from billing_core.ledger.grants import GrantLot
-
-
-@dataclass(frozen=True)
-class HoldView:
-    id: str
-    account: str
-    amount_mc: int
-    status: str
-    expires_at: datetime
-    captured_mc: int | None = None
+from billing_core.ledger.hold_rows import HoldView
 
 
 @dataclass(frozen=True)
@@ -79,25 +70,9 @@ def _receipt(book: Book, cmd: Command, entry: EntryDraft | ExistingEntry, replay
     """The receipt of an entry already written: the grant or hold it made, found from the entry."""
     entry_id = entry.id
     assert entry_id is not None
-    grant_id = None
-    if cmd.kind in GRANTING_KINDS:
-        grant_id = book.session.execute(
-            text("SELECT id FROM grants WHERE entry_id = :e AND source <> 'debt' ORDER BY id LIMIT 1"),
-            {"e": entry_id},
-        ).scalar()
-    hold = _hold_for_entry(book.session, entry_id) if cmd.kind in HOLD_KINDS else None
+    grant_id = grant_rows.grant_of_entry(book.session, entry_id) if cmd.kind in GRANTING_KINDS else None
+    hold = hold_rows.hold_for_entry(book.session, entry_id) if cmd.kind in HOLD_KINDS else None
     return Receipt(entry_id, cmd.kind, cmd.idempotency_key, replayed, grant_id, hold)
-
-
-def _hold_for_entry(session: Session, entry_id: int) -> HoldView | None:
-    row = session.execute(
-        text(
-            "SELECT h.id, w.account, h.amount_mc, h.status, h.expires_at, h.captured_mc FROM holds h "
-            "JOIN wallets w ON w.id = h.wallet_id WHERE h.placed_entry_id = :e OR h.settled_entry_id = :e"
-        ),
-        {"e": entry_id},
-    ).first()
-    return HoldView(*row) if row else None
 
 
 def _replay(book: Book, cmd: Command) -> tuple[str, Receipt | None]:
@@ -181,18 +156,8 @@ def claw_back(book: Book, cmd: ClawBack) -> Receipt:
     entry = book.entry("clawback", cmd.idempotency_key, fp, external_ref=cmd.external_ref, metadata=metadata)
     left = cmd.amount_mc
     if cmd.grant_ref:
-        targets = (
-            book.session.execute(
-                text(
-                    "SELECT id FROM grants WHERE wallet_id = :w AND external_ref = :ref AND source <> 'debt' "
-                    "ORDER BY id"
-                ),
-                {"w": wallet.id, "ref": cmd.grant_ref},
-            )
-            .scalars()
-            .all()
-        )
-        for lot in book.grant_lots(list(targets)).values():
+        targets = grant_rows.grant_ids_by_ref(book.session, wallet.id, cmd.grant_ref)
+        for lot in book.grant_lots(targets).values():
             left -= book.take_from(entry, wallet, lot, left)
     _, shortfall = book.draw(entry, wallet, left)
     book.run_into_debt(entry, wallet, shortfall)
@@ -224,7 +189,7 @@ def transfer_credits(book: Book, cmd: TransferCredits) -> Receipt:
     fp, replay = _replay(book, cmd)
     if replay:
         return replay
-    if book.session.execute(text("SELECT 1 FROM wallets WHERE account = :a"), {"a": cmd.from_account}).first() is None:
+    if not wallet_rows.wallet_exists(book.session, cmd.from_account):
         raise UnknownAccount.named(cmd.from_account)
     # Both wallets in one locking statement, sorted by id: opposite transfers cannot deadlock.
     wallets = book.lock_wallets([cmd.from_account, cmd.to_account], create=True)
@@ -261,13 +226,8 @@ def place_hold(book: Book, cmd: PlaceHold) -> Receipt:
         status="pending",
         expires_at=book.now + timedelta(seconds=cmd.ttl_seconds),
     )
-    book.session.execute(
-        text(
-            "INSERT INTO holds (id, wallet_id, amount_mc, status, expires_at, placed_entry_id) "
-            "VALUES (:id, :w, :amt, 'pending', :exp, :e)"
-        ),
-        {"id": hold.id, "w": wallet.id, "amt": hold.amount_mc, "exp": hold.expires_at, "e": entry.id},
-    )
+    assert entry.id is not None  # flushed
+    hold_rows.insert_hold(book.session, hold, wallet.id, entry.id)
     return _finish(book, cmd, entry, hold=hold)
 
 
@@ -282,19 +242,14 @@ class _LockedHold:
 
 
 def _lock_hold(book: Book, hold_id: str) -> _LockedHold:
-    wallet_id = book.session.execute(text("SELECT wallet_id FROM holds WHERE id = :id"), {"id": hold_id}).scalar()
+    wallet_id = hold_rows.hold_wallet_id(book.session, hold_id)
     if wallet_id is None:
         raise UnknownHold(f"no hold {hold_id!r}", hold_id=hold_id)
     wallet = book.lock_wallet_by_id(wallet_id)
     # Re-read under the wallet lock: a concurrent capture or release has committed or not, never half.
-    row = book.session.execute(
-        text("SELECT amount_mc, status, expires_at, placed_entry_id FROM holds WHERE id = :id"), {"id": hold_id}
-    ).one()
-    allocations = book.session.execute(
-        text("SELECT grant_id, amount_mc FROM postings WHERE entry_id = :e AND account_id = :held ORDER BY line"),
-        {"e": row.placed_entry_id, "held": wallet.held_account_id},
-    ).all()
-    return _LockedHold(hold_id, wallet, row.amount_mc, row.status, row.expires_at, [tuple(a) for a in allocations])
+    row = hold_rows.read_hold(book.session, hold_id)
+    allocations = hold_rows.hold_allocations(book.session, row.placed_entry_id, wallet.held_account_id)
+    return _LockedHold(hold_id, wallet, row.amount_mc, row.status, row.expires_at, allocations)
 
 
 def _settle_hold(book: Book, entry: EntryDraft, hold: _LockedHold, capture_mc: int) -> None:
@@ -316,12 +271,9 @@ def _settle_hold(book: Book, entry: EntryDraft, hold: _LockedHold, capture_mc: i
 
 def _close_hold(book: Book, hold: _LockedHold, entry: EntryDraft, status: str, captured: int | None) -> HoldView:
     book.flush()
-    book.session.execute(
-        text(
-            "UPDATE holds SET status = :s, captured_mc = :c, settled_entry_id = :e, settled_at = :now "
-            "WHERE id = :id AND status = 'pending'"
-        ),
-        {"s": status, "c": captured, "e": entry.id, "now": book.now, "id": hold.id},
+    assert entry.id is not None  # flushed
+    hold_rows.close_hold(
+        book.session, hold.id, status=status, captured_mc=captured, settled_entry_id=entry.id, now=book.now
     )
     return HoldView(hold.id, hold.wallet.account, hold.amount_mc, status, hold.expires_at, captured)
 
@@ -365,28 +317,19 @@ def release_hold(book: Book, cmd: ReleaseHold) -> Receipt:
 
 # -- sweeps -------------------------------------------------------------------------------------------
 def _lock_wallet_ids(book: Book, wallet_ids: list[int]) -> dict[int, WalletState]:
-    names = (
-        book.session.execute(
-            text("SELECT account FROM wallets WHERE id = ANY(CAST(:ids AS bigint[]))"), {"ids": wallet_ids}
-        )
-        .scalars()
-        .all()
-    )
-    return {w.id: w for w in book.lock_wallets(list(names)).values()}
+    names = wallet_rows.account_names(book.session, wallet_ids)
+    return {w.id: w for w in book.lock_wallets(names).values()}
 
 
 def expire_holds(book: Book, cmd: ExpireHolds) -> SweepResult:
     now = cmd.now or book.now
-    due = book.session.execute(
-        text("SELECT id, wallet_id FROM holds WHERE status = 'pending' AND expires_at <= :now ORDER BY id LIMIT :n"),
-        {"now": now, "n": cmd.limit},
-    ).all()
+    due = hold_rows.due_holds(book.session, now, cmd.limit)
     if not due:
         return SweepResult(0, ())
-    _lock_wallet_ids(book, sorted({r.wallet_id for r in due}))
+    _lock_wallet_ids(book, sorted({wallet_id for _, wallet_id in due}))
     closing: list[tuple[_LockedHold, EntryDraft]] = []
-    for r in due:
-        hold = _lock_hold(book, r.id)
+    for hold_id, _ in due:
+        hold = _lock_hold(book, hold_id)
         if hold.status != "pending":  # captured or released while we were waiting for the lock
             continue
         key = f"hold-expiry:{hold.id}"
@@ -403,32 +346,26 @@ def expire_holds(book: Book, cmd: ExpireHolds) -> SweepResult:
 
 def expire_grants(book: Book, cmd: ExpireGrants) -> SweepResult:
     now = cmd.now or book.now
-    due = book.session.execute(
-        text(
-            "SELECT id, wallet_id FROM grants WHERE expires_at <= :now AND remaining_mc > 0 AND source <> 'debt' "
-            "ORDER BY id LIMIT :n"
-        ),
-        {"now": now, "n": cmd.limit},
-    ).all()
+    due = grant_rows.due_grants(book.session, now, cmd.limit)
     if not due:
         return SweepResult(0, ())
-    wallets = _lock_wallet_ids(book, sorted({r.wallet_id for r in due}))
-    lots = book.grant_lots([r.id for r in due])
+    wallets = _lock_wallet_ids(book, sorted({wallet_id for _, wallet_id in due}))
+    lots = book.grant_lots([grant_id for grant_id, _ in due])
     expiry = book.system_account("expiry")
     entries = []
-    for r in due:
-        lot = lots[r.id]
+    for grant_id, wallet_id in due:
+        lot = lots[grant_id]
         if lot.remaining_mc <= 0:
             continue
         entry = book.entry(
             "grant_expiry",
-            f"grant-expiry:{r.id}",
-            fingerprint("grant_expiry", {"grant_id": r.id}),
-            metadata={"grant_id": r.id},
+            f"grant-expiry:{grant_id}",
+            fingerprint("grant_expiry", {"grant_id": grant_id}),
+            metadata={"grant_id": grant_id},
             occurred_at=lot.expires_at,
         )
         amount = lot.remaining_mc
-        book.post_to_wallet(entry, wallets[r.wallet_id], lot, -amount)
+        book.post_to_wallet(entry, wallets[wallet_id], lot, -amount)
         book.post(entry, expiry, amount)
         entries.append(entry)
     book.flush()

@@ -68,6 +68,12 @@ def _translate(exc: stripe.StripeError) -> GatewayError:
     return StripeRejected(message, http_status=status, code=code, param=param)
 
 
+def _data(page: dict[str, Any]) -> list[dict[str, Any]]:
+    """The objects of a list page (Stripe's list objects carry them, as objects, in ``data``)."""
+    data: list[dict[str, Any]] = page["data"]
+    return data
+
+
 def _options(idempotency_key: str | None) -> Params | None:
     return {"idempotency_key": idempotency_key} if idempotency_key else None
 
@@ -76,24 +82,31 @@ class StripeGateway:
     """Stripe's API as the billing core uses it; every method returns plain dicts."""
 
     def __init__(self, api_key: str, api_base: str | None = None) -> None:
-        base_addresses = None
-        if api_base:
-            base = api_base.rstrip("/")
-            base_addresses = {"api": base, "files": base, "connect": base}
-        self._client = stripe.StripeClient(api_key, base_addresses=base_addresses, max_network_retries=2)
+        base = api_base.rstrip("/") if api_base else None
+        self._client = stripe.StripeClient(
+            api_key,
+            # Written out here, not built beforehand, so the type checker holds it to the SDK's BaseAddresses.
+            base_addresses={"api": base, "files": base, "connect": base} if base else None,
+            max_network_retries=2,
+        )
 
-    def _call(self, method: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    def _call(self, method: Callable[..., Any], *args: Any, **kwargs: Any) -> dict[str, Any]:
         try:
-            return _plain(method(*args, **kwargs))
+            answer = _plain(method(*args, **kwargs))
         except stripe.StripeError as exc:
             raise _translate(exc) from exc
+        # Every endpoint used here answers one Stripe object (a list is an object too): anything else means the
+        # API base points at something that is not Stripe.
+        if not isinstance(answer, dict):
+            raise GatewayError(f"Stripe answered a {type(answer).__name__}, not an object")
+        return answer
 
     def _pages(self, list_method: Callable[..., Any], params: Params) -> Iterator[dict[str, Any]]:
         """Every object of a list, newest first, following ``starting_after`` from page to page."""
         params = dict(params)
         while True:
             page = self._call(list_method, params=params)
-            yield from page["data"]
+            yield from _data(page)
             if not page["has_more"] or not page["data"]:
                 return
             params["starting_after"] = page["data"][-1]["id"]
@@ -119,7 +132,7 @@ class StripeGateway:
         params: Params = {"limit": limit}
         if email is not None:
             params["email"] = email
-        return self._call(self._client.v1.customers.list, params=params)["data"]
+        return _data(self._call(self._client.v1.customers.list, params=params))
 
     # -- checkout ------------------------------------------------------------------------------------------
 
@@ -170,7 +183,7 @@ class StripeGateway:
         params: Params = {"limit": limit}
         if payment_intent is not None:
             params["payment_intent"] = payment_intent
-        return self._call(self._client.v1.checkout.sessions.list, params=params)["data"]
+        return _data(self._call(self._client.v1.checkout.sessions.list, params=params))
 
     # -- payments ------------------------------------------------------------------------------------------
 

@@ -21,7 +21,6 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from billing_core.db.engine import make_engine, make_session_factory
 from billing_core.db.tables import SYSTEM_ACCOUNTS
-from billing_core.ledger import book as ledger
 from billing_core.ledger.balances import read_balance
 from billing_core.ledger.handlers import execute
 from billing_core.settings import sqlalchemy_url
@@ -90,14 +89,14 @@ def engine(database_url: str) -> Iterator[Engine]:
 
 
 def reset_database(engine: Engine) -> None:
-    """An empty ledger with its system accounts, as the migration leaves it (same ids, same order)."""
+    """An empty ledger with its system accounts, as the migration leaves it: same ids, same order, so the
+    ids the ledger keeps per engine (``ledger/system_accounts.py``) stay true from one test to the next."""
     with engine.begin() as conn:
         conn.execute(text(f"TRUNCATE {', '.join(TABLES)} RESTART IDENTITY CASCADE"))
         conn.execute(
             text("INSERT INTO ledger_accounts (code, kind) SELECT 'system:' || k, k FROM unnest(CAST(:k AS text[])) k"),
             {"k": list(SYSTEM_ACCOUNTS)},
         )
-    ledger._SYSTEM_IDS.clear()
 
 
 @pytest.fixture
