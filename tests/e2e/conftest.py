@@ -216,6 +216,8 @@ def stack() -> Iterator[Stack]:
         "BILLING_SWEEP_SECONDS": "1",
         "BILLING_SWEEP_STALE_SECONDS": "2",
         "PROMETHEUS_MULTIPROC_DIR": str(scratch / "metrics"),
+        # gunicorn's control socket defaults to one path per user, which a dev stack or another run would share.
+        "GUNICORN_CMD_ARGS": "--no-control-socket",
         "PYTHONUNBUFFERED": "1",
     }
     stack = Stack(
