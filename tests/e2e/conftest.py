@@ -194,10 +194,12 @@ def stack() -> Iterator[Stack]:
     if not admin_url or not template:
         pytest.exit("end-to-end tests run through scripts/test", returncode=2)
     libpq_admin = sqlalchemy_url(admin_url).replace("postgresql+psycopg://", "postgresql://")
+    # One database per pytest-xdist worker: each worker that runs end-to-end tests starts a stack of its own.
+    database = f"billing_e2e_{os.environ.get('PYTEST_XDIST_WORKER', 'main')}"
     with psycopg.connect(libpq_admin, autocommit=True) as conn:
-        conn.execute("DROP DATABASE IF EXISTS billing_e2e")
-        conn.execute(f'CREATE DATABASE billing_e2e TEMPLATE "{template}"')
-    database_url = libpq_admin.rsplit("/", 1)[0] + "/billing_e2e"
+        conn.execute(f'DROP DATABASE IF EXISTS "{database}"')
+        conn.execute(f'CREATE DATABASE "{database}" TEMPLATE "{template}"')
+    database_url = libpq_admin.rsplit("/", 1)[0] + "/" + database
     scratch = Path(tempfile.mkdtemp(prefix="billing-e2e-"))
     redis = ThrowawayRedis(scratch).start()
     engine = make_engine(database_url, pool_size=4)
@@ -216,6 +218,8 @@ def stack() -> Iterator[Stack]:
         "BILLING_SWEEP_SECONDS": "1",
         "BILLING_SWEEP_STALE_SECONDS": "2",
         "PROMETHEUS_MULTIPROC_DIR": str(scratch / "metrics"),
+        # gunicorn's control socket defaults to one path per user, which a dev stack or another run would share.
+        "GUNICORN_CMD_ARGS": "--no-control-socket",
         "PYTHONUNBUFFERED": "1",
     }
     stack = Stack(
@@ -261,7 +265,7 @@ def stack() -> Iterator[Stack]:
         engine.dispose()
         redis.stop()
         with psycopg.connect(libpq_admin, autocommit=True) as conn:
-            conn.execute("DROP DATABASE IF EXISTS billing_e2e WITH (FORCE)")
+            conn.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
         if os.environ.get("BILLING_E2E_KEEP_LOGS"):
             print(f"e2e logs kept in {scratch}")
         else:

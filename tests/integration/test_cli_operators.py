@@ -240,3 +240,26 @@ def test_replay_of_an_unknown_letter_exits_1(billing):
     # then the command fails and says so
     assert result.returncode == 1
     assert "nothing to replay under 'no-such-letter'" in result.stderr
+
+
+# -- balance ---------------------------------------------------------------------------------------------
+def test_balance_shows_a_granted_account(billing, probe):
+    # given an account with credits
+    probe.run(GrantCredits("acme", 12_345, "welcome"))
+
+    # when an operator reads its balance
+    result = billing("balance", "acme")
+
+    # then it prints the credits and exits 0
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "acme: available 12.345  held 0.000  total 12.345 credits"
+
+
+def test_balance_of_an_unknown_account_exits_1(billing):
+    # when an operator reads the balance of an account that has no wallet
+    result = billing("balance", "nobody")
+
+    # then it says so on stderr and fails, as the API's 404 does, instead of printing zeros
+    assert result.returncode == 1
+    assert result.stdout == ""
+    assert result.stderr.strip() == "billing: unknown_account: no account 'nobody'"

@@ -1,0 +1,152 @@
+"""Checkout Sessions in payment mode: created with inline ``price_data`` line items, listed, expired.
+
+Paying one is the buyer's business (``payments``); the PaymentIntent only exists from the first attempt on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from stripe_emulator.params import StripeError, get_dict, get_int, get_list, get_str, metadata, missing, no_such
+from stripe_emulator.state.store import ListQuery, RequestMeta, Store, new_id, template
+
+
+class CheckoutSessions:
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def create(self, params: Mapping[str, Any], base_url: str, req: RequestMeta | None = None) -> dict[str, Any]:
+        with self.store.lock:
+            mode = get_str(params, "mode", required=True)
+            if mode != "payment":
+                raise StripeError(400, "The emulator supports only mode=payment.", param="mode")
+            customer_id = get_str(params, "customer")
+            if customer_id:
+                self.store.get("customer", customer_id, param="customer")
+            raw_items = get_list(params, "line_items")
+            if not raw_items:
+                raise missing("line_items")
+            now = self.store.now()
+            session_id = "cs_test_" + new_id("a1", 56)
+            items = [self._line_item(raw, i, now) for i, raw in enumerate(raw_items)]
+            currencies = {item["currency"] for item in items}
+            if len(currencies) > 1:
+                raise StripeError(400, "All line items must use the same currency.", param="line_items")
+            total = sum(item["amount_total"] for item in items)
+            pi_data = get_dict(params, "payment_intent_data")
+            session = template("checkout.session")
+            # The fixture's example values describe a session with tax, shipping and promotions; ours has none.
+            session["custom_text"] = dict.fromkeys(session["custom_text"])
+            session["invoice_creation"]["enabled"] = False
+            session.update(
+                id=session_id,
+                created=now,
+                expires_at=get_int(params, "expires_at") or now + 24 * 3600,
+                mode=mode,
+                status="open",
+                payment_status="unpaid",
+                payment_intent=None,  # Stripe creates the PaymentIntent when the buyer pays
+                currency=currencies.pop(),
+                amount_subtotal=total,
+                amount_total=total,
+                customer=customer_id,
+                customer_email=get_str(params, "customer_email"),
+                customer_creation=None if customer_id else get_str(params, "customer_creation") or "if_required",
+                customer_details=None,
+                client_reference_id=get_str(params, "client_reference_id"),
+                metadata=metadata(params),
+                success_url=get_str(params, "success_url"),
+                cancel_url=get_str(params, "cancel_url"),
+                locale=get_str(params, "locale"),
+                payment_method_types=[str(t) for t in get_list(params, "payment_method_types")] or ["card"],
+                url=f"{base_url}/_emulator/checkout/{session_id}",
+                after_expiration=None,
+                automatic_tax={"enabled": False, "liability": None, "status": None, "provider": None},
+                consent=None,
+                consent_collection=None,
+                payment_method_configuration_details=None,
+                shipping_address_collection=None,
+                shipping_cost=None,
+                total_details={"amount_discount": 0, "amount_shipping": 0, "amount_tax": 0},
+                currency_conversion=None,
+                collected_information=None,
+                adaptive_pricing={"enabled": False},
+                managed_payments={"enabled": False},
+            )
+            self.store.line_items[session_id] = items
+            self.store.payment_intent_data[session_id] = {
+                "metadata": metadata(pi_data),
+                "description": get_str(pi_data, "description"),
+            }
+            return self.store.add("checkout.session", session)
+
+    @staticmethod
+    def _line_item(raw: Any, index: int, now: int) -> dict[str, Any]:
+        label = f"line_items[{index}]"
+        if not isinstance(raw, dict):
+            raise StripeError(400, f"Invalid object: {label}", param=label)
+        if "price" in raw:
+            raise no_such("price", str(raw["price"]), f"{label}[price]")
+        price_data = raw.get("price_data")
+        if not isinstance(price_data, dict):
+            raise missing(f"{label}[price_data]")
+        quantity = get_int(raw, "quantity", required=True, minimum=1, label=f"{label}[quantity]")
+        unit_amount = get_int(
+            price_data, "unit_amount", required=True, minimum=0, label=f"{label}[price_data][unit_amount]"
+        )
+        currency = (get_str(price_data, "currency") or "").lower()
+        if not currency:
+            raise missing(f"{label}[price_data][currency]")
+        product = get_dict(price_data, "product_data")
+        name = get_str(product, "name", required=False)
+        if not name:
+            raise missing(f"{label}[price_data][product_data][name]")
+        assert quantity is not None and unit_amount is not None
+        item = template("item")
+        price = item["price"]
+        price.update(
+            id=new_id("price_"),
+            created=now,
+            currency=currency,
+            product=new_id("prod_", 14),
+            recurring=None,
+            transform_quantity=None,
+            custom_unit_amount=None,
+            type="one_time",
+            unit_amount=unit_amount,
+            unit_amount_decimal=str(unit_amount),
+            active=False,  # an inline price_data price is archived right away, as Stripe does
+        )
+        item.update(
+            id=new_id("li_"),
+            amount_discount=0,
+            amount_tax=0,
+            amount_subtotal=unit_amount * quantity,
+            amount_total=unit_amount * quantity,
+            currency=currency,
+            description=name,
+            quantity=quantity,
+            adjustable_quantity=None,
+        )
+        return item
+
+    def line_items(self, session_id: str, query: ListQuery) -> dict[str, Any]:
+        with self.store.lock:
+            self.store.get("checkout.session", session_id, param="session")
+            return self.store.list_objects(
+                "item", query, f"/v1/checkout/sessions/{session_id}/line_items", self.store.line_items[session_id]
+            )
+
+    def expire(self, session_id: str, req: RequestMeta | None = None) -> dict[str, Any]:
+        with self.store.lock:
+            session = self.store.get("checkout.session", session_id, param="session")
+            if session["status"] != "open":
+                raise StripeError(
+                    400,
+                    f"Only Checkout Sessions with a status of 'open' can be expired; this one is {session['status']}.",
+                )
+            session["status"] = "expired"
+            session["url"] = None
+            self.store.record_event("checkout.session.expired", session, req=req)
+            return session
