@@ -10,7 +10,8 @@ from flask import Blueprint, Flask, Response, current_app, jsonify, render_templ
 
 from webhook_receiver.spec import DOC, endpoint
 
-bp = Blueprint("openapi", __name__, template_folder="templates")
+# Not named "openapi": spectree leaves endpoints of that name out of the document, taking them for its own.
+bp = Blueprint("reference", __name__, template_folder="templates")
 
 
 def openapi_document(app: Flask) -> dict[str, Any]:

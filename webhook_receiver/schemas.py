@@ -227,7 +227,7 @@ class HoldAnswer(Answer):
             id=hold.id,
             account=hold.account,
             credits=hold.amount_mc,
-            status=hold.status,  # type: ignore[arg-type]  # the ledger's hold statuses
+            status=hold.status,
             expires_at=hold.expires_at,
             captured=hold.captured_mc,
             replayed=receipt.replayed,

@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 from flask import request
 from pydantic import BaseModel, ValidationError
 from spectree import SecurityScheme, SecuritySchemeData, SpecTree
+from spectree.models import SecureType
 from spectree.response import Response as Answers
 
 from billing_core.errors import from_validation_error
@@ -43,7 +44,7 @@ DOC = SpecTree(
     security_schemes=[
         SecurityScheme(
             name=BEARER,
-            data=SecuritySchemeData(type="http", scheme="bearer", description="an API key, bk_..."),  # type: ignore[call-arg]
+            data=SecuritySchemeData(type=SecureType.HTTP, scheme="bearer", description="an API key, bk_..."),
         )
     ],
     naming_strategy=lambda model: model.__name__,
@@ -108,7 +109,7 @@ def endpoint(
             return view(*args, **kwargs)
 
         # spectree finds the route's models along ``__wrapped__``; its own wrapper is never called.
-        validated.__wrapped__ = documented  # type: ignore[attr-defined]
+        validated.__wrapped__ = documented
         return validated  # type: ignore[return-value]
 
     return wrap

@@ -231,12 +231,13 @@ def ensure_stripe_customer(session_factory: sessionmaker[Session], gateway: Cust
 
     def work(uow: unit_of_work.UnitOfWork) -> str:
         wallet = uow.book.lock_wallet(account, create=True)
-        return uow.session.execute(
+        stored: str = uow.session.execute(
             text(
                 "UPDATE wallets SET stripe_customer_id = COALESCE(stripe_customer_id, :c), updated_at = now() "
                 "WHERE id = :id RETURNING stripe_customer_id"
             ),
             {"c": customer_id, "id": wallet.id},
         ).scalar_one()
+        return stored
 
     return unit_of_work.run(session_factory, work)

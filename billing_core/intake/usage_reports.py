@@ -96,9 +96,9 @@ def accept_reports(payload: object, table: PriceTable) -> list[AcceptedReport]:
         try:
             raw_reports = UsageEnvelope.model_validate(payload).events
         except ValidationError as exc:
-            problems = [_problem(-1, error_field(e["loc"], e["type"]), e["type"], e["msg"]) for e in exc.errors()]
+            found = [_problem(-1, error_field(e["loc"], e["type"]), e["type"], e["msg"]) for e in exc.errors()]
             message = f"the request is not a list of 1 to {MAX_REPORTS_PER_REQUEST} usage reports"
-            raise InvalidUsage(message, problems=problems) from None
+            raise InvalidUsage(message, problems=found) from None
     elif isinstance(payload, dict):
         raw_reports = [payload]
     else:

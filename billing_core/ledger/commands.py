@@ -56,7 +56,7 @@ def check_account(value: object, field_name: str = "account") -> str:
 
 
 @cache
-def _adapter(cls: type[Any]) -> TypeAdapter[Any]:
+def _adapter(cls: type) -> TypeAdapter[Any]:
     return TypeAdapter(cls)
 
 
@@ -72,7 +72,7 @@ class Command:
         names = list(cls.__dataclass_fields__)  # type: ignore[attr-defined]
         fields = {**dict(zip(names, args, strict=False)), **kwargs}
         try:
-            command: Self = _adapter(cls).validate_python(fields)
+            command: Self = _adapter(cls).validate_python(fields)  # type: ignore[arg-type]  # a class is hashable
         except ValidationError as exc:
             raise from_validation_error(exc, allowed=names) from None
         return command
