@@ -46,7 +46,7 @@ def grant(
 
     settings = settings_or_exit()
     try:
-        cmd = GrantCredits(
+        cmd = GrantCredits.validated(
             account=account,
             amount_mc=parse_credits(credits),
             idempotency_key=idempotency_key or f"cli-grant:{uuid.uuid4()}",

@@ -6,7 +6,10 @@ parsing messages, and ``details`` with the figures a caller needs (required vs a
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
+
+from pydantic import ValidationError
 
 
 class BillingError(Exception):
@@ -102,3 +105,53 @@ class UnknownPackage(BillingError):
     """A credit package id missing from the price table (details: package, field)."""
 
     code = "unknown_package"
+
+
+class PaymentsUnavailable(BillingError):
+    """Stripe cannot be reached (or this server has no key for it); nothing was charged, try again later."""
+
+    code = "stripe_unavailable"
+
+
+class PaymentsRefused(BillingError):
+    """Stripe refused the request (details: ``stripe_code``)."""
+
+    code = "stripe_error"
+
+
+# -- pydantic's errors as the domain's ----------------------------------------------------------------------
+# Type codes of the shared types (``billing_core.types``) that are about money: they become ``InvalidAmount``.
+_AMOUNT_ERRORS = frozenset({"invalid_amount"})
+
+
+def error_field(loc: tuple[int | str, ...], kind: str = "") -> str:
+    """pydantic's error location as a client writes the path: ``items[0].input_tokens``. A discriminated union
+    puts the item's type tag into the location (``items, 0, llm_tokens, ...``); the client never wrote that,
+    so a string right after a list index that names no field of the item is dropped."""
+    out = ""
+    for i, part in enumerate(loc):
+        if isinstance(part, str) and i >= 1 and isinstance(loc[i - 1], int) and part in _UNION_TAGS:
+            continue
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    # A missing or unknown tag is the item's ``type`` field, which pydantic's location leaves out.
+    return f"{out}.type" if kind in ("union_tag_not_found", "union_tag_invalid") else out
+
+
+# The item types' tags (``billing_core.pricing.items``); kept here so that this module imports nothing.
+_UNION_TAGS = frozenset({"llm_tokens", "fee", "agent", "credits"})
+
+
+def from_validation_error(exc: ValidationError, *, allowed: Iterable[str] = ()) -> BillingError:
+    """The one translation of a pydantic refusal into the contract's errors: a money field is
+    ``invalid_amount``, an unknown field ``invalid_request`` with ``allowed`` (the fields the body may have),
+    anything else ``invalid_request``; each names the first problem's ``field``."""
+    errors = exc.errors(include_url=False, include_context=False, include_input=False)
+    unknown = sorted(error_field(e["loc"]) for e in errors if e["type"] == "extra_forbidden")
+    if unknown:
+        return InvalidCommand(f"unknown fields: {', '.join(unknown)}", field=unknown[0], allowed=sorted(allowed))
+    first = errors[0]
+    field = error_field(first["loc"], first["type"])
+    message = f"{field}: {first['msg']}" if field else str(first["msg"])
+    if first["type"] in _AMOUNT_ERRORS:
+        return InvalidAmount(message, field=field)
+    return InvalidCommand(message, field=field)

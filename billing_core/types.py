@@ -8,14 +8,28 @@ carries its pattern and bounds. Commands built from validated models trust their
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Annotated, Any
+from urllib.parse import urlsplit
 
-import orjson
-from pydantic import AfterValidator, BeforeValidator, Field, PlainSerializer, StrictInt, StrictStr, WithJsonSchema
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BeforeValidator,
+    Field,
+    PlainSerializer,
+    StrictInt,
+    StrictStr,
+    ValidationInfo,
+    ValidatorFunctionWrapHandler,
+    WithJsonSchema,
+    WrapValidator,
+)
+from pydantic_core import PydanticCustomError
 
 from billing_core.errors import InvalidAmount
-from billing_core.units import MAX_CREDITS, format_credits, parse_credits
+from billing_core.units import MAX_CREDITS, MAX_MC, format_credits, parse_credits
 
 # -- limits -------------------------------------------------------------------------------------------------
 MAX_KEY_LEN = 255  # a ledger idempotency key, whole (client keys are prefixed before they reach the ledger)
@@ -29,12 +43,19 @@ MAX_METADATA_BYTES = 16 * 1024
 MAX_TTL_SECONDS = 7 * 24 * 3600
 MAX_URL_LEN = 2048
 MAX_TEXT_LEN = 500  # reasons and other operator text
+MAX_ACTOR_LEN = 200
+MAX_REF_LEN = 255  # an external reference (a Stripe object id, a grant's cause)
+MAX_CLIENT_KEY_LEN = 200  # a client's key for a Checkout Session, scoped by account before Stripe sees it
+MAX_UNIT_AMOUNT = 99_999_999  # Stripe's ceiling for a Checkout amount in minor units
+MAX_PRICE_DECIMALS = 6
 
 ACCOUNT_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:@+\-]{0,127}$"
 # Printable ASCII without spaces: keys are built from causes (``checkout:cs_123``) and travel in URLs.
 KEY_PATTERN = r"^[\x21-\x7e]{1,255}$"
 HOLD_ID_PATTERN = r"^hold_[0-9a-z]{1,34}$"
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:@/+\-]{0,127}$"
+PACKAGE_ID_PATTERN = r"^[a-z0-9][a-z0-9_\-]{0,63}$"
+CURRENCY_PATTERN = r"^[a-z]{3}$"
 STRIPE_CUSTOMER_PATTERN = r"^cus_[A-Za-z0-9]{1,250}$"
 # Deliberately loose: one @, no spaces, a dot in the domain. Deliverability is the mail server's call.
 EMAIL_PATTERN = r"^[^@\s]{1,64}@[^@\s]+\.[^@\s]+$"
@@ -55,34 +76,79 @@ StripeCustomerId = Annotated[StrictStr, Field(pattern=STRIPE_CUSTOMER_PATTERN)]
 Email = Annotated[StrictStr, Field(max_length=320, pattern=EMAIL_PATTERN)]
 DisplayName = Annotated[StrictStr, Field(min_length=1, max_length=200, pattern=r"\S")]
 Reason = Annotated[StrictStr, Field(min_length=1, max_length=MAX_TEXT_LEN, pattern=r"\S")]
+Actor = Annotated[StrictStr, Field(min_length=1, max_length=MAX_ACTOR_LEN, pattern=r"\S")]
+ExternalRef = Annotated[StrictStr, Field(min_length=1, max_length=MAX_REF_LEN, pattern=r"\S")]
+PackageId = Annotated[StrictStr, Field(pattern=PACKAGE_ID_PATTERN, examples=["starter"])]
+Currency = Annotated[StrictStr, Field(pattern=CURRENCY_PATTERN, description="a lowercase ISO 4217 code such as usd")]
+PackageName = DisplayName
+ClientKey = Annotated[
+    StrictStr, Field(min_length=1, max_length=MAX_CLIENT_KEY_LEN, description="your key for retrying this request")
+]
+# An aware datetime: a naive one would be read in the server's zone, and the ledger works in UTC.
+Timestamp = AwareDatetime
+
+
+def _http_url(value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise PydanticCustomError("url_scheme", "must be an http(s) URL")
+    return value
+
+
+HttpUrl = Annotated[
+    StrictStr,
+    Field(max_length=MAX_URL_LEN, json_schema_extra={"format": "uri"}),
+    AfterValidator(_http_url),
+]
+
 
 # -- counts -------------------------------------------------------------------------------------------------
-Tokens = Annotated[StrictInt, Field(ge=0, le=MAX_TOKENS)]
-Quantity = Annotated[StrictInt, Field(ge=1, le=MAX_QUANTITY)]
-TtlSeconds = Annotated[StrictInt, Field(ge=1, le=MAX_TTL_SECONDS)]
+def _in_range(low: int, high: int) -> WrapValidator:
+    """Keep pydantic's error code but say what is wanted: ``1e20`` is a JSON number pydantic would call "not a
+    valid integer", while the client needs to hear the range."""
+
+    def check(value: object, handler: ValidatorFunctionWrapHandler, _info: ValidationInfo) -> int:
+        try:
+            return int(handler(value))
+        except ValueError as exc:  # pydantic's ValidationError is a ValueError
+            errors = getattr(exc, "errors", None)
+            kind = errors()[0]["type"] if callable(errors) else "int_type"
+            raise PydanticCustomError(kind, f"must be an integer from {low} to {high}") from None
+
+    return WrapValidator(check)
+
+
+Tokens = Annotated[StrictInt, Field(ge=0, le=MAX_TOKENS), _in_range(0, MAX_TOKENS)]
+Quantity = Annotated[StrictInt, Field(ge=1, le=MAX_QUANTITY), _in_range(1, MAX_QUANTITY)]
+TtlSeconds = Annotated[StrictInt, Field(ge=1, le=MAX_TTL_SECONDS), _in_range(1, MAX_TTL_SECONDS)]
+UnitAmount = Annotated[StrictInt, Field(ge=1, le=MAX_UNIT_AMOUNT), _in_range(1, MAX_UNIT_AMOUNT)]
 
 
 # -- money --------------------------------------------------------------------------------------------------
+INVALID_AMOUNT = "invalid_amount"
+
+
 def _millicredits(value: object) -> int:
     # parse_credits is the one parser of credit amounts: decimal strings (no JSON parser on the way can turn
     # them into binary floats) or whole numbers; never floats, at most 3 decimals.
+    # The error type ``invalid_amount`` is what ``errors.from_validation_error`` turns into ``InvalidAmount``.
     if isinstance(value, bool) or not isinstance(value, (str, int)):
-        raise ValueError('credit amounts are decimal strings such as "12.5"')
+        raise PydanticCustomError(INVALID_AMOUNT, 'credit amounts are decimal strings such as "12.5"')
     try:
         return parse_credits(value)
     except InvalidAmount as exc:
-        raise ValueError(exc.message) from None
+        raise PydanticCustomError(INVALID_AMOUNT, exc.message) from None
 
 
 def _non_negative(mc: int) -> int:
     if mc < 0:
-        raise ValueError("must not be negative")
+        raise PydanticCustomError(INVALID_AMOUNT, "must not be negative")
     return mc
 
 
 def _positive(mc: int) -> int:
     if mc <= 0:
-        raise ValueError("must be positive")
+        raise PydanticCustomError(INVALID_AMOUNT, "must be positive")
     return mc
 
 
@@ -98,6 +164,8 @@ _AS_CREDITS = PlainSerializer(format_credits, return_type=str)
 
 # Millicredits inside, a credit string on the wire: ``"12.345"`` validates to 12345.
 Credits = Annotated[int, BeforeValidator(_millicredits), _CREDITS_SCHEMA, _AS_CREDITS]
+# An amount the API answers with: millicredits inside, already exact, written as a credit string.
+CreditString = Annotated[StrictInt, _CREDITS_SCHEMA, _AS_CREDITS]
 CreditsNonNegative = Annotated[
     int, BeforeValidator(_millicredits), AfterValidator(_non_negative), _CREDITS_SCHEMA, _AS_CREDITS
 ]
@@ -106,13 +174,50 @@ CreditsPositive = Annotated[
 ]
 
 
-def check_metadata_size(value: dict[str, Any]) -> dict[str, Any]:
+def _amount_mc(value: int) -> int:
+    if not -MAX_MC <= value <= MAX_MC:
+        raise PydanticCustomError(INVALID_AMOUNT, f"exceeds {MAX_CREDITS} credits")
+    return value
+
+
+def _mc_error(value: object, handler: ValidatorFunctionWrapHandler, _info: ValidationInfo) -> int:
     try:
-        size = len(orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS))
-    except TypeError as exc:
-        raise ValueError(f"metadata is not plain JSON: {exc}") from None
+        return int(handler(value))
+    except ValueError as exc:
+        errors = getattr(exc, "errors", None)
+        message = errors()[0]["msg"] if callable(errors) else str(exc)
+        raise PydanticCustomError(INVALID_AMOUNT, message) from None
+
+
+# Millicredits as commands take them (already parsed from credit strings): ints only, never a float or bool.
+Millicredits = Annotated[StrictInt, AfterValidator(_amount_mc), AfterValidator(_positive), WrapValidator(_mc_error)]
+MillicreditsNonNegative = Annotated[
+    StrictInt, AfterValidator(_amount_mc), AfterValidator(_non_negative), WrapValidator(_mc_error)
+]
+
+
+def _non_zero(mc: int) -> int:
+    if mc == 0:
+        raise PydanticCustomError(INVALID_AMOUNT, "must not be zero")
+    return mc
+
+
+MillicreditsSigned = Annotated[
+    StrictInt, AfterValidator(_amount_mc), AfterValidator(_non_zero), WrapValidator(_mc_error)
+]
+
+
+def check_metadata_size(value: dict[str, Any]) -> dict[str, Any]:
+    # The standard library's encoder because it refuses NaN and infinities, which orjson writes as null:
+    # what is stored must read back as it was sent.
+    try:
+        size = len(json.dumps(value, allow_nan=False, separators=(",", ":")).encode())
+    except (TypeError, ValueError) as exc:
+        raise PydanticCustomError(
+            "metadata_not_json", "metadata is not plain JSON: {error}", {"error": str(exc)}
+        ) from None
     if size > MAX_METADATA_BYTES:
-        raise ValueError(f"metadata exceeds {MAX_METADATA_BYTES} bytes")
+        raise PydanticCustomError("too_large", f"metadata exceeds {MAX_METADATA_BYTES} bytes")
     return value
 
 

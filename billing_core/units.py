@@ -73,14 +73,3 @@ def round_mc(amount: Decimal) -> int:
     if not amount.is_finite():
         raise InvalidAmount("priced amount must be finite", value=str(amount))
     return int(amount.quantize(_MC, rounding=ROUND_HALF_UP))
-
-
-def validate_mc(amount: object, *, field: str = "amount", allow_zero: bool = False) -> int:
-    """Check a millicredit amount given to a command: a positive int within range."""
-    if isinstance(amount, bool) or not isinstance(amount, int):
-        raise InvalidAmount(f"{field} must be an integer number of millicredits", field=field, value=repr(amount))
-    if amount < 0 or (amount == 0 and not allow_zero):
-        raise InvalidAmount(f"{field} must be positive", field=field, value=amount)
-    if amount > MAX_MC:
-        raise InvalidAmount(f"{field} exceeds {MAX_CREDITS} credits", field=field, value=amount)
-    return amount

@@ -4,71 +4,54 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, jsonify, request
+from flask import Blueprint
 
-from billing_core.accounts.profile import (
-    MAX_PAGE,
-    UNSET,
-    InvalidCursor,
-    StripeCustomerTaken,
-    account_view,
-    list_transactions,
-    update_account,
-)
-from billing_core.errors import InvalidCommand, UnknownAccount
-from billing_core.units import parse_credits
+from billing_core.accounts.profile import list_transactions, update_account
+from billing_core.errors import UnknownAccount
+from billing_core.ledger.balances import read_balance
+from billing_core.ledger.commands import check_account
 from webhook_receiver.auth import require
-from webhook_receiver.bodies import json_body, known_fields
-from webhook_receiver.errors import ApiError
+from webhook_receiver.rendering import render
 from webhook_receiver.runtime import runtime
+from webhook_receiver.schemas import AccountUpdateBody, BalanceAnswer, TransactionsAnswer, TransactionsQuery
+from webhook_receiver.spec import endpoint
 
 bp = Blueprint("accounts", __name__)
 
-PROFILE_FIELDS = frozenset({"email", "name", "low_balance_threshold", "stripe_customer_id"})
-DEFAULT_PAGE = 25
+UNKNOWN = {404: "unknown_account"}
 
 
 @bp.get("/v1/accounts/<account>")
 @require("accounts:read")
+@endpoint(answers={200: BalanceAnswer}, errors=UNKNOWN)
 def get_account(account: str):
+    """The balance: available, held and total credits, the negative flag, and the profile."""
     with runtime().session_factory() as session:
-        view = account_view(session, account)
-    if view is None:
+        balance = read_balance(session, account)
+    if balance is None:
         raise UnknownAccount.named(account)
-    return jsonify(view)
+    return render(BalanceAnswer.of(balance))
 
 
 @bp.put("/v1/accounts/<account>")
 @require("accounts:write")
-def put_account(account: str):
-    body = json_body()
-    known_fields(body, PROFILE_FIELDS)
-    changes: dict[str, Any] = {name: body.get(name, UNSET) for name in ("email", "name", "stripe_customer_id")}
-    threshold = body.get("low_balance_threshold", UNSET)
-    if threshold is not UNSET and threshold is not None:
-        threshold = parse_credits(threshold)
-    changes["low_balance_threshold_mc"] = threshold
-    try:
-        view = update_account(runtime().session_factory, account, **changes)
-    except StripeCustomerTaken as exc:
-        raise ApiError(409, exc.code, exc.message, **exc.details) from None
-    return jsonify(view)
-
-
-def _limit() -> int:
-    raw = request.args.get("limit", str(DEFAULT_PAGE))
-    if not (len(raw) <= 3 and raw.isascii() and raw.isdigit() and 1 <= int(raw) <= MAX_PAGE):
-        raise InvalidCommand(f"limit must be an integer from 1 to {MAX_PAGE}", field="limit")
-    return int(raw)
+@endpoint(body=AccountUpdateBody, answers={200: BalanceAnswer}, errors={409: "stripe_customer_taken"})
+def put_account(account: str, body: AccountUpdateBody):
+    """Set the profile fields given (``null`` clears one); creates the account if it is new."""
+    # The fields sent, as validated (millicredits for the threshold); a field left out is not changed.
+    given: dict[str, Any] = {name: getattr(body, name) for name in body.model_fields_set}
+    if "low_balance_threshold" in given:
+        given["low_balance_threshold_mc"] = given.pop("low_balance_threshold")
+    # A path that cannot name an account must not create a wallet.
+    balance = update_account(runtime().session_factory, check_account(account), **given)
+    return render(BalanceAnswer.of(balance))
 
 
 @bp.get("/v1/accounts/<account>/transactions")
 @require("accounts:read")
-def get_transactions(account: str):
-    limit = _limit()
-    try:
-        with runtime().session_factory() as session:
-            page = list_transactions(session, account, cursor=request.args.get("cursor"), limit=limit)
-    except InvalidCursor as exc:
-        raise ApiError(400, exc.code, exc.message, **exc.details) from None
-    return jsonify(page)
+@endpoint(query=TransactionsQuery, answers={200: TransactionsAnswer}, errors={**UNKNOWN, 400: "invalid_cursor"})
+def get_transactions(account: str, query: TransactionsQuery):
+    """The ledger history, newest first, a page at a time (``next_cursor`` gives the next page)."""
+    with runtime().session_factory() as session:
+        page = list_transactions(session, account, cursor=query.cursor, limit=query.limit)
+    return render(TransactionsAnswer.of(page))

@@ -15,10 +15,6 @@ from webhook_receiver.errors import ApiError
 from webhook_receiver.runtime import runtime
 
 F = TypeVar("F", bound=Callable[..., Any])
-# Keys are looked up on every request; a short cache keeps that off the database. A revoked key stops
-# working within this many seconds.
-CACHE_SECONDS = 10.0
-_cache: dict[str, tuple[float, ApiKeyView | None]] = {}
 
 
 def _presented_key() -> str | None:
@@ -34,14 +30,11 @@ def current_key() -> ApiKeyView:
         raise ApiError(401, "missing_api_key", "send an API key: Authorization: Bearer <key>")
     digest = hash_key(key)
     now = time.monotonic()
-    cached = _cache.get(digest)
-    if cached is not None and cached[0] > now:
-        view = cached[1]
-    else:
+    cache = runtime().key_cache
+    found, view = cache.get(digest, now)
+    if not found:
         view = retry_transient(lambda: _lookup(key))
-        if len(_cache) > 10_000:
-            _cache.clear()
-        _cache[digest] = (now + CACHE_SECONDS, view)
+        cache.put(digest, view, now)
     if view is None:
         raise ApiError(401, "invalid_api_key", "the API key is unknown or revoked")
     return view

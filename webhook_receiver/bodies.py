@@ -7,7 +7,6 @@ from typing import Any
 import orjson
 from flask import request
 
-from billing_core.errors import InvalidCommand
 from webhook_receiver.errors import ApiError
 
 
@@ -38,8 +37,10 @@ def json_body(limit: int = 64 * 1024) -> dict[str, Any]:
     return payload
 
 
-def known_fields(body: dict[str, Any], allowed: frozenset[str]) -> None:
-    """Refuse fields the endpoint does not know: a typo must not be silently ignored in a billing request."""
-    unknown = sorted(set(body) - allowed)
-    if unknown:
-        raise InvalidCommand(f"unknown fields: {', '.join(unknown)}", field=unknown[0], allowed=sorted(allowed))
+def optional_json_body(limit: int = 64 * 1024) -> dict[str, Any]:
+    """A JSON object, or ``{}`` for a request sent with no body at all (capture, release)."""
+    raw = read_body(limit)
+    payload = parse_json(raw) if raw.strip() else {}
+    if not isinstance(payload, dict):
+        raise ApiError(400, "malformed_payload", "the body must be a JSON object")
+    return payload

@@ -30,6 +30,8 @@ STATUS_BY_ERROR: dict[type[domain.BillingError], int] = {
     domain.InvalidCommand: 422,
     domain.UnknownModel: 422,
     domain.UnknownPriceCode: 422,
+    domain.PaymentsRefused: 502,
+    domain.PaymentsUnavailable: 503,
 }
 
 

@@ -8,16 +8,20 @@ from sqlalchemy import text
 
 from webhook_receiver.metrics import render
 from webhook_receiver.runtime import runtime
+from webhook_receiver.schemas import Health
+from webhook_receiver.spec import endpoint
 
 bp = Blueprint("health", __name__)
 
 
 @bp.get("/healthz")
+@endpoint(answers={200: Health}, keyed=False, tags=("meta",))
 def healthz():
     return jsonify({"status": "ok"})
 
 
 @bp.get("/readyz")
+@endpoint(answers={200: Health, 503: Health}, keyed=False, tags=("meta",))
 def readyz():
     rt = runtime()
     checks: dict[str, str] = {}
@@ -41,6 +45,7 @@ def readyz():
 
 
 @bp.get("/metrics")
+@endpoint(answers={200: None}, keyed=False, tags=("meta",))
 def metrics() -> Response:
     body, content_type = render()
     return Response(body, content_type=content_type)

@@ -1,9 +1,10 @@
-"""What one receiver process holds: the settings, a database pool, the event inbox, the price table, the gateway
-and the Celery sender. Built by the app factory (under gunicorn, once per worker process, after the fork)."""
+"""What one receiver process holds: the settings, a database pool, the event inbox, the price table, the
+gateway, the Celery sender and the API key cache. Built by the app factory (under gunicorn, once per worker
+process, after the fork)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from flask import current_app
 from sqlalchemy import Engine
@@ -14,6 +15,7 @@ from billing_core.pricing.catalog import PriceTable
 from billing_core.settings import Settings
 from billing_core.stripe.gateway import StripeGateway
 from webhook_receiver.enqueue import Enqueue
+from webhook_receiver.key_cache import KeyCache
 
 
 @dataclass
@@ -26,6 +28,7 @@ class Runtime:
     enqueue: Enqueue
     webhook_secrets: list[str]
     event_inbox: EventInbox
+    key_cache: KeyCache = field(default_factory=KeyCache)
 
 
 def runtime() -> Runtime:

@@ -16,6 +16,8 @@ from webhook_receiver.bodies import parse_json, read_body
 from webhook_receiver.errors import ApiError
 from webhook_receiver.metrics import WEBHOOKS
 from webhook_receiver.runtime import runtime
+from webhook_receiver.schemas import StripeEvent, WebhookAnswer
+from webhook_receiver.spec import endpoint
 
 bp = Blueprint("webhooks", __name__)
 
@@ -46,7 +48,19 @@ DUPLICATE = b'{"received":true,"duplicate":true}'
 
 
 @bp.post("/webhooks/stripe")
+@endpoint(
+    documented_body=StripeEvent,
+    answers={200: WebhookAnswer},
+    errors={
+        400: "invalid_signature · timestamp_outside_tolerance · malformed_payload",
+        413: "payload_too_large",
+        503: "store_unavailable",
+    },
+    keyed=False,
+    tags=("stripe",),
+)
 def stripe_webhook() -> Response:
+    """A Stripe event, signed (``Stripe-Signature``): stored once by event id, then handled by the workers."""
     rt = runtime()
     raw = read_body(MAX_WEBHOOK_BYTES)
     try:

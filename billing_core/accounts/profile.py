@@ -11,28 +11,24 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
-import re
+from dataclasses import dataclass
 from datetime import datetime
 from enum import Enum
 from typing import Any, Protocol
 
+from pydantic import TypeAdapter
 from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from billing_core.db import unit_of_work
-from billing_core.errors import BillingError, InvalidAmount, InvalidCommand, UnknownAccount
-from billing_core.ledger.balances import read_balance
-from billing_core.ledger.commands import check_account
-from billing_core.units import MAX_MC, format_credits
+from billing_core.errors import BillingError, UnknownAccount
+from billing_core.ledger.balances import AccountBalance, read_balance
+from billing_core.types import StripeCustomerId
 
 MAX_PAGE = 100
-# Deliberately loose: one @, no spaces, a dot in the domain. Deliverability is the mail server's call;
-# this only stops an obviously wrong value from reaching the notifications outbox.
-EMAIL_RE = re.compile(r"[^@\s]{1,64}@[^@\s]+\.[^@\s]+")
-MAX_EMAIL_LEN = 320
-MAX_NAME_LEN = 200
-STRIPE_CUSTOMER_RE = re.compile(r"cus_[A-Za-z0-9]{1,250}")
+# Stripe's answer is checked like any input before it is stored.
+_STRIPE_CUSTOMER: TypeAdapter[str] = TypeAdapter(StripeCustomerId)
 _CURSOR_PREFIX = "e1:"
 
 
@@ -60,30 +56,6 @@ class CustomerGateway(Protocol):
     def create_customer(
         self, *, account: str, email: str | None = None, name: str | None = None, idempotency_key: str | None = None
     ) -> dict[str, Any]: ...
-
-
-def _iso(value: datetime | None) -> str | None:
-    return value.isoformat() if value is not None else None
-
-
-def account_view(session: Session, account: str) -> dict[str, Any] | None:
-    """The public shape of an account (balances as credit strings), or None when it has no wallet."""
-    balance = read_balance(session, account)
-    if balance is None:
-        return None
-    threshold = balance.low_balance_threshold_mc
-    return {
-        "account": balance.account,
-        "available": format_credits(balance.available_mc),
-        "held": format_credits(balance.held_mc),
-        "total": format_credits(balance.total_mc),
-        "currency": "credits",
-        "flags": {"negative": balance.negative, "negative_since": _iso(balance.negative_since)},
-        "email": balance.email,
-        "name": balance.name,
-        "low_balance_threshold": None if threshold is None else format_credits(threshold),
-        "stripe_customer_id": balance.stripe_customer_id,
-    }
 
 
 # -- transactions -------------------------------------------------------------------------------------
@@ -130,15 +102,36 @@ _PAGE_SQL = text(
 )
 
 
-def list_transactions(session: Session, account: str, *, cursor: str | None, limit: int) -> dict[str, Any]:
-    """The wallet's ledger entries, newest first: ``{"data", "has_more", "next_cursor"}``.
+@dataclass(frozen=True)
+class EntryLine:
+    """One ledger entry as the wallet saw it: what it moved on the available and held balances."""
+
+    id: int
+    kind: str
+    idempotency_key: str
+    external_ref: str | None
+    available_mc: int
+    held_mc: int
+    metadata: dict[str, Any]
+    occurred_at: datetime | None
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class TransactionPage:
+    """A page of the history, newest first; ``next_cursor`` is None on the last page."""
+
+    entries: tuple[EntryLine, ...]
+    next_cursor: str | None
+
+
+def list_transactions(session: Session, account: str, *, cursor: str | None, limit: int) -> TransactionPage:
+    """The wallet's ledger entries, newest first, ``limit`` (1 to ``MAX_PAGE``) of them.
 
     A cursor names the last entry of the previous page, so pages stay put while new entries arrive (they
     land on page one). Entry ids follow allocation, not commit order: an entry committed late behind a
     page already read is not shown to that reader, but is there on the next walk from the top.
     """
-    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_PAGE:
-        raise InvalidCommand(f"limit must be an integer from 1 to {MAX_PAGE}", field="limit")
     before = decode_cursor(cursor) if cursor is not None else 2**63 - 1
     wallet = session.execute(
         text("SELECT available_account_id, held_account_id FROM wallets WHERE account = :account"),
@@ -152,61 +145,24 @@ def list_transactions(session: Session, account: str, *, cursor: str | None, lim
     ).all()
     has_more = len(rows) > limit
     rows = rows[:limit]
-    return {
-        "data": [
-            {
-                "id": r.id,
-                "kind": r.kind,
-                "idempotency_key": r.idempotency_key,
-                "external_ref": r.external_ref,
-                "available": format_credits(int(r.available_mc)),
-                "held": format_credits(int(r.held_mc)),
-                "metadata": r.metadata,
-                "occurred_at": _iso(r.occurred_at),
-                "created_at": _iso(r.created_at),
-            }
-            for r in rows
-        ],
-        "has_more": has_more,
-        "next_cursor": encode_cursor(rows[-1].id) if has_more else None,
-    }
+    entries = tuple(
+        EntryLine(
+            id=r.id,
+            kind=r.kind,
+            idempotency_key=r.idempotency_key,
+            external_ref=r.external_ref,
+            available_mc=int(r.available_mc),
+            held_mc=int(r.held_mc),
+            metadata=r.metadata,
+            occurred_at=r.occurred_at,
+            created_at=r.created_at,
+        )
+        for r in rows
+    )
+    return TransactionPage(entries=entries, next_cursor=encode_cursor(rows[-1].id) if has_more else None)
 
 
 # -- profile ------------------------------------------------------------------------------------------
-def _check_email(value: object) -> str | None:
-    if value is None:
-        return None
-    if not isinstance(value, str) or len(value) > MAX_EMAIL_LEN or not EMAIL_RE.fullmatch(value):
-        raise InvalidCommand("email must be an email address such as ada@example.com", field="email")
-    return value
-
-
-def _check_name(value: object) -> str | None:
-    if value is None:
-        return None
-    if not isinstance(value, str) or not value.strip() or len(value) > MAX_NAME_LEN:
-        raise InvalidCommand(f"name must be a non-empty string of at most {MAX_NAME_LEN} characters", field="name")
-    return value
-
-
-def _check_threshold(value: object) -> int | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_MC:
-        raise InvalidAmount(
-            "low_balance_threshold must be zero or a positive amount of credits", field="low_balance_threshold"
-        )
-    return value
-
-
-def _check_customer(value: object) -> str | None:
-    if value is None:
-        return None
-    if not isinstance(value, str) or not STRIPE_CUSTOMER_RE.fullmatch(value):
-        raise InvalidCommand("stripe_customer_id must be a Stripe customer id (cus_...)", field="stripe_customer_id")
-    return value
-
-
 def update_account(
     session_factory: sessionmaker[Session],
     account: str,
@@ -215,19 +171,19 @@ def update_account(
     name: str | _Unset | None = UNSET,
     low_balance_threshold_mc: int | _Unset | None = UNSET,
     stripe_customer_id: str | _Unset | None = UNSET,
-) -> dict[str, Any]:
+) -> AccountBalance:
     """Change the fields given (None clears one), creating the wallet if the account is new; returns the
-    account view. A Stripe customer id already on another account raises ``StripeCustomerTaken``."""
-    check_account(account)
-    checks = {
-        "email": (email, _check_email),
-        "name": (name, _check_name),
-        "low_balance_threshold_mc": (low_balance_threshold_mc, _check_threshold),
-        "stripe_customer_id": (stripe_customer_id, _check_customer),
+    account. A Stripe customer id already on another account raises ``StripeCustomerTaken``. The values are
+    validated already (``AccountUpdateBody`` of the API, on the shared types)."""
+    given = {
+        "email": email,
+        "name": name,
+        "low_balance_threshold_mc": low_balance_threshold_mc,
+        "stripe_customer_id": stripe_customer_id,
     }
-    changes = {column: check(value) for column, (value, check) in checks.items() if value is not UNSET}
+    changes = {column: value for column, value in given.items() if value is not UNSET}
 
-    def work(uow: unit_of_work.UnitOfWork) -> dict[str, Any]:
+    def work(uow: unit_of_work.UnitOfWork) -> AccountBalance:
         # The wallet lock orders this change against holds and debits on the same account, like any command.
         wallet = uow.book.lock_wallet(account, create=True)
         if changes:
@@ -236,9 +192,9 @@ def update_account(
                 text(f"UPDATE wallets SET {assignments}, updated_at = now() WHERE id = :id"),
                 {**changes, "id": wallet.id},
             )
-        view = account_view(uow.session, account)
-        assert view is not None
-        return view
+        balance = read_balance(uow.session, account)
+        assert balance is not None, "the wallet was locked (created) above"
+        return balance
 
     try:
         return unit_of_work.run(session_factory, work)
@@ -261,28 +217,27 @@ def ensure_stripe_customer(session_factory: sessionmaker[Session], gateway: Cust
     idempotency key ``customer:<account>`` makes two concurrent first checkouts get one customer, and the
     id is stored only if the wallet still has none, so both end up using the same one.
     """
-    check_account(account)
     with session_factory() as session:
-        view = account_view(session, account)
-    if view is not None and view["stripe_customer_id"]:
-        return view["stripe_customer_id"]
+        balance = read_balance(session, account)
+    if balance is not None and balance.stripe_customer_id:
+        return balance.stripe_customer_id
     customer = gateway.create_customer(
         account=account,
-        email=view["email"] if view else None,
-        name=view["name"] if view else None,
+        email=balance.email if balance else None,
+        name=balance.name if balance else None,
         idempotency_key=f"customer:{account}",
     )
-    customer_id = _check_customer(customer.get("id"))
-    assert customer_id is not None
+    customer_id = _STRIPE_CUSTOMER.validate_python(customer.get("id"))
 
     def work(uow: unit_of_work.UnitOfWork) -> str:
         wallet = uow.book.lock_wallet(account, create=True)
-        return uow.session.execute(
+        stored: str = uow.session.execute(
             text(
                 "UPDATE wallets SET stripe_customer_id = COALESCE(stripe_customer_id, :c), updated_at = now() "
                 "WHERE id = :id RETURNING stripe_customer_id"
             ),
             {"c": customer_id, "id": wallet.id},
         ).scalar_one()
+        return stored
 
     return unit_of_work.run(session_factory, work)

@@ -12,72 +12,47 @@ import json
 import zlib
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StrictInt, StrictStr, TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
-from billing_core.errors import BillingError
-from billing_core.ledger.commands import ACCOUNT_RE, HOLD_ID_RE, KEY_RE, MAX_METADATA_BYTES
-from billing_core.pricing.catalog import PriceTable, price_items
+from billing_core.errors import BillingError, error_field
+from billing_core.pricing.catalog import PriceTable
+from billing_core.pricing.items import Items
+from billing_core.pricing.quotes import price_items
+from billing_core.types import MAX_REPORTS_PER_REQUEST, Account, HoldId, IdempotencyKey, Metadata, Timestamp
 
-MAX_EVENTS_PER_REQUEST = 1000
-MAX_ITEMS_PER_REPORT = 100
 # Workers claim one partition at a time; more partitions than worker processes keeps them all busy.
 PARTITIONS = 8
 
-Tokens = Annotated[StrictInt, Field(ge=0, le=1_000_000_000)]
-Quantity = Annotated[StrictInt, Field(ge=1, le=1_000_000)]
-Code = Annotated[StrictStr, Field(min_length=1, max_length=100)]
-
-
-class _Item(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class LlmTokensItem(_Item):
-    type: Literal["llm_tokens"]
-    provider: Code
-    model: Code
-    input_tokens: Tokens
-    output_tokens: Tokens
-    cached_input_tokens: Tokens = 0
-
-
-class FeeItem(_Item):
-    type: Literal["fee"]
-    code: Code
-    quantity: Quantity = 1
-
-
-class AgentItem(_Item):
-    type: Literal["agent"]
-    code: Code
-    quantity: Quantity = 1
-
-
-class CreditsItem(_Item):
-    type: Literal["credits"]
-    credits: Annotated[StrictStr, Field(min_length=1, max_length=32)]
-
-
-Item = Annotated[LlmTokensItem | FeeItem | AgentItem | CreditsItem, Field(discriminator="type")]
-
 
 class UsageReport(BaseModel):
+    """One priced call (or several items of one) to debit from ``account``, once per ``idempotency_key``."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    idempotency_key: Annotated[StrictStr, Field(pattern=KEY_RE.pattern)]
-    account: Annotated[StrictStr, Field(pattern=f"^{ACCOUNT_RE.pattern}$")]
-    occurred_at: AwareDatetime | None = None
-    items: Annotated[list[Item], Field(min_length=1, max_length=MAX_ITEMS_PER_REPORT)]
-    hold_id: Annotated[StrictStr, Field(pattern=f"^{HOLD_ID_RE.pattern}$")] | None = None
-    metadata: dict[str, Any] = Field(default_factory=dict)
+    idempotency_key: IdempotencyKey
+    account: Account
+    occurred_at: Timestamp | None = None
+    items: Items
+    hold_id: HoldId | None = Field(None, description="capture this hold at the reported amount")
+    metadata: Metadata = Field(default_factory=dict)
+
+
+class UsageEnvelope(BaseModel):
+    """Reports are validated one by one (``accept_reports``), so that every problem is named with its index."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    events: Annotated[list[dict[str, Any]], Field(min_length=1, max_length=MAX_REPORTS_PER_REQUEST)]
 
 
 class UsageBatch(BaseModel):
+    """``{"events": [...]}`` as ``/openapi.json`` shows it: up to 1,000 usage reports."""
+
     model_config = ConfigDict(extra="forbid")
 
-    events: Annotated[list[dict[str, Any]], Field(min_length=1, max_length=MAX_EVENTS_PER_REQUEST)]
+    events: Annotated[list[UsageReport], Field(min_length=1, max_length=MAX_REPORTS_PER_REQUEST)]
 
 
 _REPORT = TypeAdapter(UsageReport)
@@ -108,21 +83,6 @@ def partition_of(account: str) -> int:
     return zlib.crc32(account.encode()) % PARTITIONS
 
 
-_ITEM_TAGS = frozenset({"llm_tokens", "fee", "agent", "credits"})
-
-
-def _field(loc: tuple[Any, ...]) -> str:
-    """pydantic's error location as a client writes the path: ``items[0].input_tokens``. A discriminated
-    union puts the item's type tag into the location (``items, 0, llm_tokens, ...``); the client never wrote
-    that, so it is dropped."""
-    out = ""
-    for i, part in enumerate(loc):
-        if part in _ITEM_TAGS and i >= 2 and loc[i - 2] == "items" and isinstance(loc[i - 1], int):
-            continue
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out
-
-
 def _problem(index: int, field: str, code: str, message: str) -> dict[str, Any]:
     return {"index": index, "field": field, "code": code, "message": message}
 
@@ -134,10 +94,11 @@ def accept_reports(payload: object, table: PriceTable) -> list[AcceptedReport]:
     """
     if isinstance(payload, dict) and "events" in payload:
         try:
-            raw_reports = UsageBatch.model_validate(payload).events
+            raw_reports = UsageEnvelope.model_validate(payload).events
         except ValidationError as exc:
-            problems = [_problem(-1, _field(e["loc"]), e["type"], e["msg"]) for e in exc.errors()]
-            raise InvalidUsage("the request is not a list of 1 to 1000 usage reports", problems=problems) from None
+            found = [_problem(-1, error_field(e["loc"], e["type"]), e["type"], e["msg"]) for e in exc.errors()]
+            message = f"the request is not a list of 1 to {MAX_REPORTS_PER_REQUEST} usage reports"
+            raise InvalidUsage(message, problems=found) from None
     elif isinstance(payload, dict):
         raw_reports = [payload]
     else:
@@ -153,15 +114,13 @@ def accept_reports(payload: object, table: PriceTable) -> list[AcceptedReport]:
         try:
             report = _REPORT.validate_python(raw)
         except ValidationError as exc:
-            problems.extend(_problem(index, _field(e["loc"]), e["type"], e["msg"]) for e in exc.errors())
-            continue
-        metadata_size = len(json.dumps(report.metadata, separators=(",", ":"), default=str))
-        if metadata_size > MAX_METADATA_BYTES:
-            problems.append(_problem(index, "metadata", "too_large", f"metadata exceeds {MAX_METADATA_BYTES} bytes"))
+            problems.extend(
+                _problem(index, error_field(e["loc"], e["type"]), e["type"], e["msg"]) for e in exc.errors()
+            )
             continue
         items = [item.model_dump() for item in report.items]
         try:
-            quote = price_items(table, items)
+            quote = price_items(table, report.items)
         except BillingError as exc:
             field = str(exc.details.get("field", "items"))
             problems.append(_problem(index, field, exc.code, exc.message))
@@ -193,8 +152,7 @@ def accept_reports(payload: object, table: PriceTable) -> list[AcceptedReport]:
             )
         )
     if problems:
-        noun = "report is" if len(raw_reports) == 1 else "reports are"
-        raise InvalidUsage(
-            f"{len({p['index'] for p in problems})} {noun} invalid; nothing was stored", problems=problems
-        )
+        invalid = len({p["index"] for p in problems})
+        noun = "report is" if invalid == 1 else "reports are"
+        raise InvalidUsage(f"{invalid} {noun} invalid; nothing was stored", problems=problems)
     return accepted

@@ -216,7 +216,5 @@ class ApiClient:
 
 @pytest.fixture
 def api(receiver_app: Any, session_factory: sessionmaker[Session]) -> ApiClient:
-    from webhook_receiver import auth
-
-    auth._cache.clear()  # keys are recreated in every test's empty database
+    # The app's key cache needs no reset: every test creates fresh random keys.
     return ApiClient(receiver_app.test_client(), session_factory)

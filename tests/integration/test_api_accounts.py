@@ -284,7 +284,7 @@ def test_packages_list_the_price_table(api):
     response = api.get("/v1/packages", key=api.key("usage:write"))
     assert response.status_code == 200
     body = response.get_json()
-    assert body["data"] == [p.as_dict() for p in PriceTable.default().packages]
+    assert [p["id"] for p in body["data"]] == [p.id for p in PriceTable.default().packages]
     assert body["data"][0] == {
         "id": "starter",
         "name": "Starter",

@@ -1,4 +1,5 @@
-"""Bad input: a typed error, and nothing written."""
+"""Bad input: a typed error, and nothing written. Commands built from unchecked values go through
+``Command.validated`` (the shared types); an invariant between fields holds however a command is built."""
 
 from __future__ import annotations
 
@@ -20,32 +21,32 @@ from billing_core.ledger.commands import (
 pytestmark = pytest.mark.integration
 
 BAD = [
-    ("zero amount", lambda: DebitUsage("acme", 0, "k"), InvalidAmount),
-    ("negative amount", lambda: PurchaseCredits("acme", -5, "k"), InvalidAmount),
-    ("float amount", lambda: DebitUsage("acme", 1.5, "k"), InvalidAmount),
-    ("float that looks whole", lambda: PurchaseCredits("acme", 1000.0, "k"), InvalidAmount),
-    ("bool amount", lambda: PurchaseCredits("acme", True, "k"), InvalidAmount),
-    ("Decimal amount", lambda: PurchaseCredits("acme", Decimal("5"), "k"), InvalidAmount),
-    ("absurd amount", lambda: PurchaseCredits("acme", 10**19, "k"), InvalidAmount),
-    ("zero adjustment", lambda: Adjust("acme", 0, "k", reason="r", actor="a"), InvalidAmount),
-    ("overlong key", lambda: DebitUsage("acme", 1, "k" * 256), InvalidCommand),
-    ("key with spaces", lambda: DebitUsage("acme", 1, "my key"), InvalidCommand),
-    ("empty key", lambda: DebitUsage("acme", 1, ""), InvalidCommand),
-    ("overlong account", lambda: DebitUsage("a" * 129, 1, "k"), InvalidCommand),
-    ("account with a slash", lambda: DebitUsage("../etc", 1, "k"), InvalidCommand),
-    ("ttl zero", lambda: PlaceHold("acme", 1, "k", ttl_seconds=0), InvalidCommand),
-    ("ttl a week and a second", lambda: PlaceHold("acme", 1, "k", ttl_seconds=7 * 86400 + 1), InvalidCommand),
-    ("bad hold id", lambda: CaptureHold("nothold", 1, "k"), InvalidCommand),
-    ("negative capture", lambda: CaptureHold("hold_abc", -1, "k"), InvalidAmount),
-    ("grant source purchase", lambda: GrantCredits("acme", 1, "k", source="purchase"), InvalidCommand),
+    ("zero amount", lambda: DebitUsage.validated("acme", 0, "k"), InvalidAmount),
+    ("negative amount", lambda: PurchaseCredits.validated("acme", -5, "k"), InvalidAmount),
+    ("float amount", lambda: DebitUsage.validated("acme", 1.5, "k"), InvalidAmount),
+    ("float that looks whole", lambda: PurchaseCredits.validated("acme", 1000.0, "k"), InvalidAmount),
+    ("bool amount", lambda: PurchaseCredits.validated("acme", True, "k"), InvalidAmount),
+    ("Decimal amount", lambda: PurchaseCredits.validated("acme", Decimal("5"), "k"), InvalidAmount),
+    ("absurd amount", lambda: PurchaseCredits.validated("acme", 10**19, "k"), InvalidAmount),
+    ("zero adjustment", lambda: Adjust.validated("acme", 0, "k", reason="r", actor="a"), InvalidAmount),
+    ("overlong key", lambda: DebitUsage.validated("acme", 1, "k" * 256), InvalidCommand),
+    ("key with spaces", lambda: DebitUsage.validated("acme", 1, "my key"), InvalidCommand),
+    ("empty key", lambda: DebitUsage.validated("acme", 1, ""), InvalidCommand),
+    ("overlong account", lambda: DebitUsage.validated("a" * 129, 1, "k"), InvalidCommand),
+    ("account with a slash", lambda: DebitUsage.validated("../etc", 1, "k"), InvalidCommand),
+    ("ttl zero", lambda: PlaceHold.validated("acme", 1, "k", ttl_seconds=0), InvalidCommand),
+    ("ttl a week and a second", lambda: PlaceHold.validated("acme", 1, "k", ttl_seconds=7 * 86400 + 1), InvalidCommand),
+    ("bad hold id", lambda: CaptureHold.validated("nothold", 1, "k"), InvalidCommand),
+    ("negative capture", lambda: CaptureHold.validated("hold_abc", -1, "k"), InvalidAmount),
+    ("grant source purchase", lambda: GrantCredits.validated("acme", 1, "k", source="purchase"), InvalidCommand),
     (
         "naive expiry",
-        lambda: GrantCredits("acme", 1, "k", expires_at=__import__("datetime").datetime(2030, 1, 1)),
+        lambda: GrantCredits.validated("acme", 1, "k", expires_at=__import__("datetime").datetime(2030, 1, 1)),
         InvalidCommand,
     ),
-    ("metadata not JSON", lambda: DebitUsage("acme", 1, "k", metadata={"x": object()}), InvalidCommand),
-    ("metadata NaN", lambda: DebitUsage("acme", 1, "k", metadata={"x": float("nan")}), InvalidCommand),
-    ("metadata too big", lambda: DebitUsage("acme", 1, "k", metadata={"x": "y" * 20_000}), InvalidCommand),
+    ("metadata not JSON", lambda: DebitUsage.validated("acme", 1, "k", metadata={"x": object()}), InvalidCommand),
+    ("metadata NaN", lambda: DebitUsage.validated("acme", 1, "k", metadata={"x": float("nan")}), InvalidCommand),
+    ("metadata too big", lambda: DebitUsage.validated("acme", 1, "k", metadata={"x": "y" * 20_000}), InvalidCommand),
     ("transfer to self", lambda: TransferCredits("acme", "acme", 1, "k"), InvalidCommand),
 ]
 

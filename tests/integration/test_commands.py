@@ -277,9 +277,9 @@ def test_clawback_of_a_purchase_takes_from_its_grant_first_then_goes_negative_an
 
 def test_adjust_requires_reason_and_actor_and_records_them(probe):
     with pytest.raises(InvalidCommand):
-        Adjust("acme", 100, "a1", reason="", actor="ops")
+        Adjust.validated("acme", 100, "a1", reason="", actor="ops")
     with pytest.raises(InvalidCommand):
-        Adjust("acme", 100, "a1", reason="why", actor=" ")
+        Adjust.validated("acme", 100, "a1", reason="why", actor=" ")
     probe.run(Adjust("acme", 100, "a1", reason="goodwill", actor="ops@example.com"))
     assert probe.available("acme") == 100
     meta = probe.scalar("SELECT metadata FROM ledger_entries")

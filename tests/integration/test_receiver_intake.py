@@ -291,3 +291,34 @@ def test_a_signed_body_that_is_not_an_event_is_a_malformed_payload(api, probe, m
     response = api.post("/webhooks/stripe", data=payload, headers=headers)
     assert (response.status_code, response.json["error"]["code"]) == (400, "malformed_payload")
     assert probe.scalar("SELECT count(*) FROM stripe_events") == 0
+
+
+def test_a_token_count_out_of_range_says_the_range_not_that_it_is_no_integer(api, probe):
+    # given a count a JSON encoder wrote in exponent form
+    key = api.key("usage:write")
+    huge = {**REPORT, "items": [{**REPORT["items"][0], "input_tokens": 1e20}]}
+    # when
+    response = api.post("/v1/usage", key=key, json=huge)
+    # then
+    assert response.status_code == 422
+    (problem,) = response.json["error"]["problems"]
+    assert problem["field"] == "items[0].input_tokens"
+    assert problem["message"] == "must be an integer from 0 to 1000000000"
+    assert inbox_count(probe) == 0
+
+
+@pytest.mark.parametrize(("bad", "message"), [(1, "1 report is invalid"), (2, "2 reports are invalid")])
+def test_the_refusal_counts_the_invalid_reports_in_good_grammar(api, probe, bad, message):
+    key = api.key("usage:write")
+    events = [{**REPORT, "idempotency_key": f"g-{i}", "account": "" if i < bad else "user_1"} for i in range(3)]
+    response = api.post("/v1/usage", key=key, json={"events": events})
+    assert response.status_code == 422
+    assert response.json["error"]["message"] == f"{message}; nothing was stored"
+
+
+def test_the_api_key_cache_belongs_to_the_app(receiver_app):
+    from webhook_receiver import auth
+    from webhook_receiver.key_cache import KeyCache
+
+    assert isinstance(receiver_app.extensions["billing"].key_cache, KeyCache)
+    assert not hasattr(auth, "_cache")

@@ -11,19 +11,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from billing_core.errors import InvalidAmount, InvalidCommand, UnknownModel, UnknownPackage, UnknownPriceCode
-from billing_core.pricing.catalog import (
-    MAX_ITEMS,
-    MAX_QUANTITY,
-    MAX_TOKENS,
-    ModelPrice,
-    Package,
-    PriceTable,
-    Quote,
-    QuoteLine,
-    load_price_table,
-    price_items,
-)
+from billing_core.pricing.catalog import ModelPrice, PriceTable, load_price_table
+from billing_core.pricing.packages import Package
+from billing_core.pricing.quotes import Quote, QuoteLine, price_items
+from billing_core.types import MAX_ITEMS, MAX_QUANTITY, MAX_TOKENS
 from billing_core.units import MAX_CREDITS, MAX_MC
+from webhook_receiver.schemas import quote_json
 
 
 def small_table(**overrides) -> dict:
@@ -75,7 +68,7 @@ def test_gpt4o_example_from_the_design(table):
     quote = price_items(table, [llm(input_tokens=1200, output_tokens=300)])
     assert quote.total_mc == 6000
     assert quote.lines == (QuoteLine(0, "llm_tokens", "openai/gpt-4o: 1200 input + 300 output tokens", 6000),)
-    assert quote.as_dict() == {
+    assert quote_json(quote) == {
         "credits": "6.000",
         "lines": [
             {"type": "llm_tokens", "description": "openai/gpt-4o: 1200 input + 300 output tokens", "credits": "6.000"}
@@ -93,7 +86,7 @@ def test_design_usage_report_items(table):
     # 6 credits of tokens + 50 (tier 1b fee) + 20 (profile_my_data) = 76 credits.
     assert [line.amount_mc for line in quote.lines] == [6000, 50_000, 20_000]
     assert quote.total_mc == 76_000
-    assert quote.as_dict()["credits"] == "76.000"
+    assert quote_json(quote)["credits"] == "76.000"
     assert [line.index for line in quote.lines] == [0, 1, 2]
 
 
@@ -103,7 +96,7 @@ def test_fractional_line_rounds_once(table):
     # Line = 525.3 mc -> 525 mc (rounded once, on the line's exact sum).
     quote = price_items(table, [llm(model="gpt-4o-mini", input_tokens=1234, output_tokens=567)])
     assert quote.total_mc == 525
-    assert quote.as_dict()["credits"] == "0.525"
+    assert quote_json(quote)["credits"] == "0.525"
 
 
 def test_cached_input_tokens_use_the_cached_price(table, small):
@@ -136,7 +129,7 @@ def test_fee_agent_quantities_and_raw_credits(small):
     assert [line.amount_mc for line in quote.lines] == [37_035, 0, 1_234, 1]
     assert quote.total_mc == 38_270
     assert quote.lines[0].description == "agent robot x 3"
-    assert quote.lines[2].as_dict() == {"type": "credits", "description": "credits", "credits": "1.234"}
+    assert quote_json(quote)["lines"][2] == {"type": "credits", "description": "credits", "credits": "1.234"}
 
 
 # ------------------------------------------------------------------------------------------ rounding
@@ -406,13 +399,6 @@ def test_packages_listed(table):
     packages = table.packages
     assert [p.id for p in packages] == ["starter", "pro", "scale"]
     assert packages[0] == Package(id="starter", name="Starter", credits_mc=10_000_000, unit_amount=1000, currency="usd")
-    assert packages[0].as_dict() == {
-        "id": "starter",
-        "name": "Starter",
-        "credits": "10000.000",
-        "unit_amount": 1000,
-        "currency": "usd",
-    }
     assert table.package("pro") is packages[1]
     packages.clear()  # a copy: the table is unaffected
     assert len(table.packages) == 3

@@ -7,9 +7,12 @@ from decimal import Decimal
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from pydantic import TypeAdapter, ValidationError
 
 from billing_core.errors import InvalidAmount
-from billing_core.units import MAX_CREDITS, MAX_MC, format_credits, parse_credits, round_mc, validate_mc
+from billing_core.ledger.commands import DebitUsage
+from billing_core.types import Millicredits, MillicreditsNonNegative
+from billing_core.units import MAX_CREDITS, MAX_MC, format_credits, parse_credits, round_mc
 
 
 @pytest.mark.parametrize(
@@ -84,9 +87,17 @@ def test_round_mc_refuses_floats_and_nan():
         round_mc(Decimal("NaN"))
 
 
-def test_validate_mc():
-    assert validate_mc(5) == 5
-    assert validate_mc(0, allow_zero=True) == 0
+def test_millicredit_types_take_ints_in_range_only():
+    positive, non_negative = TypeAdapter(Millicredits), TypeAdapter(MillicreditsNonNegative)
+    assert positive.validate_python(5) == 5
+    assert non_negative.validate_python(0) == 0
     for bad in (0, -1, 1.0, True, MAX_MC + 1, "5"):
-        with pytest.raises(InvalidAmount):
-            validate_mc(bad)
+        with pytest.raises(ValidationError) as err:
+            positive.validate_python(bad)
+        assert err.value.errors()[0]["type"] == "invalid_amount"
+
+
+def test_a_command_built_from_unchecked_values_names_the_bad_amount():
+    with pytest.raises(InvalidAmount) as err:
+        DebitUsage.validated("acme", 1.0, "k")
+    assert err.value.details == {"field": "amount_mc"}

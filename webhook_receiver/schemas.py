@@ -1,0 +1,337 @@
+"""The HTTP API's bodies: pydantic models for every request and response, built on the shared types.
+
+The same models validate requests (``webhook_receiver.validation``) and describe them in ``/openapi.json``
+(``webhook_receiver.openapi``); responses are rendered through them, so the document cannot drift from what
+the views answer. The domain returns domain objects; the ``from_*`` constructors here turn them into JSON.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PlainSerializer
+
+from billing_core.accounts.profile import MAX_PAGE, TransactionPage
+from billing_core.intake.usage_inbox import UsageStatus
+from billing_core.ledger.balances import AccountBalance
+from billing_core.ledger.handlers import HoldView, Receipt
+from billing_core.pricing.items import Items
+from billing_core.pricing.packages import Package
+from billing_core.pricing.quotes import Quote
+from billing_core.types import (
+    Account,
+    ClientKey,
+    CreditsNonNegative,
+    CreditsPositive,
+    CreditString,
+    DisplayName,
+    Email,
+    HttpUrl,
+    IdempotencyKey,
+    Metadata,
+    PackageId,
+    StripeCustomerId,
+    TtlSeconds,
+)
+
+DEFAULT_TTL_SECONDS = 900
+# Times as Python writes them (``+00:00``), as the API always has; pydantic's own JSON would write ``Z``.
+Time = Annotated[datetime, PlainSerializer(datetime.isoformat, return_type=str)]
+
+
+class Body(BaseModel):
+    """A request body: unknown fields are refused (a typo must not be silently ignored in a billing request)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Answer(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+
+# -- requests -------------------------------------------------------------------------------------------
+class EstimateBody(Body):
+    items: Items
+    account: Account | None = Field(None, description="also answer what this account can spend")
+
+
+class PlaceHoldBody(Body):
+    """Exactly one of ``credits`` and ``items``."""
+
+    account: Account
+    idempotency_key: IdempotencyKey
+    credits: CreditsPositive | None = None
+    items: Items | None = None
+    ttl_seconds: TtlSeconds | None = Field(None, description=f"default {DEFAULT_TTL_SECONDS}")
+    metadata: Metadata | None = None
+
+
+class CaptureBody(Body):
+    """The actual amount: exactly one of ``credits`` (zero releases everything) and ``items``; no body at all
+    captures nothing. ``idempotency_key`` defaults to the hold id."""
+
+    idempotency_key: IdempotencyKey | None = None
+    credits: CreditsNonNegative | None = None
+    items: Items | None = None
+    metadata: Metadata | None = None
+
+
+class ReleaseBody(Body):
+    idempotency_key: IdempotencyKey | None = None
+
+
+class CheckoutBody(Body):
+    account: Account
+    package: PackageId
+    success_url: HttpUrl
+    cancel_url: HttpUrl
+    idempotency_key: ClientKey | None = None
+
+
+class AccountUpdateBody(Body):
+    """The fields to change; ``null`` clears one, a field left out stays as it is."""
+
+    email: Email | None = None
+    name: DisplayName | None = None
+    low_balance_threshold: CreditsNonNegative | None = None
+    stripe_customer_id: StripeCustomerId | None = None
+
+
+class TransactionsQuery(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+    limit: int = Field(25, ge=1, le=MAX_PAGE, description=f"at most {MAX_PAGE}")
+    cursor: str | None = Field(None, description="next_cursor of the previous page")
+
+
+# -- answers ------------------------------------------------------------------------------------------
+class ErrorDetail(Answer):
+    model_config = ConfigDict(extra="allow", frozen=True)
+    code: str = Field(description="stable and machine-readable, e.g. insufficient_credits")
+    message: str
+
+
+class ErrorAnswer(Answer):
+    """Every error: ``{"error": {"code", "message", ...details}}``."""
+
+    error: ErrorDetail
+
+
+class Flags(Answer):
+    negative: bool
+    negative_since: Time | None
+
+
+class BalanceAnswer(Answer):
+    account: str
+    available: CreditString
+    held: CreditString
+    total: CreditString
+    currency: Literal["credits"] = "credits"
+    flags: Flags
+    email: str | None
+    name: str | None
+    low_balance_threshold: CreditString | None
+    stripe_customer_id: str | None
+
+    @classmethod
+    def of(cls, balance: AccountBalance) -> BalanceAnswer:
+        return cls(
+            account=balance.account,
+            available=balance.available_mc,
+            held=balance.held_mc,
+            total=balance.total_mc,
+            flags=Flags(negative=balance.negative, negative_since=balance.negative_since),
+            email=balance.email,
+            name=balance.name,
+            low_balance_threshold=balance.low_balance_threshold_mc,
+            stripe_customer_id=balance.stripe_customer_id,
+        )
+
+
+class Transaction(Answer):
+    id: int
+    kind: str
+    idempotency_key: str
+    external_ref: str | None
+    available: CreditString = Field(description="what the entry moved on the available balance")
+    held: CreditString = Field(description="what the entry moved on the held balance")
+    metadata: dict[str, Any]
+    occurred_at: Time | None
+    created_at: Time
+
+
+class TransactionsAnswer(Answer):
+    data: list[Transaction]
+    has_more: bool
+    next_cursor: str | None
+
+    @classmethod
+    def of(cls, page: TransactionPage) -> TransactionsAnswer:
+        return cls(
+            data=[
+                Transaction(
+                    id=e.id,
+                    kind=e.kind,
+                    idempotency_key=e.idempotency_key,
+                    external_ref=e.external_ref,
+                    available=e.available_mc,
+                    held=e.held_mc,
+                    metadata=e.metadata,
+                    occurred_at=e.occurred_at,
+                    created_at=e.created_at,
+                )
+                for e in page.entries
+            ],
+            has_more=page.next_cursor is not None,
+            next_cursor=page.next_cursor,
+        )
+
+
+class QuoteLineAnswer(Answer):
+    type: str
+    description: str
+    credits: CreditString
+
+
+class EstimateAnswer(Answer):
+    credits: CreditString
+    lines: list[QuoteLineAnswer]
+    available: CreditString | None = Field(None, description="with account: what a hold placed now could reserve")
+    sufficient: bool | None = None
+
+    @classmethod
+    def of(cls, quote: Quote, *, available_mc: int | None = None) -> EstimateAnswer:
+        lines = [QuoteLineAnswer(type=x.type, description=x.description, credits=x.amount_mc) for x in quote.lines]
+        if available_mc is None:
+            return cls(credits=quote.total_mc, lines=lines)
+        return cls(
+            credits=quote.total_mc, lines=lines, available=available_mc, sufficient=available_mc >= quote.total_mc
+        )
+
+
+class HoldAnswer(Answer):
+    id: str
+    account: str
+    credits: CreditString
+    status: Literal["pending", "captured", "released", "expired"]
+    expires_at: Time
+    captured: CreditString | None
+    replayed: bool
+
+    @classmethod
+    def of(cls, receipt: Receipt) -> HoldAnswer:
+        hold: HoldView | None = receipt.hold
+        assert hold is not None, "hold commands answer with their hold"
+        return cls(
+            id=hold.id,
+            account=hold.account,
+            credits=hold.amount_mc,
+            status=hold.status,
+            expires_at=hold.expires_at,
+            captured=hold.captured_mc,
+            replayed=receipt.replayed,
+        )
+
+
+class PackageAnswer(Answer):
+    id: str
+    name: str
+    credits: CreditString
+    unit_amount: int = Field(description="the price in minor units of currency")
+    currency: str
+
+    @classmethod
+    def of(cls, package: Package) -> PackageAnswer:
+        return cls(
+            id=package.id,
+            name=package.name,
+            credits=package.credits_mc,
+            unit_amount=package.unit_amount,
+            currency=package.currency,
+        )
+
+
+class PackagesAnswer(Answer):
+    data: list[PackageAnswer]
+    has_more: bool = False
+    next_cursor: None = None
+
+
+class CheckoutAnswer(Answer):
+    id: str = Field(description="the Checkout Session, cs_...")
+    url: str
+
+
+class UsageAccepted(Answer):
+    accepted: int
+    duplicates: list[str] = Field(description="keys stored before with the same body")
+    duplicate_statuses: dict[str, Literal["pending", "applied", "rejected"]] = Field(
+        description="each duplicate's own status, as GET /v1/usage/<key> would answer it"
+    )
+    status: Literal["pending"] = Field("pending", description="the status of the reports this request stored")
+
+
+class UsageReason(Answer):
+    code: str | None
+    message: str | None
+
+
+class UsageStatusAnswer(Answer):
+    idempotency_key: str
+    status: Literal["pending", "applied", "rejected"]
+    credits: CreditString
+    reason: UsageReason | None
+    entry_id: int | None
+    received_at: Time
+    applied_at: Time | None
+    processing: Literal["pending", "failed", "dead"] | None = Field(None, description="while pending")
+    attempts: int | None = Field(None, description="while pending")
+
+    @classmethod
+    def of(cls, status: UsageStatus) -> UsageStatusAnswer:
+        # A failing row keeps its error for operators; the client sees a reason only once a report is refused.
+        rejected = status.status == "rejected"
+        reason = UsageReason(code=status.reason_code, message=status.reason) if rejected else None
+        pending = status.status == "pending"
+        return cls(
+            idempotency_key=status.idempotency_key,
+            status=status.status,
+            credits=status.amount_mc,
+            reason=reason,
+            entry_id=status.entry_id,
+            received_at=status.received_at,
+            applied_at=None if pending else status.applied_at,
+            processing=status.processing if pending else None,
+            attempts=status.attempts if pending else None,
+        )
+
+    @property
+    def hidden(self) -> set[str]:
+        """Fields only a pending report shows."""
+        return set() if self.status == "pending" else {"processing", "attempts"}
+
+
+class StripeEvent(BaseModel):
+    """A Stripe event as Stripe signs it (checked by ``billing_core.intake.stripe_events.check_event``)."""
+
+    model_config = ConfigDict(extra="allow")
+    id: str = Field(examples=["evt_1"])
+    object: Literal["event"]
+    type: str = Field(examples=["checkout.session.completed"])
+    created: int
+    data: dict[str, Any]
+
+
+class WebhookAnswer(Answer):
+    received: Literal[True]
+    duplicate: bool
+
+
+class Health(Answer):
+    status: Literal["ok", "ready", "unavailable"]
+    checks: dict[str, str] | None = Field(None, description="readyz: the database and the broker")
+
+
+def quote_json(quote: Quote) -> dict[str, Any]:
+    return EstimateAnswer.of(quote).model_dump(mode="json", exclude_none=True)
