@@ -6,7 +6,7 @@ parsing messages, and ``details`` with the figures a caller needs (required vs a
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from pydantic import ValidationError
@@ -141,17 +141,32 @@ def error_field(loc: tuple[int | str, ...], kind: str = "") -> str:
 _UNION_TAGS = frozenset({"llm_tokens", "fee", "agent", "credits"})
 
 
+# What a value that fails a shared type's pattern should have been, by pattern; ``billing_core.types``
+# registers its own (this module imports nothing of the domain). pydantic would say "String should match
+# pattern '^[A-Za-z0-9][A-Za-z0-9_.:@+\\-]{0,127}$'", which a client should not have to read.
+PATTERN_MESSAGES: dict[str, str] = {}
+
+
+def error_message(error: Mapping[str, Any]) -> str:
+    """The message of one pydantic error, with the shared types' patterns said in words."""
+    if error.get("type") == "string_pattern_mismatch":
+        pattern = (error.get("ctx") or {}).get("pattern")
+        if pattern in PATTERN_MESSAGES:
+            return PATTERN_MESSAGES[pattern]
+    return str(error.get("msg", ""))
+
+
 def from_validation_error(exc: ValidationError, *, allowed: Iterable[str] = ()) -> BillingError:
     """The one translation of a pydantic refusal into the contract's errors: a money field is
     ``invalid_amount``, an unknown field ``invalid_request`` with ``allowed`` (the fields the body may have),
     anything else ``invalid_request``; each names the first problem's ``field``."""
-    errors = exc.errors(include_url=False, include_context=False, include_input=False)
+    errors = exc.errors(include_url=False, include_input=False)
     unknown = sorted(error_field(e["loc"]) for e in errors if e["type"] == "extra_forbidden")
     if unknown:
         return InvalidCommand(f"unknown fields: {', '.join(unknown)}", field=unknown[0], allowed=sorted(allowed))
     first = errors[0]
     field = error_field(first["loc"], first["type"])
-    message = f"{field}: {first['msg']}" if field else str(first["msg"])
+    message = f"{field}: {error_message(first)}" if field else error_message(first)
     if first["type"] in _AMOUNT_ERRORS:
         return InvalidAmount(message, field=field)
     return InvalidCommand(message, field=field)

@@ -28,7 +28,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from billing_core.errors import InvalidAmount
+from billing_core.errors import PATTERN_MESSAGES, InvalidAmount
 from billing_core.units import MAX_CREDITS, MAX_MC, format_credits, parse_credits
 
 # -- limits -------------------------------------------------------------------------------------------------
@@ -59,6 +59,20 @@ CURRENCY_PATTERN = r"^[a-z]{3}$"
 STRIPE_CUSTOMER_PATTERN = r"^cus_[A-Za-z0-9]{1,250}$"
 # Deliberately loose: one @, no spaces, a dot in the domain. Deliverability is the mail server's call.
 EMAIL_PATTERN = r"^[^@\s]{1,64}@[^@\s]+\.[^@\s]+$"
+
+PATTERN_MESSAGES.update(
+    {
+        ACCOUNT_PATTERN: "must be 1-128 letters, digits or _.:@+- starting with a letter or digit",
+        KEY_PATTERN: "must be 1-255 printable ASCII characters without spaces",
+        HOLD_ID_PATTERN: "is not a hold id (hold_...)",
+        NAME_PATTERN: "must be 1-128 letters, digits or _.:@/+- starting with a letter or digit",
+        PACKAGE_ID_PATTERN: "must be 1-64 lowercase letters, digits, _ or - starting with a letter or digit",
+        CURRENCY_PATTERN: "must be a lowercase ISO 4217 code such as usd",
+        STRIPE_CUSTOMER_PATTERN: "must be a Stripe customer id (cus_...)",
+        EMAIL_PATTERN: "must be an email address such as ada@example.com",
+        r"\S": "must not be blank",
+    }
+)
 
 ACCOUNT_RE = re.compile(ACCOUNT_PATTERN)
 KEY_RE = re.compile(KEY_PATTERN)

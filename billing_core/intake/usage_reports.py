@@ -16,7 +16,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
-from billing_core.errors import BillingError, error_field
+from billing_core.errors import BillingError, error_field, error_message
 from billing_core.pricing.catalog import PriceTable
 from billing_core.pricing.items import Items
 from billing_core.pricing.quotes import price_items
@@ -96,7 +96,7 @@ def accept_reports(payload: object, table: PriceTable) -> list[AcceptedReport]:
         try:
             raw_reports = UsageEnvelope.model_validate(payload).events
         except ValidationError as exc:
-            found = [_problem(-1, error_field(e["loc"], e["type"]), e["type"], e["msg"]) for e in exc.errors()]
+            found = [_problem(-1, error_field(e["loc"], e["type"]), e["type"], error_message(e)) for e in exc.errors()]
             message = f"the request is not a list of 1 to {MAX_REPORTS_PER_REQUEST} usage reports"
             raise InvalidUsage(message, problems=found) from None
     elif isinstance(payload, dict):
@@ -115,7 +115,7 @@ def accept_reports(payload: object, table: PriceTable) -> list[AcceptedReport]:
             report = _REPORT.validate_python(raw)
         except ValidationError as exc:
             problems.extend(
-                _problem(index, error_field(e["loc"], e["type"]), e["type"], e["msg"]) for e in exc.errors()
+                _problem(index, error_field(e["loc"], e["type"]), e["type"], error_message(e)) for e in exc.errors()
             )
             continue
         items = [item.model_dump() for item in report.items]
