@@ -222,6 +222,7 @@ def _announce(echo: Callable[[str], None], urls: StackUrls) -> None:
         "",
         "billing dev is up. Ctrl-C stops everything (the embedded data is thrown away).",
         f"  receiver        {web}   (health {web}/readyz, metrics {web}/metrics)",
+        f"  API reference   {web}/docs   (OpenAPI: {web}/openapi.json)",
         f"  stripe          {urls.emulator or 'api.stripe.com'}"
         + ("   (emulator; webhooks registered)" if urls.emulator else ""),
         f"  DATABASE_URL    {urls.database_url}",
