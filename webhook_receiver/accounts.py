@@ -6,10 +6,11 @@ from typing import Any
 
 from flask import Blueprint
 
-from billing_core.accounts.profile import list_transactions, update_account
+from billing_core.accounts.profile import update_account
 from billing_core.errors import UnknownAccount
 from billing_core.ledger.balances import read_balance
 from billing_core.ledger.commands import check_account
+from billing_core.ledger.history import list_transactions
 from webhook_receiver.auth import require
 from webhook_receiver.rendering import render
 from webhook_receiver.runtime import runtime

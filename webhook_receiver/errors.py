@@ -10,8 +10,9 @@ from sqlalchemy.exc import DBAPIError
 from werkzeug.exceptions import HTTPException
 
 from billing_core import errors as domain
-from billing_core.accounts.profile import InvalidCursor, StripeCustomerTaken
+from billing_core.accounts.profile import StripeCustomerTaken
 from billing_core.intake.stripe_events import MalformedEvent
+from billing_core.ledger.history import InvalidCursor
 
 # The domain's error codes, mapped to HTTP once, here.
 STATUS_BY_ERROR: dict[type[domain.BillingError], int] = {

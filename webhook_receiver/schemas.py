@@ -12,10 +12,10 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PlainSerializer
 
-from billing_core.accounts.profile import MAX_PAGE, TransactionPage
 from billing_core.intake.usage_inbox import UsageStatus
 from billing_core.ledger.balances import AccountBalance
 from billing_core.ledger.handlers import HoldView, Receipt
+from billing_core.ledger.history import MAX_PAGE, TransactionPage
 from billing_core.pricing.items import Items
 from billing_core.pricing.packages import Package
 from billing_core.pricing.quotes import Quote

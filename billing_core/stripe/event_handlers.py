@@ -24,6 +24,7 @@ from sqlalchemy import text
 from billing_core.ledger.book import Book
 from billing_core.ledger.commands import ClawBack, PurchaseCredits, check_account
 from billing_core.ledger.handlers import claw_back, purchase_credits
+from billing_core.ledger.wallet_rows import link_stripe_customer, unlink_stripe_customer
 from billing_core.stripe.purchases import IGNORED, PROCESSED, Purchase, credit_checkout, is_paid, purchase_for
 
 StripeObject = dict[str, Any]
@@ -243,32 +244,21 @@ def on_customer_changed(book: Book, customer: StripeObject, facts: StripeFacts) 
     if not account:
         return IGNORED
     wallet = book.lock_wallet(check_account(account), create=True)
-    if wallet.stripe_customer_id != customer["id"]:
-        # One customer, one wallet: a customer re-pointed at another account leaves the old one. (When the
-        # wallet already has it, no other can: the column is unique.)
-        book.session.execute(
-            text(
-                "UPDATE wallets SET stripe_customer_id = NULL, updated_at = now() "
-                "WHERE stripe_customer_id = :c AND id <> :w"
-            ),
-            {"c": customer["id"], "w": wallet.id},
-        )
-    book.session.execute(
-        text(
-            "UPDATE wallets SET stripe_customer_id = :c, email = coalesce(:email, email), "
-            "name = coalesce(:name, name), updated_at = now() WHERE id = :w"
-        ),
-        {"c": customer["id"], "email": customer.get("email"), "name": customer.get("name"), "w": wallet.id},
+    link_stripe_customer(
+        book.session,
+        wallet.id,
+        customer["id"],
+        email=customer.get("email"),
+        name=customer.get("name"),
+        # When the wallet already has it no other can (the column is unique): nothing to take away.
+        move=wallet.stripe_customer_id != customer["id"],
     )
     wallet.stripe_customer_id = customer["id"]
     return PROCESSED
 
 
 def on_customer_deleted(book: Book, customer: StripeObject, facts: StripeFacts) -> str:
-    book.session.execute(
-        text("UPDATE wallets SET stripe_customer_id = NULL, updated_at = now() WHERE stripe_customer_id = :c"),
-        {"c": customer["id"]},
-    )
+    unlink_stripe_customer(book.session, customer["id"])
     return PROCESSED
 
 

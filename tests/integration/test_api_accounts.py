@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from billing_core.accounts.api_keys import SCOPES
-from billing_core.accounts.profile import encode_cursor
 from billing_core.ledger.commands import ClawBack, GrantCredits, PlaceHold, PurchaseCredits
+from billing_core.ledger.history import encode_cursor
 from billing_core.pricing.catalog import PriceTable
 
 pytestmark = pytest.mark.integration
