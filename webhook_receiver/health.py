@@ -17,12 +17,14 @@ bp = Blueprint("health", __name__)
 @bp.get("/healthz")
 @endpoint(answers={200: Health}, keyed=False, tags=("meta",))
 def healthz():
+    """Liveness: the process answers."""
     return jsonify({"status": "ok"})
 
 
 @bp.get("/readyz")
 @endpoint(answers={200: Health, 503: Health}, keyed=False, tags=("meta",))
 def readyz():
+    """Readiness: the database answers (503 if not); the broker's state is reported, not required."""
     rt = runtime()
     checks: dict[str, str] = {}
     try:
@@ -47,5 +49,6 @@ def readyz():
 @bp.get("/metrics")
 @endpoint(answers={200: None}, keyed=False, tags=("meta",))
 def metrics() -> Response:
+    """Prometheus metrics of every worker process of this receiver (text exposition format)."""
     body, content_type = render()
     return Response(body, content_type=content_type)

@@ -96,6 +96,19 @@ def test_bodies_and_error_codes_are_described(doc):
     assert items["maxItems"] == 100
 
 
+def test_only_endpoints_that_take_input_declare_a_validation_error_and_every_one_is_described(doc):
+    # given every operation of the document
+    for path, ops in doc["paths"].items():
+        for method, op in ops.items():
+            takes_input = "requestBody" in op or any(p["in"] == "query" for p in op.get("parameters", []))
+            # then a 422 is declared only where there is input to refuse, and says which codes it carries
+            if "422" in op["responses"]:
+                assert takes_input, f"{method} {path} cannot answer 422"
+                assert "Unprocessable" not in op["responses"]["422"]["description"], f"{method} {path}"
+            # and every operation says what it does (a docstring, not a generated name)
+            assert "<" not in op["summary"], f"{method} {path}: {op['summary']}"
+
+
 def test_sample_answers_match_their_schemas(api, probe, doc):
     key = api.key()
     probe.run(PurchaseCredits("acme", 10_000, "buy-1"))
