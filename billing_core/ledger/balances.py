@@ -3,7 +3,9 @@
 A balance is the cached ``balance_mc`` of the wallet's two ledger accounts (``billing check`` proves they equal
 the sum of their postings). What a hold or a debit placed now could use is less: the same grants minus those
 past their expiry that the sweeper has not closed yet, and nothing at all while the wallet is flagged negative.
-Both are written here once, on SQLAlchemy Core; the API, the CLI and the tests read through them.
+Both are written here once, on SQLAlchemy Core; the API, the CLI and the tests read through them. Their
+statements are built once, on the tables, and run with bound parameters, as in ``wallet_rows`` (whose docstring
+has the measurements).
 """
 
 from __future__ import annotations
@@ -11,10 +13,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import ColumnElement, Connection, and_, func, or_, select
-from sqlalchemy.orm import Session, aliased
+from sqlalchemy import ColumnElement, Connection, DateTime, Table, and_, bindparam, func, or_, select
+from sqlalchemy.orm import Session
 
 from billing_core.db.tables import Grant, LedgerAccount, Wallet
+from billing_core.ledger.grant_rows import DEBT, ZERO
+
+_WALLETS: Table = Wallet.__table__  # type: ignore[assignment]  # a declarative class's table is a Table
+_GRANTS: Table = Grant.__table__  # type: ignore[assignment]
+_ACCOUNTS: Table = LedgerAccount.__table__  # type: ignore[assignment]
+wallets = _WALLETS.c
+grants = _GRANTS.c
 
 
 @dataclass(frozen=True)
@@ -39,50 +48,61 @@ class AccountBalance:
         return self.negative_since is not None
 
 
-_available = aliased(LedgerAccount, name="available")
-_held = aliased(LedgerAccount, name="held")
+def spendable_grants(now: datetime | ColumnElement[datetime]) -> ColumnElement[bool]:
+    """The spendable rule as SQL: a grant that is not the debt lot, has credits left and has not expired at
+    ``now`` (a datetime, or a bound parameter in a statement built once). Mirrors
+    ``grants.GrantLot.spendable_at``, which the ledger applies to grants it has loaded."""
+    return and_(
+        grants.source != DEBT,
+        # A literal, as in grant_rows: it lets the generic plan use the wallet's partial index of open lots.
+        grants.remaining_mc > ZERO,
+        or_(grants.expires_at.is_(None), grants.expires_at > now),
+    )
+
+
+_available = _ACCOUNTS.alias("available")
+_held = _ACCOUNTS.alias("held")
 _BALANCE = (
     select(
-        Wallet.account,
-        _available.balance_mc.label("available_mc"),
-        _held.balance_mc.label("held_mc"),
-        Wallet.negative_since,
-        Wallet.email,
-        Wallet.name,
-        Wallet.low_balance_threshold_mc,
-        Wallet.stripe_customer_id,
+        wallets.account,
+        _available.c.balance_mc.label("available_mc"),
+        _held.c.balance_mc.label("held_mc"),
+        wallets.negative_since,
+        wallets.email,
+        wallets.name,
+        wallets.low_balance_threshold_mc,
+        wallets.stripe_customer_id,
     )
-    .join(_available, _available.id == Wallet.available_account_id)
-    .join(_held, _held.id == Wallet.held_account_id)
+    .select_from(
+        _WALLETS.join(_available, _available.c.id == wallets.available_account_id).join(
+            _held, _held.c.id == wallets.held_account_id
+        )
+    )
+    .where(wallets.account == bindparam("account"))
+)
+_SPENDABLE = (
+    select(wallets.negative_since, func.coalesce(func.sum(grants.remaining_mc), 0))
+    .select_from(
+        _WALLETS.outerjoin(
+            _GRANTS,
+            and_(grants.wallet_id == wallets.id, spendable_grants(bindparam("now", type_=DateTime(timezone=True)))),
+        )
+    )
+    .where(wallets.account == bindparam("account"))
+    .group_by(wallets.id)
 )
 
 
 def read_balance(db: Session | Connection, account: str) -> AccountBalance | None:
     """The account's balance and profile, or None when it has no wallet."""
-    row = db.execute(_BALANCE.where(Wallet.account == account)).first()
+    row = db.execute(_BALANCE, {"account": account}).first()
     return None if row is None else AccountBalance(*row)
-
-
-def spendable_grants(now: datetime) -> ColumnElement[bool]:
-    """The spendable rule as SQL: a grant that is not the debt lot, has credits left and has not expired at
-    ``now``. Mirrors ``grants.GrantLot.spendable_at``, which the ledger applies to grants it has loaded."""
-    return and_(
-        Grant.source != "debt",
-        Grant.remaining_mc > 0,
-        or_(Grant.expires_at.is_(None), Grant.expires_at > now),
-    )
 
 
 def spendable_mc(db: Session | Connection, account: str, now: datetime) -> int:
     """Credits a hold placed at ``now`` could reserve: 0 for an unknown or flagged (negative) account.
     Mirrors the flag check of ``handlers.place_hold``."""
-    row = db.execute(
-        select(Wallet.negative_since, func.coalesce(func.sum(Grant.remaining_mc), 0))
-        .select_from(Wallet)
-        .outerjoin(Grant, and_(Grant.wallet_id == Wallet.id, spendable_grants(now)))
-        .where(Wallet.account == account)
-        .group_by(Wallet.id)
-    ).first()
+    row = db.execute(_SPENDABLE, {"account": account, "now": now}).first()
     if row is None or row[0] is not None:
         return 0
     return int(row[1])

@@ -4,6 +4,11 @@
 open lots are loaded by ``Book.load_lots`` (the hot path, kept as measured SQL there); what is here finds
 grants by their cause (an entry, a Stripe reference), the wallet's debt grant, and the grants due to expire.
 Grants inserted or changed by a transaction are written by ``Book.flush``.
+
+Each statement is built once, on the table, and run with bound parameters, as in ``wallet_rows`` (whose
+docstring has the measurements). The constants ``'debt'`` and ``0`` are written into the SQL, not bound: the
+indexes these reads use are partial (``source = 'debt'``, ``remaining_mc > 0``), and the generic plan of a
+prepared statement can only use one when the query states its condition in literals.
 """
 
 from __future__ import annotations
@@ -11,23 +16,46 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, any_, literal, select
+from sqlalchemy import BigInteger, Integer, String, Table, any_, bindparam, literal_column, select
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session
 
 from billing_core.db.tables import Grant
 from billing_core.ledger.grants import GrantLot
 
+_TABLE: Table = Grant.__table__  # type: ignore[assignment]  # a declarative class's table is a Table
+grants = _TABLE.c
+DEBT = literal_column("'debt'", String)
+ZERO = literal_column("0", Integer)
+
 # The columns a GrantLot is built from, in ``lot_from_row``'s order.
 LOT_COLUMNS = (
-    Grant.id,
-    Grant.wallet_id,
-    Grant.source,
-    Grant.amount_mc,
-    Grant.remaining_mc,
-    Grant.expires_at,
-    Grant.priority,
-    Grant.external_ref,
+    grants.id,
+    grants.wallet_id,
+    grants.source,
+    grants.amount_mc,
+    grants.remaining_mc,
+    grants.expires_at,
+    grants.priority,
+    grants.external_ref,
+)
+
+# The ids go as one array, as in ``wallet_rows.account_names``.
+_LOTS_BY_ID = select(*LOT_COLUMNS).where(grants.id == any_(bindparam("ids", type_=ARRAY(BigInteger))))
+_OF_ENTRY = (
+    select(grants.id).where(grants.entry_id == bindparam("e"), grants.source != DEBT).order_by(grants.id).limit(1)
+)
+_BY_REF = (
+    select(grants.id)
+    .where(grants.wallet_id == bindparam("w"), grants.external_ref == bindparam("ref"), grants.source != DEBT)
+    .order_by(grants.id)
+)
+_DEBT = select(grants.id).where(grants.wallet_id == bindparam("w"), grants.source == DEBT)
+_DUE = (
+    select(grants.id, grants.wallet_id)
+    .where(grants.expires_at <= bindparam("now"), grants.remaining_mc > ZERO, grants.source != DEBT)
+    .order_by(grants.id)
+    .limit(bindparam("n", type_=Integer))
 )
 
 
@@ -46,43 +74,30 @@ def lot_from_row(row: Any) -> GrantLot:
 
 
 def lots_by_id(session: Session, grant_ids: list[int]) -> list[GrantLot]:
-    """These grants as lots, open or exhausted (their wallets must be locked by the caller). The ids go as one
-    array, as in ``wallet_rows.account_names``."""
-    rows = session.execute(select(*LOT_COLUMNS).where(Grant.id == any_(literal(grant_ids, ARRAY(BigInteger))))).all()
-    return [lot_from_row(r) for r in rows]
+    """These grants as lots, open or exhausted (their wallets must be locked by the caller)."""
+    return [lot_from_row(r) for r in session.execute(_LOTS_BY_ID, {"ids": grant_ids})]
 
 
 def grant_of_entry(session: Session, entry_id: int) -> int | None:
     """The grant an entry created (a purchase, a grant, a positive adjustment), not the debt lot it may have
     opened: what a replay of that command answers with."""
-    return session.execute(
-        select(Grant.id).where(Grant.entry_id == entry_id, Grant.source != "debt").order_by(Grant.id).limit(1)
-    ).scalar()
+    grant_id: int | None = session.execute(_OF_ENTRY, {"e": entry_id}).scalar()
+    return grant_id
 
 
 def grant_ids_by_ref(session: Session, wallet_id: int, external_ref: str) -> list[int]:
     """The wallet's grants bought by one Stripe payment (``external_ref``), oldest first: what a refund of
     that payment takes back first."""
-    return list(
-        session.execute(
-            select(Grant.id)
-            .where(Grant.wallet_id == wallet_id, Grant.external_ref == external_ref, Grant.source != "debt")
-            .order_by(Grant.id)
-        ).scalars()
-    )
+    return list(session.execute(_BY_REF, {"w": wallet_id, "ref": external_ref}).scalars())
 
 
 def debt_grant_id(session: Session, wallet_id: int) -> int | None:
     """The wallet's debt grant, settled or not (a wallet has at most one for life)."""
-    return session.execute(select(Grant.id).where(Grant.wallet_id == wallet_id, Grant.source == "debt")).scalar()
+    grant_id: int | None = session.execute(_DEBT, {"w": wallet_id}).scalar()
+    return grant_id
 
 
 def due_grants(session: Session, now: datetime, limit: int) -> list[tuple[int, int]]:
     """(grant id, wallet id) of up to ``limit`` grants expired at ``now`` with credits left."""
-    rows = session.execute(
-        select(Grant.id, Grant.wallet_id)
-        .where(Grant.expires_at <= now, Grant.remaining_mc > 0, Grant.source != "debt")
-        .order_by(Grant.id)
-        .limit(limit)
-    ).all()
+    rows = session.execute(_DUE, {"now": now, "n": limit}).all()
     return [(grant_id, wallet_id) for grant_id, wallet_id in rows]

@@ -3,6 +3,11 @@
 A hold is two-phase (DESIGN rule 3): placed ``pending`` by an entry that moves credits from available to
 held, then closed once, by a capture, a release or the expiry sweep. The rules (who may capture, what an
 expired hold means) live in ``handlers``; this module only knows the rows.
+
+Each statement is built once, on the tables, and run with bound parameters, as in ``wallet_rows`` (whose
+docstring has the measurements). The constant ``'pending'`` is written into the SQL, not bound: the pending
+expiry index is partial (``WHERE status = 'pending'``), and the generic plan of a prepared statement can only
+use it when the query says so in a literal.
 """
 
 from __future__ import annotations
@@ -10,10 +15,56 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import insert, or_, select, update
+from sqlalchemy import BigInteger, Integer, String, Table, bindparam, insert, literal_column, or_, select, update
 from sqlalchemy.orm import Session
 
 from billing_core.db.tables import Hold, Posting, Wallet
+
+_HOLDS: Table = Hold.__table__  # type: ignore[assignment]  # a declarative class's table is a Table
+_POSTINGS: Table = Posting.__table__  # type: ignore[assignment]
+_WALLETS: Table = Wallet.__table__  # type: ignore[assignment]
+holds = _HOLDS.c
+postings = _POSTINGS.c
+wallets = _WALLETS.c
+_PENDING = literal_column("'pending'", String)
+
+_entry = bindparam("e", type_=BigInteger)
+_FOR_ENTRY = (
+    select(holds.id, wallets.account, holds.amount_mc, holds.status, holds.expires_at, holds.captured_mc)
+    .select_from(_HOLDS.join(_WALLETS, wallets.id == holds.wallet_id))
+    .where(or_(holds.placed_entry_id == _entry, holds.settled_entry_id == _entry))
+)
+_WALLET_ID = select(holds.wallet_id).where(holds.id == bindparam("h"))
+_READ = select(holds.amount_mc, holds.status, holds.expires_at, holds.placed_entry_id).where(holds.id == bindparam("h"))
+_ALLOCATIONS = (
+    select(postings.grant_id, postings.amount_mc)
+    .where(postings.entry_id == bindparam("e"), postings.account_id == bindparam("held"))
+    .order_by(postings.line)
+)
+_INSERT = insert(_HOLDS).values(
+    id=bindparam("h"),
+    wallet_id=bindparam("w"),
+    amount_mc=bindparam("amount"),
+    status=bindparam("s"),
+    expires_at=bindparam("exp"),
+    placed_entry_id=bindparam("e"),
+)
+_CLOSE = (
+    update(_HOLDS)
+    .where(holds.id == bindparam("h"), holds.status == _PENDING)
+    .values(
+        status=bindparam("s"),
+        captured_mc=bindparam("captured"),
+        settled_entry_id=bindparam("e"),
+        settled_at=bindparam("now"),
+    )
+)
+_DUE = (
+    select(holds.id, holds.wallet_id)
+    .where(holds.status == _PENDING, holds.expires_at <= bindparam("now"))
+    .order_by(holds.id)
+    .limit(bindparam("n", type_=Integer))
+)
 
 
 @dataclass(frozen=True)
@@ -40,34 +91,24 @@ class HoldRow:
 
 def hold_for_entry(session: Session, entry_id: int) -> HoldView | None:
     """The hold an entry placed or settled: what a replayed hold command answers with."""
-    row = session.execute(
-        select(Hold.id, Wallet.account, Hold.amount_mc, Hold.status, Hold.expires_at, Hold.captured_mc)
-        .join(Wallet, Wallet.id == Hold.wallet_id)
-        .where(or_(Hold.placed_entry_id == entry_id, Hold.settled_entry_id == entry_id))
-    ).first()
+    row = session.execute(_FOR_ENTRY, {"e": entry_id}).first()
     return None if row is None else HoldView(*row)
 
 
 def hold_wallet_id(session: Session, hold_id: str) -> int | None:
     """The wallet of a hold, read without a lock: the caller locks that wallet, then reads the hold again."""
-    return session.execute(select(Hold.wallet_id).where(Hold.id == hold_id)).scalar()
+    wallet_id: int | None = session.execute(_WALLET_ID, {"h": hold_id}).scalar()
+    return wallet_id
 
 
 def read_hold(session: Session, hold_id: str) -> HoldRow:
-    row = session.execute(
-        select(Hold.amount_mc, Hold.status, Hold.expires_at, Hold.placed_entry_id).where(Hold.id == hold_id)
-    ).one()
-    return HoldRow(*row)
+    return HoldRow(*session.execute(_READ, {"h": hold_id}).one())
 
 
 def hold_allocations(session: Session, placed_entry_id: int, held_account_id: int) -> list[tuple[int, int]]:
     """(grant id, amount) of each credit the hold took, in the order it drew them: the placing entry's
     postings on the held account, which keep every grant's provenance for the capture and the release."""
-    rows = session.execute(
-        select(Posting.grant_id, Posting.amount_mc)
-        .where(Posting.entry_id == placed_entry_id, Posting.account_id == held_account_id)
-        .order_by(Posting.line)
-    ).all()
+    rows = session.execute(_ALLOCATIONS, {"e": placed_entry_id, "held": held_account_id}).all()
     allocations: list[tuple[int, int]] = []
     for grant_id, amount_mc in rows:
         # A held posting always names its grant (place_hold posts every draw with its lot).
@@ -78,14 +119,15 @@ def hold_allocations(session: Session, placed_entry_id: int, held_account_id: in
 
 def insert_hold(session: Session, hold: HoldView, wallet_id: int, placed_entry_id: int) -> None:
     session.execute(
-        insert(Hold).values(
-            id=hold.id,
-            wallet_id=wallet_id,
-            amount_mc=hold.amount_mc,
-            status=hold.status,
-            expires_at=hold.expires_at,
-            placed_entry_id=placed_entry_id,
-        )
+        _INSERT,
+        {
+            "h": hold.id,
+            "w": wallet_id,
+            "amount": hold.amount_mc,
+            "s": hold.status,
+            "exp": hold.expires_at,
+            "e": placed_entry_id,
+        },
     )
 
 
@@ -93,21 +135,10 @@ def close_hold(
     session: Session, hold_id: str, *, status: str, captured_mc: int | None, settled_entry_id: int, now: datetime
 ) -> None:
     """Mark a pending hold settled by ``settled_entry_id``; a hold already closed is left as it is."""
-    session.execute(
-        update(Hold)
-        .where(Hold.id == hold_id, Hold.status == "pending")
-        .values(status=status, captured_mc=captured_mc, settled_entry_id=settled_entry_id, settled_at=now)
-        # No ORM objects are loaded in a ledger session: nothing to synchronise.
-        .execution_options(synchronize_session=False)
-    )
+    session.execute(_CLOSE, {"h": hold_id, "s": status, "captured": captured_mc, "e": settled_entry_id, "now": now})
 
 
 def due_holds(session: Session, now: datetime, limit: int) -> list[tuple[str, int]]:
     """(hold id, wallet id) of up to ``limit`` pending holds whose TTL has run out at ``now``."""
-    rows = session.execute(
-        select(Hold.id, Hold.wallet_id)
-        .where(Hold.status == "pending", Hold.expires_at <= now)
-        .order_by(Hold.id)
-        .limit(limit)
-    ).all()
+    rows = session.execute(_DUE, {"now": now, "n": limit}).all()
     return [(hold_id, wallet_id) for hold_id, wallet_id in rows]

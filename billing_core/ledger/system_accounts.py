@@ -13,11 +13,15 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from weakref import WeakKeyDictionary
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, Table, select
 from sqlalchemy.orm import Session
 
 from billing_core.db.tables import SYSTEM_ACCOUNTS, LedgerAccount
 
+_TABLE: Table = LedgerAccount.__table__  # type: ignore[assignment]  # a declarative class's table is a Table
+accounts = _TABLE.c
+# Prebuilt on the table though it runs once per engine: one idiom for every row query (``wallet_rows`` says why).
+_SYSTEM_IDS = select(accounts.kind, accounts.id).where(accounts.code.startswith("system:"))
 _BY_ENGINE: WeakKeyDictionary[Engine, Mapping[str, int]] = WeakKeyDictionary()
 
 
@@ -27,9 +31,6 @@ def system_account_ids(session: Session) -> Mapping[str, int]:
     ids = _BY_ENGINE.get(engine)
     # Read again while incomplete: a database not migrated yet when first asked must not stay that way here.
     if ids is None or len(ids) < len(SYSTEM_ACCOUNTS):
-        rows = session.execute(
-            select(LedgerAccount.kind, LedgerAccount.id).where(LedgerAccount.code.startswith("system:"))
-        )
-        ids = MappingProxyType({kind: account_id for kind, account_id in rows})
+        ids = MappingProxyType({kind: account_id for kind, account_id in session.execute(_SYSTEM_IDS)})
         _BY_ENGINE[engine] = ids
     return ids

@@ -13,15 +13,39 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import text
+from sqlalchemy import String, Table, and_, bindparam, literal_column, select
 from sqlalchemy.orm import Session
 
+from billing_core.db.tables import Grant, LedgerEntry, Wallet
 from billing_core.ledger.book import Book
 from billing_core.ledger.commands import PurchaseCredits, check_account
 from billing_core.ledger.handlers import purchase_credits
 from billing_core.units import parse_credits, round_mc
 
 PROCESSED, IGNORED = "processed", "ignored"
+
+_ENTRIES: Table = LedgerEntry.__table__  # type: ignore[assignment]  # a declarative class's table is a Table
+_GRANTS: Table = Grant.__table__  # type: ignore[assignment]
+_WALLETS: Table = Wallet.__table__  # type: ignore[assignment]
+entries, grants, wallets = _ENTRIES.c, _GRANTS.c, _WALLETS.c
+_PURCHASE = literal_column("'purchase'", String)
+# Built once on the tables, as ``ledger/wallet_rows`` does (its docstring says why); the constants stay
+# literals, as they were in the SQL text this replaced.
+_FIND_PURCHASE = (
+    select(wallets.account, grants.amount_mc, entries.metadata)
+    .select_from(
+        _ENTRIES.join(_GRANTS, and_(grants.entry_id == entries.id, grants.source == _PURCHASE)).join(
+            _WALLETS, wallets.id == grants.wallet_id
+        )
+    )
+    .where(
+        entries.external_ref == bindparam("pi"),
+        entries.kind == _PURCHASE,
+        entries.idempotency_key.like(literal_column("'checkout:%'")),
+    )
+    .order_by(entries.id)
+    .limit(1)
+)
 
 
 class Waiting(Exception):
@@ -44,18 +68,11 @@ class Purchase:
 
 def find_purchase(session: Session, payment_intent: str) -> Purchase | None:
     """The purchase ``payment_intent`` paid for, as credited in the ledger (a plain read: it takes no lock)."""
-    row = session.execute(
-        text(
-            "SELECT w.account, g.amount_mc, e.metadata FROM ledger_entries e "
-            "JOIN grants g ON g.entry_id = e.id AND g.source = 'purchase' JOIN wallets w ON w.id = g.wallet_id "
-            "WHERE e.external_ref = :pi AND e.kind = 'purchase' AND e.idempotency_key LIKE 'checkout:%' "
-            "ORDER BY e.id LIMIT 1"
-        ),
-        {"pi": payment_intent},
-    ).first()
+    row = session.execute(_FIND_PURCHASE, {"pi": payment_intent}).first()
     if row is None:
         return None
-    return Purchase(row.account, row.amount_mc, int(row.metadata.get("amount_total") or 0), payment_intent)
+    account, amount_mc, metadata = row
+    return Purchase(account, amount_mc, int(metadata.get("amount_total") or 0), payment_intent)
 
 
 def is_paid(session: dict[str, Any]) -> bool:
