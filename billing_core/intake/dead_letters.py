@@ -6,10 +6,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import text
+from sqlalchemy import Table, bindparam, literal_column, select, union_all
 from sqlalchemy.orm import Session, sessionmaker
 
+from billing_core.db.tables import StripeEvent, UsageInboxRow
 from billing_core.intake import stripe_events, usage_inbox
+from billing_core.intake.inbox import DEAD, sql_constant
 from billing_core.stripe.event_handlers import StripeReader
 
 
@@ -22,19 +24,35 @@ class DeadLetter:
     received_at: datetime
 
 
+_events: Table = StripeEvent.__table__  # type: ignore[assignment]  # a declarative class's table is a Table
+_usage: Table = UsageInboxRow.__table__  # type: ignore[assignment]
+# Oldest first across both tables; each side is read through its partial index on received_at (WHERE status =
+# 'dead'), hence the status as a literal.
+_DEAD_LETTERS = (
+    union_all(
+        select(
+            _events.c.id,
+            _events.c.type.label("kind"),
+            _events.c.attempts,
+            _events.c.last_error.label("error"),
+            _events.c.received_at,
+        ).where(_events.c.status == sql_constant(DEAD)),
+        select(
+            _usage.c.idempotency_key,
+            sql_constant("usage"),
+            _usage.c.attempts,
+            _usage.c.reason,
+            _usage.c.received_at,
+        ).where(_usage.c.status == sql_constant(DEAD)),
+    )
+    .order_by(literal_column("received_at"))
+    .limit(bindparam("n"))
+)
+
+
 def list_dead(session_factory: sessionmaker[Session], *, limit: int = 100) -> list[DeadLetter]:
     with session_factory() as session:
-        rows = session.execute(
-            text(
-                "(SELECT id, type AS kind, attempts, last_error AS error, received_at FROM stripe_events "
-                " WHERE status = 'dead') "
-                "UNION ALL "
-                "(SELECT idempotency_key, 'usage', attempts, reason, received_at FROM usage_inbox "
-                " WHERE status = 'dead') "
-                "ORDER BY received_at LIMIT :n"
-            ),
-            {"n": limit},
-        ).all()
+        rows = session.execute(_DEAD_LETTERS, {"n": limit}).all()
     return [DeadLetter(*row) for row in rows]
 
 

@@ -17,12 +17,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Row, text
+from sqlalchemy import Row, Table, any_, bindparam, literal, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from billing_core.db import unit_of_work
+from billing_core.db.tables import StripeEvent
 from billing_core.errors import BillingError, IdempotencyConflict, InvalidAmount, InvalidCommand, UnknownPackage
-from billing_core.intake.inbox import BatchResult, Inbox, apply_batch
+from billing_core.intake.inbox import BatchResult, Inbox, apply_batch, array_of
 from billing_core.ledger.book import Book
 from billing_core.stripe.event_handlers import HANDLERS, StripeFacts, StripeReader
 from billing_core.stripe.purchases import IGNORED, PROCESSED, Waiting, find_purchase
@@ -34,16 +35,28 @@ WAITING, FAILED, DEAD = "waiting", "failed", "dead"
 FINAL = (PROCESSED, IGNORED, DEAD)
 BUSY = "busy"  # another worker holds the event (or there is no such event)
 
+_TABLE: Table = StripeEvent.__table__  # type: ignore[assignment]  # a declarative class's table is a Table
+events = _TABLE.c
+
 STRIPE_EVENTS = Inbox(
-    table="stripe_events",
-    id_type="text",
-    key_column="id",
+    _TABLE,
+    key_column=events.id,
     retry_statuses=(WAITING, FAILED),
-    error_column="last_error",
-    done_at_column="processed_at",
+    error_column=events.last_error,
+    done_at_column=events.processed_at,
     max_attempts=MAX_ATTEMPTS,
-    cleared_when_done=("last_error",),
+    cleared_when_done=(events.last_error,),
 )
+# The statements of this module that do not vary, built once (see inbox.py).
+_EVENT = select(events.type, events.payload, events.status).where(events.id == bindparam("id"))
+_LOCK_EVENT = (
+    select(events.id, events.type, events.payload, events.status)
+    .where(events.id == bindparam("id"))
+    .with_for_update(skip_locked=True)
+)
+_CLAIM_COLUMNS = (events.id, events.type, events.payload)
+_CLAIM_ORDER = (events.next_attempt_at, events.id)
+_DUE = STRIPE_EVENTS.due_query(events.id, events.status, order_by=(events.next_attempt_at,))
 
 
 class MalformedEvent(BillingError):
@@ -145,9 +158,7 @@ def process_event(
     separate transaction, for retry or replay.
     """
     with session_factory() as session:
-        row = session.execute(
-            text("SELECT type, payload, status FROM stripe_events WHERE id = :id"), {"id": event_id}
-        ).first()
+        row = session.execute(_EVENT, {"id": event_id}).first()
     if row is None:
         return BUSY
     if row.status in FINAL:
@@ -161,10 +172,7 @@ def process_event(
 
 def _apply_with(session_factory: sessionmaker[Session], event_id: str, facts: StripeFacts, now: datetime | None) -> str:
     def work(uow: unit_of_work.UnitOfWork) -> str:
-        row = uow.session.execute(
-            text("SELECT id, type, payload, status FROM stripe_events WHERE id = :id FOR UPDATE SKIP LOCKED"),
-            {"id": event_id},
-        ).first()
+        row = uow.session.execute(_LOCK_EVENT, {"id": event_id}).first()
         if row is None:
             return BUSY
         if row.status in FINAL:
@@ -200,11 +208,7 @@ def process_pending(
 
     def claim_and_apply(uow: unit_of_work.UnitOfWork, claimed: list[str]) -> BatchResult:
         rows = STRIPE_EVENTS.claim(
-            uow.session,
-            "id, type, payload",
-            statuses=("pending",),
-            order_by="next_attempt_at, id",
-            limit=limit,
+            uow.session, _CLAIM_COLUMNS, statuses=("pending",), order_by=_CLAIM_ORDER, limit=limit
         )
         claimed.extend(row.id for row in rows)
         deferred[:] = [row for row in rows if _needs_stripe(row.type, reader)]
@@ -245,11 +249,10 @@ def _process_with_stripe(
         # Still pending? Another worker may have handled some meanwhile: those are skipped.
         locked = STRIPE_EVENTS.claim(
             uow.session,
-            "id, type, payload",
-            where="id = ANY(:ids)",
-            params={"ids": list(facts)},
+            _CLAIM_COLUMNS,
+            where=events.id == any_(literal(list(facts), array_of(events.id))),
             statuses=("pending",),
-            order_by="next_attempt_at, id",
+            order_by=_CLAIM_ORDER,
         )
         claimed.extend(row.id for row in locked)
         return _apply_rows(uow, locked, facts)
@@ -276,9 +279,7 @@ def due_events(
     session_factory: sessionmaker[Session], *, stale_after_seconds: int = 30, limit: int = 1000
 ) -> DueEvents:
     """Events a message should have handled by now (lost or delayed by the broker), or whose retry is due."""
-    rows = STRIPE_EVENTS.due(
-        session_factory, "id, status", stale_after_seconds=stale_after_seconds, order_by="next_attempt_at", limit=limit
-    )
+    rows = STRIPE_EVENTS.due(session_factory, _DUE, stale_after_seconds=stale_after_seconds, limit=limit)
     return DueEvents([r.id for r in rows if r.status != "pending"], sum(1 for r in rows if r.status == "pending"))
 
 

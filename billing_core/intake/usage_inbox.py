@@ -16,12 +16,14 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Row, text
+from sqlalchemy import Integer, Row, Table, Text, any_, bindparam, cast, func, literal, select
+from sqlalchemy.dialects.postgresql import JSONB, insert
 from sqlalchemy.orm import Session, sessionmaker
 
 from billing_core.db import unit_of_work
+from billing_core.db.tables import Hold, UsageInboxRow, Wallet
 from billing_core.errors import BillingError, IdempotencyConflict
-from billing_core.intake.inbox import BatchResult, Inbox, apply_batch
+from billing_core.intake.inbox import BatchResult, Inbox, apply_batch, array_of, array_param
 from billing_core.intake.usage_reports import AcceptedReport
 from billing_core.ledger.batch_debit import APPLIED, DUPLICATE, debit_usage_batch
 from billing_core.ledger.book import Book, bulk_execute
@@ -38,16 +40,71 @@ BATCH_SIZE = 1000
 ADVISORY_NAMESPACE = 0x0B11
 APPLIED_STATUS, REJECTED_STATUS, FAILED_STATUS = "applied", "rejected", "failed"
 
+_TABLE: Table = UsageInboxRow.__table__  # type: ignore[assignment]  # a declarative class's table is a Table
+usage = _TABLE.c
+
 USAGE_INBOX = Inbox(
-    table="usage_inbox",
-    id_type="bigint",
-    key_column="idempotency_key",
+    _TABLE,
+    key_column=usage.idempotency_key,
     retry_statuses=(FAILED_STATUS,),
-    error_column="reason",
-    done_at_column="applied_at",
+    error_column=usage.reason,
+    done_at_column=usage.applied_at,
     max_attempts=MAX_ATTEMPTS,
-    failure_code=("reason_code", "processing_error"),
+    done_columns=(usage.entry_id, usage.reason_code, usage.reason),
+    failure_code=(usage.reason_code, "processing_error"),
 )
+# The statements of this module that do not vary, built once (see inbox.py).
+_EARLIER = select(usage.idempotency_key, usage.fingerprint, usage.status).where(
+    usage.idempotency_key == any_(array_param("k", usage.idempotency_key))
+)
+_STORE_REFUSED = (
+    insert(_TABLE)
+    .values(
+        idempotency_key=bindparam("k"),
+        fingerprint=bindparam("fp"),
+        account=bindparam("acc"),
+        partition=0,
+        amount_mc=0,
+        report=cast(bindparam("rep", type_=Text), JSONB),  # JSON text already (dumped with default=str)
+        source=bindparam("src"),
+        status=REJECTED_STATUS,
+        reason_code=bindparam("code"),
+        reason=bindparam("why"),
+        applied_at=func.now(),
+    )
+    .on_conflict_do_nothing(index_elements=[usage.idempotency_key])
+    .returning(usage.idempotency_key)
+)
+_holds: Table = Hold.__table__  # type: ignore[assignment]
+_wallets: Table = Wallet.__table__  # type: ignore[assignment]
+_HOLD_OWNER = (
+    select(_wallets.c.account)
+    .join_from(_holds, _wallets, _wallets.c.id == _holds.c.wallet_id)
+    .where(_holds.c.id == bindparam("h"))
+)
+# Two int4 keys: (ADVISORY_NAMESPACE, partition), not the one-bigint form, another lock space.
+_PARTITION_LOCK = select(func.pg_try_advisory_xact_lock(bindparam("ns", type_=Integer), bindparam("p", type_=Integer)))
+_CLAIM_COLUMNS = (
+    usage.id,
+    usage.idempotency_key,
+    usage.account,
+    usage.amount_mc,
+    usage.hold_id,
+    usage.occurred_at,
+    usage.report,
+)
+_STATUS = select(
+    usage.idempotency_key,
+    usage.status,
+    usage.amount_mc,
+    usage.entry_id,
+    usage.reason_code,
+    usage.reason,
+    usage.attempts,
+    usage.received_at,
+    usage.applied_at,
+).where(usage.idempotency_key == bindparam("k"))
+_DUE_PARTITIONS = USAGE_INBOX.due_query(usage.partition, order_by=(usage.partition,), distinct=True)
 
 
 def public_status(status: str) -> str:
@@ -132,12 +189,7 @@ def _store_once(session_factory: sessionmaker[Session], reports: list[AcceptedRe
         if others:
             earlier = {
                 row.idempotency_key: row
-                for row in session.execute(
-                    text(
-                        "SELECT idempotency_key, fingerprint, status FROM usage_inbox WHERE idempotency_key = ANY(:k)"
-                    ),
-                    {"k": sorted({r.idempotency_key for r in others})},
-                ).all()
+                for row in session.execute(_EARLIER, {"k": sorted({r.idempotency_key for r in others})}).all()
             }
             conflicts = sorted(
                 {
@@ -196,7 +248,7 @@ def store_refused(
                 "rep": report,
                 "src": source,
                 "code": INVALID_USAGE,
-                "reason": reason[:2000],
+                "why": reason[:2000],
             }
         )
     if not rows:
@@ -204,15 +256,7 @@ def store_refused(
     stored: list[str] = []
     with session_factory() as session, session.begin():
         for row in rows:  # rare and few: one statement each
-            stored += session.execute(
-                text(
-                    "INSERT INTO usage_inbox (idempotency_key, fingerprint, account, partition, amount_mc, report, "
-                    "source, status, reason_code, reason, applied_at) "
-                    "VALUES (:k, :fp, :acc, 0, 0, CAST(:rep AS jsonb), :src, 'rejected', :code, :reason, now()) "
-                    "ON CONFLICT (idempotency_key) DO NOTHING RETURNING idempotency_key"
-                ),
-                row,
-            ).scalars()
+            stored += session.execute(_STORE_REFUSED, row).scalars()
     return stored
 
 
@@ -228,7 +272,6 @@ def _without_nul(value: Any) -> Any:
 
 
 # -- applying -------------------------------------------------------------------------------------------
-_CLAIM_COLUMNS = "id, idempotency_key, account, amount_mc, hold_id, occurred_at, report"
 Verdict = tuple[int, str, int | None, str | None, str | None]  # (id, status, entry id, reason code, reason)
 
 
@@ -267,9 +310,7 @@ def _apply_rows(book: Book, rows: list[Row[Any]]) -> list[Verdict]:
 def _capture_for_report(book: Book, row: Row[Any]) -> Verdict:
     """A report naming a hold settles that hold at the reported amount (a fresh ``Book``: the batch's has
     flushed, and a refusal here must not leave drafts behind for the next row)."""
-    owner = book.session.execute(
-        text("SELECT w.account FROM holds h JOIN wallets w ON w.id = h.wallet_id WHERE h.id = :h"), {"h": row.hold_id}
-    ).scalar()
+    owner = book.session.execute(_HOLD_OWNER, {"h": row.hold_id}).scalar()
     if owner is not None and owner != row.account:
         return (row.id, "rejected", None, "hold_account_mismatch", f"hold {row.hold_id} belongs to another account")
     cmd = CaptureHold(
@@ -292,9 +333,9 @@ def _apply_and_record(uow: unit_of_work.UnitOfWork, rows: list[Row[Any]]) -> Bat
         [v[0] for v in verdicts],
         [v[1] for v in verdicts],
         {
-            "entry_id": ("bigint", [v[2] for v in verdicts]),
-            "reason_code": ("text", [v[3] for v in verdicts]),
-            "reason": ("text", [v[4] for v in verdicts]),
+            "entry_id": [v[2] for v in verdicts],
+            "reason_code": [v[3] for v in verdicts],
+            "reason": [v[4] for v in verdicts],
         },
     )
     return BatchResult(claimed=len(rows), outcomes=Counter(v[1] for v in verdicts))
@@ -314,14 +355,10 @@ def apply_partition(
     raises is retried row by row, so that a single bad row is marked ``failed`` alone."""
 
     def batch(uow: unit_of_work.UnitOfWork, claimed: list[int]) -> BatchResult:
-        locked = uow.session.execute(
-            text("SELECT pg_try_advisory_xact_lock(:ns, :p)"), {"ns": ADVISORY_NAMESPACE, "p": partition}
-        ).scalar()
+        locked = uow.session.execute(_PARTITION_LOCK, {"ns": ADVISORY_NAMESPACE, "p": partition}).scalar()
         if not locked:
             return BatchResult(busy=True)
-        rows = USAGE_INBOX.claim(
-            uow.session, _CLAIM_COLUMNS, where="partition = :p", params={"p": partition}, limit=batch_size
-        )
+        rows = USAGE_INBOX.claim(uow.session, _CLAIM_COLUMNS, where=usage.partition == partition, limit=batch_size)
         claimed.extend(r.id for r in rows)
         result = _apply_and_record(uow, rows)
         result.more = len(rows) == batch_size
@@ -334,9 +371,8 @@ def apply_rows(session_factory: sessionmaker[Session], ids: list[int], *, now: d
     """Apply the given open rows (due or not) in one transaction; on an error, mark them failed (or dead)."""
 
     def work(uow: unit_of_work.UnitOfWork) -> BatchResult:
-        rows = USAGE_INBOX.claim(
-            uow.session, _CLAIM_COLUMNS, where="id = ANY(:ids)", params={"ids": ids}, due_only=False
-        )
+        where = usage.id == any_(literal(ids, array_of(usage.id)))
+        rows = USAGE_INBOX.claim(uow.session, _CLAIM_COLUMNS, where=where, due_only=False)
         return _apply_and_record(uow, rows)
 
     try:
@@ -366,13 +402,7 @@ class UsageStatus:
 def usage_status(session_factory: sessionmaker[Session], key: str) -> UsageStatus | None:
     """Where a report stands, or None for a key never stored."""
     with session_factory() as session:
-        row = session.execute(
-            text(
-                "SELECT idempotency_key, status, amount_mc, entry_id, reason_code, reason, attempts, received_at, "
-                "applied_at FROM usage_inbox WHERE idempotency_key = :k"
-            ),
-            {"k": key},
-        ).first()
+        row = session.execute(_STATUS, {"k": key}).first()
     if row is None:
         return None
     public = public_status(row.status)
@@ -395,9 +425,7 @@ def due_partitions(
 ) -> list[int]:
     """Partitions with rows a message should have applied by now (the broker lost or delayed it), or failed
     rows whose retry time has come."""
-    rows = USAGE_INBOX.due(
-        session_factory, "DISTINCT partition", stale_after_seconds=stale_after.total_seconds(), order_by="partition"
-    )
+    rows = USAGE_INBOX.due(session_factory, _DUE_PARTITIONS, stale_after_seconds=stale_after.total_seconds())
     return [row.partition for row in rows]
 
 
