@@ -31,13 +31,13 @@ def usage_partition(partition: int) -> str:
     return f"billing:wake:usage:{partition}"
 
 
-def redis_client(url: str) -> redis.Redis[bytes]:
+def redis_client(url: str) -> redis.Redis:
     # Short timeouts: a broker that is down must cost a request a second at most (the row is already safe).
     return redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=2)
 
 
 class Wakeups:
-    def __init__(self, client: redis.Redis[bytes]) -> None:
+    def __init__(self, client: redis.Redis) -> None:
         self.client = client
 
     def arm(self, key: str) -> bool:

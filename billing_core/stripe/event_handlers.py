@@ -126,7 +126,7 @@ def on_charge_refunded(book: Book, charge: StripeObject, facts: StripeFacts) -> 
         amount_mc = purchase.share(refunded) - taken_mc
         if amount_mc <= 0:
             continue
-        cmd = ClawBack(
+        cmd = ClawBack.validated(
             account=purchase.account,
             amount_mc=amount_mc,
             idempotency_key=key,
@@ -190,7 +190,7 @@ def read_dispute_unless_inquiry(stripe: StripeReader, dispute: StripeObject, kno
 def _dispute_clawback(book: Book, dispute: StripeObject, facts: StripeFacts) -> tuple[Purchase, int]:
     purchase = purchase_for(book, dispute.get("payment_intent"), facts.sessions)
     amount_mc = purchase.share(int(dispute["amount"]))
-    cmd = ClawBack(
+    cmd = ClawBack.validated(
         account=purchase.account,
         amount_mc=amount_mc,
         idempotency_key=f"dispute:{dispute['id']}",
@@ -205,7 +205,7 @@ def _dispute_clawback(book: Book, dispute: StripeObject, facts: StripeFacts) -> 
 
 def _reinstate(book: Book, dispute: StripeObject, facts: StripeFacts) -> None:
     purchase, amount_mc = _dispute_clawback(book, dispute, facts)
-    cmd = PurchaseCredits(
+    cmd = PurchaseCredits.validated(
         account=purchase.account,
         amount_mc=amount_mc,
         idempotency_key=f"dispute_won:{dispute['id']}",

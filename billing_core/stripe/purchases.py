@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 
 from billing_core.db.tables import Grant, LedgerEntry, Wallet
 from billing_core.ledger.book import Book
-from billing_core.ledger.commands import PurchaseCredits, check_account
+from billing_core.ledger.commands import PurchaseCredits
 from billing_core.ledger.handlers import purchase_credits
 from billing_core.units import parse_credits, round_mc
 
@@ -86,8 +86,10 @@ def credit_checkout(book: Book, session: dict[str, Any]) -> str:
     credits = metadata.get("credits")
     if not account or credits is None:
         return IGNORED  # not a credit package sold by us (another integration on the same Stripe account)
-    cmd = PurchaseCredits(
-        account=check_account(account),
+    # Everything here comes from Stripe's object (metadata anyone with the Stripe key could edit): the command
+    # is built through its types, so a malformed value refuses the event (dead letter) instead of posting it.
+    cmd = PurchaseCredits.validated(
+        account=account,
         amount_mc=parse_credits(credits),
         idempotency_key=f"checkout:{session['id']}",
         external_ref=session.get("payment_intent"),

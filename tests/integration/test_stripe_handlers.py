@@ -762,6 +762,31 @@ def test_an_event_whose_own_data_is_refused_goes_to_the_dead_letters_at_once(ses
     assert probe.scalar("SELECT count(*) FROM wallets") == 0
 
 
+@pytest.mark.parametrize(
+    ("credits", "account", "error"),
+    [
+        ("-5", "acme", "InvalidAmount"),
+        ("0", "acme", "InvalidAmount"),
+        ("1.2345", "acme", "InvalidAmount"),
+        ("10000", "../etc", "InvalidCommand"),
+    ],
+)
+def test_a_paid_session_whose_metadata_we_never_sell_credits_nothing(session_factory, probe, credits, account, error):
+    # given a paid Checkout Session whose metadata (editable by anyone with the Stripe key) holds a bad amount
+    # or account: commands trust validated input, so what comes from Stripe must be validated on the way in
+    session = checkout_session("cs_test_bad", account=account, credits=credits)
+    deliver(session_factory, stripe_event("evt_bad_meta", "checkout.session.completed", session))
+
+    # when it is processed
+    status = process_event(session_factory, None, "evt_bad_meta")
+
+    # then it is dead at once with the reason, and nothing reached the ledger
+    assert status == DEAD
+    assert event_row(probe, "evt_bad_meta").last_error.startswith(error)
+    assert probe.scalar("SELECT count(*) FROM ledger_entries") == 0
+    assert probe.scalar("SELECT count(*) FROM wallets") == 0
+
+
 def test_due_events_lists_failed_events_once_their_retry_time_has_come(session_factory, probe):
     # given a failed and a waiting event (retries in the future), a processed one and a freshly received one
     deliver(session_factory, stripe_event("evt_failed", "checkout.session.completed", checkout_session()))
