@@ -59,3 +59,17 @@ def test_dev_refuses_a_taken_port_before_starting_anything(taken_port, option):
     assert done.stderr.splitlines() == [
         f"billing: dev: port {taken_port} is in use by another process; choose another with {option}"
     ]
+
+
+def test_the_scripts_wrapper_runs_billing_from_any_directory(tmp_path):
+    # given a newcomer in another directory, with no virtualenv on PATH
+    wrapper = os.path.join(os.path.dirname(__file__), "..", "..", "scripts", "billing")
+    env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "DATABASE_URL")}
+    env["PATH"] = "/usr/bin:/bin"
+
+    # when they call the wrapper the banner of `billing dev` names
+    done = subprocess.run([wrapper, "--version"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+
+    # then it is the project's billing
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == f"billing, version {version('credit-billing')}\n"
