@@ -10,6 +10,7 @@ from billing_core.db.engine import make_engine, make_session_factory
 from billing_core.db.event_writer import EventInbox
 from billing_core.errors import MissingSetting
 from billing_core.pricing.catalog import load_price_table
+from billing_core.pricing.versions import PriceBook
 from billing_core.settings import Settings, load_settings
 from billing_core.stripe.gateway import StripeGateway
 from webhook_receiver import accounts, catalog, errors, health, holds, openapi, usage, webhooks
@@ -34,7 +35,7 @@ def create_app(settings: Settings | None = None, *, enqueue: Enqueue | None = No
         settings=settings,
         engine=engine,
         session_factory=make_session_factory(engine),
-        prices=load_price_table(settings.billing_pricing_file),
+        prices=PriceBook(load_price_table(settings.billing_pricing_file)),
         gateway=gateway,
         enqueue=enqueue or CelerySender(settings.redis_url or ""),
         webhook_secrets=settings.webhook_secrets(),

@@ -30,7 +30,7 @@ PRICING_ERRORS = {422: "invalid_request · invalid_amount · unknown_model · un
 @endpoint(body=EstimateBody, body_limit=1024 * 1024, answers={200: EstimateAnswer}, errors=PRICING_ERRORS)
 def estimate(body: EstimateBody):
     """Price items without charging (with ``account``: what it could spend now, and whether that is enough)."""
-    quote = price_items(runtime().prices, body.items)
+    quote = price_items(runtime().prices.current(), body.items)
     if body.account is None:
         return render(EstimateAnswer.of(quote), exclude_none=True)
     with runtime().session_factory() as session:
@@ -45,7 +45,7 @@ def estimate(body: EstimateBody):
 @endpoint(answers={200: PackagesAnswer})
 def packages():
     """The credit packages for sale."""
-    return render(PackagesAnswer(data=[PackageAnswer.of(p) for p in runtime().prices.packages]))
+    return render(PackagesAnswer(data=[PackageAnswer.of(p) for p in runtime().prices.current().packages]))
 
 
 @bp.post("/v1/checkout")
@@ -62,7 +62,7 @@ def checkout(body: CheckoutBody):
         rt.session_factory,
         rt.gateway,
         account=body.account,
-        package=rt.prices.package(body.package),
+        package=rt.prices.current().package(body.package),
         success_url=body.success_url,
         cancel_url=body.cancel_url,
         client_key=body.idempotency_key,

@@ -40,7 +40,7 @@ def _amount_mc(credits_mc: int | None, items: list[Item] | None, *, allow_zero: 
     if (credits_mc is None) == (items is None):
         raise InvalidCommand("send exactly one of credits or items", field="credits")
     if items is not None:
-        amount, field = price_items(runtime().prices, items).total_mc, "items"
+        amount, field = price_items(runtime().prices.current(), items).total_mc, "items"
     else:
         assert credits_mc is not None
         amount, field = credits_mc, "credits"

@@ -11,7 +11,7 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from billing_core.db.event_writer import EventInbox
-from billing_core.pricing.catalog import PriceTable
+from billing_core.pricing.versions import PriceBook
 from billing_core.settings import Settings
 from billing_core.stripe.gateway import StripeGateway
 from webhook_receiver.enqueue import Enqueue
@@ -23,7 +23,7 @@ class Runtime:
     settings: Settings
     engine: Engine
     session_factory: sessionmaker[Session]
-    prices: PriceTable
+    prices: PriceBook
     gateway: StripeGateway | None
     enqueue: Enqueue
     webhook_secrets: list[str]

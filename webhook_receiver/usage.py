@@ -39,7 +39,7 @@ def post_usage():
     rt = runtime()
     # Validated here, report by report, rather than by ``endpoint``: a refusal names every problem of every
     # report with its index (``invalid_usage``), and nothing of the request is stored.
-    reports = accept_reports(parse_json(read_body(MAX_USAGE_BYTES)), rt.prices)
+    reports = accept_reports(parse_json(read_body(MAX_USAGE_BYTES)), rt.prices.current())
     stored = store_usage(rt.session_factory, reports, source="http")  # a DBAPIError answers 503 (errors.py)
     for partition in sorted(stored.partitions):
         rt.enqueue.wake("billing.apply_usage", [partition], wakeups.usage_partition(partition))

@@ -11,7 +11,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from billing_core.db.engine import make_engine, make_session_factory
 from billing_core.db.wakeups import Wakeups, redis_client
-from billing_core.pricing.catalog import PriceTable, load_price_table
+from billing_core.pricing.catalog import load_price_table
+from billing_core.pricing.versions import PriceBook
 from billing_core.settings import load_settings
 from billing_core.stripe.gateway import StripeGateway
 
@@ -20,7 +21,7 @@ from billing_core.stripe.gateway import StripeGateway
 class Runtime:
     session_factory: sessionmaker[Session]
     gateway: StripeGateway | None
-    prices: PriceTable
+    prices: PriceBook
     wakeups: Wakeups
 
 
@@ -34,7 +35,7 @@ def _runtime(pid: int) -> Runtime:
     return Runtime(
         make_session_factory(engine),
         gateway,
-        load_price_table(settings.billing_pricing_file),
+        PriceBook(load_price_table(settings.billing_pricing_file)),
         Wakeups(redis_client(settings.redis_url or "")),
     )
 

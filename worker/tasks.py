@@ -89,7 +89,7 @@ def record_usage(self: Task, report: dict[str, Any]) -> dict[str, Any]:
     """The broker path for apps that share it: the same validation, inbox and idempotency as HTTP."""
     rt = runtime()
     try:
-        accepted = accept_reports(report, rt.prices)
+        accepted = accept_reports(report, rt.prices.current())
     except InvalidUsage as exc:
         # Nobody waits for this answer: keep what can be looked up by its key as a rejected row.
         problems = exc.details.get("problems") or []

@@ -45,6 +45,7 @@ from pydantic_core import PydanticCustomError
 
 from billing_core.errors import UnknownModel, UnknownPackage, UnknownPriceCode
 from billing_core.pricing.packages import Package
+from billing_core.pricing.plans import PlanSpec
 from billing_core.types import (
     MAX_PRICE_DECIMALS,
     CreditsPositive,
@@ -144,13 +145,24 @@ class PackageSpec(_Spec):
 
 
 class PriceFile(_Spec):
-    """The price file as a whole; the pricing issue after this one extends it (versions, schemes, limits)."""
+    """The price file as a whole."""
 
     version: StrictInt | None = None
     llm_tokens: Annotated[dict[Name, Models], BeforeValidator(_drop_comments)]
     fees: Codes
     agents: Codes
     packages: list[PackageSpec]
+    # Plans and their token limits (``plans.py``); an account without a plan is on ``default_plan``.
+    plans: Annotated[dict[Name, PlanSpec], BeforeValidator(_drop_comments)] = {"free": PlanSpec(name="Free")}
+    default_plan: Name = "free"
+
+    @model_validator(mode="after")
+    def _default_plan_exists(self) -> PriceFile:
+        if self.default_plan not in self.plans:
+            raise PydanticCustomError(
+                "unknown_plan", "default_plan {plan!r} is not in plans", {"plan": self.default_plan}
+            )
+        return self
 
 
 def _path(loc: tuple[int | str, ...]) -> str:
@@ -187,7 +199,7 @@ class PriceTable:
     """An immutable, validated price table. Build it from a dict (``PriceTable(data)``), a file
     (``PriceTable.from_file``) or take the packaged default (``PriceTable.default()``)."""
 
-    __slots__ = ("_agents", "_fees", "_models", "_packages", "_packages_by_id", "_version")
+    __slots__ = ("_agents", "_fees", "_models", "_packages", "_packages_by_id", "_spec", "_version")
 
     _models: Mapping[str, Mapping[str, ModelPrice]]
     _fees: Mapping[str, Decimal]
@@ -195,6 +207,7 @@ class PriceTable:
     _packages: tuple[Package, ...]
     _packages_by_id: Mapping[str, Package]
     _version: int | None
+    _spec: PriceFile
 
     def __init__(self, data: Mapping[str, Any]) -> None:
         if not isinstance(data, Mapping):
@@ -213,6 +226,7 @@ class PriceTable:
                 raise ValueError(f"packages[{i}].id: duplicate package id {package.id!r}")
             seen.add(package.id)
         values = {
+            "_spec": spec,
             "_version": spec.version,
             "_models": MappingProxyType({p: _resolve(p, models) for p, models in spec.llm_tokens.items()}),
             "_fees": MappingProxyType(dict(spec.fees)),
@@ -272,6 +286,11 @@ class PriceTable:
     @property
     def version(self) -> int | None:
         return self._version
+
+    @property
+    def spec(self) -> PriceFile:
+        """The validated file (frozen pydantic models): sections without an accessor here read from it."""
+        return self._spec
 
     @property
     def providers(self) -> list[str]:

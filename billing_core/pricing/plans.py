@@ -1,0 +1,34 @@
+"""Plans and token limits as the catalog declares them (the limits work fills in the rest).
+
+A plan names its token limits: hourly and daily rate limits and a monthly quota; ``None`` is unlimited.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from billing_core.types import DisplayName
+
+DEFAULT_HOURLY_TOKENS = 500_000
+DEFAULT_DAILY_TOKENS = 2_000_000
+
+
+class _Spec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _comments(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            return {k: v for k, v in data.items() if not (isinstance(k, str) and k.startswith("_"))}
+        return data
+
+
+class PlanSpec(_Spec):
+    name: DisplayName
+    hourly_tokens: int | None = Field(DEFAULT_HOURLY_TOKENS, ge=0)
+    daily_tokens: int | None = Field(DEFAULT_DAILY_TOKENS, ge=0)
+    monthly_tokens: int | None = Field(None, ge=0)
+    upgrade_url: str | None = None
