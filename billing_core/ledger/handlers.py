@@ -242,13 +242,11 @@ class _LockedHold:
 
 
 def _lock_hold(book: Book, hold_id: str) -> _LockedHold:
-    wallet_id = hold_rows.hold_wallet_id(book.session, hold_id)
-    if wallet_id is None:
+    wallet = book.lock_wallet_of_hold(hold_id)
+    if wallet is None:
         raise UnknownHold(f"no hold {hold_id!r}", hold_id=hold_id)
-    wallet = book.lock_wallet_by_id(wallet_id)
-    # Re-read under the wallet lock: a concurrent capture or release has committed or not, never half.
-    row = hold_rows.read_hold(book.session, hold_id)
-    allocations = hold_rows.hold_allocations(book.session, row.placed_entry_id, wallet.held_account_id)
+    # Read under the wallet lock: a concurrent capture or release has committed or not, never half.
+    row, allocations = hold_rows.read_hold_with_allocations(book.session, hold_id, wallet.held_account_id)
     return _LockedHold(hold_id, wallet, row.amount_mc, row.status, row.expires_at, allocations)
 
 
