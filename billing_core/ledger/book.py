@@ -50,6 +50,22 @@ _ENTRY_ROWS = """
     RETURNING idempotency_key, id
 """
 _INSERT_ENTRIES: LiteralString = _ENTRY_ROWS
+# Holds opened and closed by the flush's entries (``e``: idempotency key -> entry id). A close only takes a
+# hold still pending: one settled meanwhile is left as it is (the wallet lock makes that a double check).
+_HOLD_ROWS: LiteralString = """
+ho AS (
+    INSERT INTO holds (id, wallet_id, amount_mc, status, expires_at, placed_entry_id)
+    SELECT v.id, v.w, v.amt, 'pending', v.exp, e.id
+    FROM unnest(CAST(%(hoi)b AS text[]), CAST(%(hok)b AS text[]), CAST(%(how)b AS bigint[]),
+                CAST(%(hoa)b AS bigint[]), CAST(%(hox)b AS timestamptz[])) AS v(id, key, w, amt, exp)
+    JOIN e ON e.idempotency_key = v.key
+), hc AS (
+    UPDATE holds h SET status = v.s, captured_mc = v.c, settled_entry_id = e.id, settled_at = %(now)s
+    FROM unnest(CAST(%(hci)b AS text[]), CAST(%(hck)b AS text[]), CAST(%(hcs)b AS text[]),
+                CAST(%(hcc)b AS bigint[])) AS v(id, key, s, c)
+    JOIN e ON e.idempotency_key = v.key
+    WHERE h.id = v.id AND h.status = 'pending'
+)"""
 # Every row the sub-statements touch belongs to a wallet this transaction has locked, or is a new entry: their
 # order inside the statement cannot deadlock. Empty arrays make a sub-statement a no-op.
 _FLUSH_AT_ONCE: LiteralString = (
@@ -70,9 +86,16 @@ _FLUSH_AT_ONCE: LiteralString = (
     UPDATE ledger_accounts la SET balance_mc = la.balance_mc + v.d
     FROM unnest(CAST(%(bi)b AS bigint[]), CAST(%(bd)b AS bigint[])) AS v(id, d)
     WHERE la.id = v.id
-)
+), """
+    + _HOLD_ROWS
+    + """
 SELECT idempotency_key, id FROM e
 """
+)
+# After the entries were written on their own (``_flush_in_steps``): ``e`` is read back from the table.
+_WRITE_HOLDS: LiteralString = (
+    "WITH e AS (SELECT idempotency_key, id FROM ledger_entries "
+    "WHERE idempotency_key = ANY(CAST(%(hok)b AS text[]) || CAST(%(hck)b AS text[]))), " + _HOLD_ROWS + " SELECT 1"
 )
 
 
@@ -111,6 +134,19 @@ class EntryDraft:
 
 
 @dataclass(frozen=True)
+class HoldChange:
+    """A hold opened (``status`` pending) or closed by an entry of this transaction, written with the entry."""
+
+    hold_id: str
+    entry: EntryDraft
+    status: str
+    wallet_id: int | None = None
+    amount_mc: int | None = None
+    expires_at: datetime | None = None
+    captured_mc: int | None = None
+
+
+@dataclass(frozen=True)
 class ExistingEntry:
     id: int
     kind: str
@@ -139,6 +175,7 @@ class Book:
         self.wallets: dict[str, WalletState] = {}
         self.entries: list[EntryDraft] = []
         self.new_lots: list[GrantLot] = []
+        self.holds: list[HoldChange] = []
         self.deltas: dict[int, int] = defaultdict(int)
         self._last_entry_for_wallet: dict[int, EntryDraft] = {}
 
@@ -426,6 +463,14 @@ class Book:
                 self.post_to_wallet(entry, wallet, lot, -take)
                 self.post_to_wallet(entry, wallet, debt, take)
 
+    def open_hold(self, entry: EntryDraft, hold_id: str, wallet_id: int, amount_mc: int, expires_at: datetime) -> None:
+        """A pending hold placed by ``entry``: its row is written with the entry."""
+        self.holds.append(HoldChange(hold_id, entry, "pending", wallet_id, amount_mc, expires_at))
+
+    def close_hold(self, entry: EntryDraft, hold_id: str, status: str, captured_mc: int | None) -> None:
+        """Settle a pending hold by ``entry`` (captured, released, expired); a hold closed meanwhile stays as is."""
+        self.holds.append(HoldChange(hold_id, entry, status, captured_mc=captured_mc))
+
     # -- writing -------------------------------------------------------------------------------------
     def _bulk(self, sql: LiteralString, params: dict[str, Any]) -> list[Any]:
         return bulk_execute(self.session, sql, params)
@@ -448,12 +493,18 @@ class Book:
         }
         if self.new_lots:
             self._flush_in_steps(ordered, entry_params)
+            self._write_system_balances(self._system_deltas())
         else:
-            self._flush_at_once(ordered, entry_params)
+            system = self._system_deltas()
+            # One hot system row (a capture's usage revenue) can go in the same statement: it is the only row
+            # outside this transaction's wallets, so no lock order can cross it. Several keep their id order.
+            together = system if len(system) == 1 else {}
+            self._flush_at_once(ordered, entry_params, together)
+            self._write_system_balances({a: d for a, d in system.items() if a not in together})
         self._write_flags()
-        self._write_system_balances()
         self.entries = []
         self.new_lots = []
+        self.holds = []
         self.deltas = defaultdict(int)
 
     def _set_entry_ids(self, ordered: list[EntryDraft], rows: list[Any]) -> None:
@@ -470,7 +521,11 @@ class Book:
         system_ids = set(system_account_ids(self.session).values())
         return {a: d for a, d in self.deltas.items() if d and a not in system_ids}
 
-    def _flush_at_once(self, ordered: list[EntryDraft], entry_params: dict[str, Any]) -> None:
+    def _system_deltas(self) -> dict[int, int]:
+        system_ids = set(system_account_ids(self.session).values())
+        return {a: d for a, d in sorted(self.deltas.items()) if d and a in system_ids}
+
+    def _flush_at_once(self, ordered: list[EntryDraft], entry_params: dict[str, Any], system: dict[int, int]) -> None:
         """No new grant to insert (every debit, hold, capture and release): entries, postings, grant changes and
         the customers' balances in one statement, one round trip where they were four. A posting names its
         entry by idempotency key; a key another transaction took leaves its entry (and postings) out, which
@@ -497,13 +552,30 @@ class Book:
                 "gi": [lot.id for lot in dirty],
                 "gr": [lot.remaining_mc for lot in dirty],
                 "ga": [lot.amount_mc for lot in dirty],
-                "bi": list(customer),
-                "bd": list(customer.values()),
+                "bi": list(customer) + list(system),
+                "bd": list(customer.values()) + list(system.values()),
+                **self._hold_params(),
             },
         )
         self._set_entry_ids(ordered, rows)
         for lot in dirty:
             lot.dirty = False
+
+    def _hold_params(self) -> dict[str, Any]:
+        opened = [h for h in self.holds if h.status == "pending"]
+        closed = [h for h in self.holds if h.status != "pending"]
+        return {
+            "hoi": [h.hold_id for h in opened],
+            "hok": [h.entry.idempotency_key for h in opened],
+            "how": [h.wallet_id for h in opened],
+            "hoa": [h.amount_mc for h in opened],
+            "hox": [h.expires_at for h in opened],
+            "hci": [h.hold_id for h in closed],
+            "hck": [h.entry.idempotency_key for h in closed],
+            "hcs": [h.status for h in closed],
+            "hcc": [h.captured_mc for h in closed],
+            "now": self.now,
+        }
 
     def _flush_in_steps(self, ordered: list[EntryDraft], entry_params: dict[str, Any]) -> None:
         """New grants: their ids come back from their insert, and postings may name them."""
@@ -572,6 +644,8 @@ class Book:
                 "CAST(%(ids)b AS bigint[]), CAST(%(ds)b AS bigint[])) AS v(id, d) WHERE la.id = v.id",
                 {"ids": list(customer), "ds": list(customer.values())},
             )
+        if self.holds:
+            self._bulk(_WRITE_HOLDS, self._hold_params())
 
     def _write_flags(self) -> None:
         for wallet in self.wallets.values():
@@ -587,12 +661,11 @@ class Book:
                 continue
             wallet_rows.set_negative_since(self.session, wallet.id, wallet.negative_since)
 
-    def _write_system_balances(self) -> None:
-        system_ids = set(system_account_ids(self.session).values())
+    def _write_system_balances(self, deltas: dict[int, int]) -> None:
         # One statement per system account, ascending id: a multi-row UPDATE locks rows in plan order,
         # which two transactions could take in opposite orders.
-        for account_id in sorted(a for a in self.deltas if a in system_ids and self.deltas[a]):
+        for account_id in sorted(deltas):
             self.session.execute(
                 text("UPDATE ledger_accounts SET balance_mc = balance_mc + :d WHERE id = :id"),
-                {"d": self.deltas[account_id], "id": account_id},
+                {"d": deltas[account_id], "id": account_id},
             )

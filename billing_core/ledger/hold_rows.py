@@ -2,7 +2,8 @@
 
 A hold is two-phase (DESIGN rule 3): placed ``pending`` by an entry that moves credits from available to
 held, then closed once, by a capture, a release or the expiry sweep. The rules (who may capture, what an
-expired hold means) live in ``handlers``; this module only knows the rows.
+expired hold means) live in ``handlers``; this module only knows the rows it reads. Holds are opened and
+closed by the ``Book``, in the same statement as the entry that opens or closes them (``book._HOLD_ROWS``).
 
 Each statement is built once, on the tables, and run with bound parameters, as in ``wallet_rows`` (whose
 docstring has the measurements). The constant ``'pending'`` is written into the SQL, not bound: the pending
@@ -15,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import BigInteger, Integer, String, Table, and_, bindparam, insert, literal_column, or_, select, update
+from sqlalchemy import BigInteger, Integer, String, Table, and_, bindparam, literal_column, or_, select
 from sqlalchemy.orm import Session
 
 from billing_core.db.tables import Hold, Posting, Wallet
@@ -51,24 +52,6 @@ _READ_WITH_ALLOCATIONS = (
     )
     .where(holds.id == bindparam("h"))
     .order_by(postings.line)
-)
-_INSERT = insert(_HOLDS).values(
-    id=bindparam("h"),
-    wallet_id=bindparam("w"),
-    amount_mc=bindparam("amount"),
-    status=bindparam("s"),
-    expires_at=bindparam("exp"),
-    placed_entry_id=bindparam("e"),
-)
-_CLOSE = (
-    update(_HOLDS)
-    .where(holds.id == bindparam("h"), holds.status == _PENDING)
-    .values(
-        status=bindparam("s"),
-        captured_mc=bindparam("captured"),
-        settled_entry_id=bindparam("e"),
-        settled_at=bindparam("now"),
-    )
 )
 _DUE = (
     select(holds.id, holds.wallet_id)
@@ -123,27 +106,6 @@ def read_hold_with_allocations(
         if row.grant_id is not None:
             allocations.append((row.grant_id, row.held_mc))
     return hold, allocations
-
-
-def insert_hold(session: Session, hold: HoldView, wallet_id: int, placed_entry_id: int) -> None:
-    session.execute(
-        _INSERT,
-        {
-            "h": hold.id,
-            "w": wallet_id,
-            "amount": hold.amount_mc,
-            "s": hold.status,
-            "exp": hold.expires_at,
-            "e": placed_entry_id,
-        },
-    )
-
-
-def close_hold(
-    session: Session, hold_id: str, *, status: str, captured_mc: int | None, settled_entry_id: int, now: datetime
-) -> None:
-    """Mark a pending hold settled by ``settled_entry_id``; a hold already closed is left as it is."""
-    session.execute(_CLOSE, {"h": hold_id, "s": status, "captured": captured_mc, "e": settled_entry_id, "now": now})
 
 
 def due_holds(session: Session, now: datetime, limit: int) -> list[tuple[str, int]]:
