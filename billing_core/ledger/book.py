@@ -34,6 +34,70 @@ class ConcurrentDuplicate(Exception):
 
 NON_STR_KEYS = orjson.OPT_NON_STR_KEYS  # as json.dumps, which writes {1: x} as {"1": x}
 
+_LOCK_HOLD_WALLET = text(
+    "SELECT w.id, w.account, w.available_account_id, w.held_account_id, w.negative_since, w.stripe_customer_id "
+    "FROM holds h JOIN wallets w ON w.id = h.wallet_id WHERE h.id = :h FOR UPDATE OF w"
+)
+# The entries of a flush, in idempotency-key order (the unique index is a lock: one order for everyone).
+_ENTRY_ROWS = """
+    INSERT INTO ledger_entries (kind, idempotency_key, fingerprint, external_ref, metadata, occurred_at)
+    SELECT k, key, fp, ref, CAST(meta AS jsonb), occ
+    FROM unnest(CAST(%(kinds)b AS text[]), CAST(%(keys)b AS text[]), CAST(%(fps)b AS text[]),
+                CAST(%(refs)b AS text[]), CAST(%(metas)b AS text[]), CAST(%(occs)b AS timestamptz[]))
+         WITH ORDINALITY AS t(k, key, fp, ref, meta, occ, n)
+    ORDER BY n
+    ON CONFLICT (idempotency_key) DO NOTHING
+    RETURNING idempotency_key, id
+"""
+_INSERT_ENTRIES: LiteralString = _ENTRY_ROWS
+# Holds opened and closed by the flush's entries (``e``: idempotency key -> entry id). A close only takes a
+# hold still pending: one settled meanwhile is left as it is (the wallet lock makes that a double check).
+_HOLD_ROWS: LiteralString = """
+ho AS (
+    INSERT INTO holds (id, wallet_id, amount_mc, status, expires_at, placed_entry_id)
+    SELECT v.id, v.w, v.amt, 'pending', v.exp, e.id
+    FROM unnest(CAST(%(hoi)b AS text[]), CAST(%(hok)b AS text[]), CAST(%(how)b AS bigint[]),
+                CAST(%(hoa)b AS bigint[]), CAST(%(hox)b AS timestamptz[])) AS v(id, key, w, amt, exp)
+    JOIN e ON e.idempotency_key = v.key
+), hc AS (
+    UPDATE holds h SET status = v.s, captured_mc = v.c, settled_entry_id = e.id, settled_at = %(now)s
+    FROM unnest(CAST(%(hci)b AS text[]), CAST(%(hck)b AS text[]), CAST(%(hcs)b AS text[]),
+                CAST(%(hcc)b AS bigint[])) AS v(id, key, s, c)
+    JOIN e ON e.idempotency_key = v.key
+    WHERE h.id = v.id AND h.status = 'pending'
+)"""
+# Every row the sub-statements touch belongs to a wallet this transaction has locked, or is a new entry: their
+# order inside the statement cannot deadlock. Empty arrays make a sub-statement a no-op.
+_FLUSH_AT_ONCE: LiteralString = (
+    "WITH e AS ("
+    + _ENTRY_ROWS
+    + """
+), p AS (
+    INSERT INTO postings (entry_id, line, account_id, grant_id, amount_mc)
+    SELECT e.id, v.n, v.a, v.g, v.m
+    FROM unnest(CAST(%(pk)b AS text[]), CAST(%(pn)b AS smallint[]), CAST(%(pa)b AS bigint[]),
+                CAST(%(pg)b AS bigint[]), CAST(%(pm)b AS bigint[])) AS v(key, n, a, g, m)
+    JOIN e ON e.idempotency_key = v.key
+), g AS (
+    UPDATE grants g SET remaining_mc = v.rem, amount_mc = v.amt
+    FROM unnest(CAST(%(gi)b AS bigint[]), CAST(%(gr)b AS bigint[]), CAST(%(ga)b AS bigint[])) AS v(id, rem, amt)
+    WHERE g.id = v.id
+), b AS (
+    UPDATE ledger_accounts la SET balance_mc = la.balance_mc + v.d
+    FROM unnest(CAST(%(bi)b AS bigint[]), CAST(%(bd)b AS bigint[])) AS v(id, d)
+    WHERE la.id = v.id
+), """
+    + _HOLD_ROWS
+    + """
+SELECT idempotency_key, id FROM e
+"""
+)
+# After the entries were written on their own (``_flush_in_steps``): ``e`` is read back from the table.
+_WRITE_HOLDS: LiteralString = (
+    "WITH e AS (SELECT idempotency_key, id FROM ledger_entries "
+    "WHERE idempotency_key = ANY(CAST(%(hok)b AS text[]) || CAST(%(hck)b AS text[]))), " + _HOLD_ROWS + " SELECT 1"
+)
+
 
 def fingerprint(kind: str, body: dict[str, Any]) -> str:
     """sha256 of the canonical JSON of a request: what makes a replay a replay and not a conflict."""
@@ -70,6 +134,19 @@ class EntryDraft:
 
 
 @dataclass(frozen=True)
+class HoldChange:
+    """A hold opened (``status`` pending) or closed by an entry of this transaction, written with the entry."""
+
+    hold_id: str
+    entry: EntryDraft
+    status: str
+    wallet_id: int | None = None
+    amount_mc: int | None = None
+    expires_at: datetime | None = None
+    captured_mc: int | None = None
+
+
+@dataclass(frozen=True)
 class ExistingEntry:
     id: int
     kind: str
@@ -98,6 +175,7 @@ class Book:
         self.wallets: dict[str, WalletState] = {}
         self.entries: list[EntryDraft] = []
         self.new_lots: list[GrantLot] = []
+        self.holds: list[HoldChange] = []
         self.deltas: dict[int, int] = defaultdict(int)
         self._last_entry_for_wallet: dict[int, EntryDraft] = {}
 
@@ -165,9 +243,27 @@ class Book:
     def lock_wallet(self, account: str, *, create: bool = False) -> WalletState:
         return self.lock_wallets([account], create=create)[account]
 
-    def lock_wallet_by_id(self, wallet_id: int) -> WalletState:
-        (account,) = wallet_rows.account_names(self.session, [wallet_id])
-        return self.lock_wallet(account)
+    def lock_wallet_of_hold(self, hold_id: str) -> WalletState | None:
+        """Lock the wallet a hold belongs to, found through the hold in the same statement (a hold never
+        changes wallets); None for an unknown hold."""
+        row = self.session.execute(_LOCK_HOLD_WALLET, {"h": hold_id}).first()
+        if row is None:
+            return None
+        known = self.wallets.get(row.account)
+        if known is not None:
+            return known
+        if self.entries:
+            raise RuntimeError("wallets must all be locked before the first entry is drafted")
+        wallet = WalletState(
+            row.id,
+            row.account,
+            row.available_account_id,
+            row.held_account_id,
+            row.negative_since,
+            row.stripe_customer_id,
+        )
+        self.wallets[row.account] = wallet
+        return wallet
 
     def _create_missing(self, accounts: list[str]) -> None:
         # A wallet is created, empty, the first time an account is named. ON CONFLICT makes two
@@ -367,6 +463,14 @@ class Book:
                 self.post_to_wallet(entry, wallet, lot, -take)
                 self.post_to_wallet(entry, wallet, debt, take)
 
+    def open_hold(self, entry: EntryDraft, hold_id: str, wallet_id: int, amount_mc: int, expires_at: datetime) -> None:
+        """A pending hold placed by ``entry``: its row is written with the entry."""
+        self.holds.append(HoldChange(hold_id, entry, "pending", wallet_id, amount_mc, expires_at))
+
+    def close_hold(self, entry: EntryDraft, hold_id: str, status: str, captured_mc: int | None) -> None:
+        """Settle a pending hold by ``entry`` (captured, released, expired); a hold closed meanwhile stays as is."""
+        self.holds.append(HoldChange(hold_id, entry, status, captured_mc=captured_mc))
+
     # -- writing -------------------------------------------------------------------------------------
     def _bulk(self, sql: LiteralString, params: dict[str, Any]) -> list[Any]:
         return bulk_execute(self.session, sql, params)
@@ -378,66 +482,135 @@ class Book:
             return
         self._settle_debts()
         ordered = sorted(self.entries, key=lambda e: e.idempotency_key)
-        rows = self._bulk(
-            """
-            INSERT INTO ledger_entries (kind, idempotency_key, fingerprint, external_ref, metadata, occurred_at)
-            SELECT k, key, fp, ref, CAST(meta AS jsonb), occ
-            FROM unnest(CAST(%(kinds)b AS text[]), CAST(%(keys)b AS text[]), CAST(%(fps)b AS text[]),
-                        CAST(%(refs)b AS text[]), CAST(%(metas)b AS text[]), CAST(%(occs)b AS timestamptz[]))
-                 WITH ORDINALITY AS t(k, key, fp, ref, meta, occ, n)
-            ORDER BY n
-            ON CONFLICT (idempotency_key) DO NOTHING
-            RETURNING idempotency_key, id
-            """,
-            {
-                "kinds": [e.kind for e in ordered],
-                "keys": [e.idempotency_key for e in ordered],
-                "fps": [e.fingerprint for e in ordered],
-                "refs": [e.external_ref for e in ordered],
-                # orjson: several times the standard library's speed on the hot path (key order is jsonb's own)
-                "metas": [
-                    orjson.dumps(e.metadata, default=str, option=orjson.OPT_NON_STR_KEYS).decode() for e in ordered
-                ],
-                "occs": [e.occurred_at for e in ordered],
-            },
-        )
+        entry_params = {
+            "kinds": [e.kind for e in ordered],
+            "keys": [e.idempotency_key for e in ordered],
+            "fps": [e.fingerprint for e in ordered],
+            "refs": [e.external_ref for e in ordered],
+            # orjson: several times the standard library's speed on the hot path (key order is jsonb's own)
+            "metas": [orjson.dumps(e.metadata, default=str, option=NON_STR_KEYS).decode() for e in ordered],
+            "occs": [e.occurred_at for e in ordered],
+        }
+        if self.new_lots:
+            self._flush_in_steps(ordered, entry_params)
+            self._write_system_balances(self._system_deltas())
+        else:
+            system = self._system_deltas()
+            # One hot system row (a capture's usage revenue) can go in the same statement: it is the only row
+            # outside this transaction's wallets, so no lock order can cross it. Several keep their id order.
+            together = system if len(system) == 1 else {}
+            self._flush_at_once(ordered, entry_params, together)
+            self._write_system_balances({a: d for a, d in system.items() if a not in together})
+        self._write_flags()
+        self.entries = []
+        self.new_lots = []
+        self.holds = []
+        self.deltas = defaultdict(int)
+
+    def _set_entry_ids(self, ordered: list[EntryDraft], rows: list[Any]) -> None:
         ids: dict[str, int] = dict(rows)
         if len(ids) != len(ordered):
             raise ConcurrentDuplicate(next(e.idempotency_key for e in ordered if e.idempotency_key not in ids))
         for e in self.entries:
             e.id = ids[e.idempotency_key]
 
-        if self.new_lots:
-            lots = self.new_lots
-            new_ids = self._bulk(
-                """
-                INSERT INTO grants (wallet_id, source, amount_mc, remaining_mc, expires_at, priority,
-                                    entry_id, external_ref)
-                SELECT w, src, amt, rem, exp, pri, ent, ref
-                FROM unnest(CAST(%(w)b AS bigint[]), CAST(%(src)b AS text[]), CAST(%(amt)b AS bigint[]),
-                            CAST(%(rem)b AS bigint[]), CAST(%(exp)b AS timestamptz[]), CAST(%(pri)b AS smallint[]),
-                            CAST(%(ent)b AS bigint[]), CAST(%(ref)b AS text[]))
-                     WITH ORDINALITY AS t(w, src, amt, rem, exp, pri, ent, ref, n)
-                ORDER BY n
-                RETURNING id
-                """,
-                {
-                    "w": [lot.wallet_id for lot in lots],
-                    "src": [lot.source for lot in lots],
-                    "amt": [lot.amount_mc for lot in lots],
-                    "rem": [lot.remaining_mc for lot in lots],
-                    "exp": [lot.expires_at for lot in lots],
-                    "pri": [lot.priority for lot in lots],
-                    "ent": [ids[lot.entry_key] for lot in lots],  # type: ignore[index]
-                    "ref": [lot.external_ref for lot in lots],
-                },
-            )
-            # INSERT ... SELECT ... ORDER BY returns rows in insertion order, which is the ORDER BY's.
-            for lot, (new_id,) in zip(lots, new_ids, strict=True):
-                lot.id = new_id
-                lot.dirty = False
+    def _dirty_lots(self) -> list[GrantLot]:
+        return [lot for w in self.wallets.values() for lot in (w.lots or []) if lot.dirty and lot.id is not None]
 
-        dirty = [lot for w in self.wallets.values() for lot in (w.lots or []) if lot.dirty and lot.id is not None]
+    def _customer_deltas(self) -> dict[int, int]:
+        system_ids = set(system_account_ids(self.session).values())
+        return {a: d for a, d in self.deltas.items() if d and a not in system_ids}
+
+    def _system_deltas(self) -> dict[int, int]:
+        system_ids = set(system_account_ids(self.session).values())
+        return {a: d for a, d in sorted(self.deltas.items()) if d and a in system_ids}
+
+    def _flush_at_once(self, ordered: list[EntryDraft], entry_params: dict[str, Any], system: dict[int, int]) -> None:
+        """No new grant to insert (every debit, hold, capture and release): entries, postings, grant changes and
+        the customers' balances in one statement, one round trip where they were four. A posting names its
+        entry by idempotency key; a key another transaction took leaves its entry (and postings) out, which
+        ``_set_entry_ids`` turns into ``ConcurrentDuplicate``: the caller rolls back and retries."""
+        postings = [
+            (e.idempotency_key, line, acc, lot.id if lot else None, amt)
+            for e in self.entries
+            for line, (acc, lot, amt) in enumerate(e.postings, 1)
+        ]
+        dirty = self._dirty_lots()
+        customer = self._customer_deltas()
+        keys, lines, account_ids, grant_ids, amounts = (
+            (list(c) for c in zip(*postings, strict=True)) if postings else ([], [], [], [], [])
+        )
+        rows = self._bulk(
+            _FLUSH_AT_ONCE,
+            {
+                **entry_params,
+                "pk": keys,
+                "pn": lines,
+                "pa": account_ids,
+                "pg": grant_ids,
+                "pm": amounts,
+                "gi": [lot.id for lot in dirty],
+                "gr": [lot.remaining_mc for lot in dirty],
+                "ga": [lot.amount_mc for lot in dirty],
+                "bi": list(customer) + list(system),
+                "bd": list(customer.values()) + list(system.values()),
+                **self._hold_params(),
+            },
+        )
+        self._set_entry_ids(ordered, rows)
+        for lot in dirty:
+            lot.dirty = False
+
+    def _hold_params(self) -> dict[str, Any]:
+        opened = [h for h in self.holds if h.status == "pending"]
+        closed = [h for h in self.holds if h.status != "pending"]
+        return {
+            "hoi": [h.hold_id for h in opened],
+            "hok": [h.entry.idempotency_key for h in opened],
+            "how": [h.wallet_id for h in opened],
+            "hoa": [h.amount_mc for h in opened],
+            "hox": [h.expires_at for h in opened],
+            "hci": [h.hold_id for h in closed],
+            "hck": [h.entry.idempotency_key for h in closed],
+            "hcs": [h.status for h in closed],
+            "hcc": [h.captured_mc for h in closed],
+            "now": self.now,
+        }
+
+    def _flush_in_steps(self, ordered: list[EntryDraft], entry_params: dict[str, Any]) -> None:
+        """New grants: their ids come back from their insert, and postings may name them."""
+        self._set_entry_ids(ordered, self._bulk(_INSERT_ENTRIES, entry_params))
+        ids = {e.idempotency_key: e.id for e in self.entries}
+        lots = self.new_lots
+        new_ids = self._bulk(
+            """
+            INSERT INTO grants (wallet_id, source, amount_mc, remaining_mc, expires_at, priority,
+                                entry_id, external_ref)
+            SELECT w, src, amt, rem, exp, pri, ent, ref
+            FROM unnest(CAST(%(w)b AS bigint[]), CAST(%(src)b AS text[]), CAST(%(amt)b AS bigint[]),
+                        CAST(%(rem)b AS bigint[]), CAST(%(exp)b AS timestamptz[]), CAST(%(pri)b AS smallint[]),
+                        CAST(%(ent)b AS bigint[]), CAST(%(ref)b AS text[]))
+                 WITH ORDINALITY AS t(w, src, amt, rem, exp, pri, ent, ref, n)
+            ORDER BY n
+            RETURNING id
+            """,
+            {
+                "w": [lot.wallet_id for lot in lots],
+                "src": [lot.source for lot in lots],
+                "amt": [lot.amount_mc for lot in lots],
+                "rem": [lot.remaining_mc for lot in lots],
+                "exp": [lot.expires_at for lot in lots],
+                "pri": [lot.priority for lot in lots],
+                "ent": [ids[lot.entry_key] for lot in lots],  # type: ignore[index]
+                "ref": [lot.external_ref for lot in lots],
+            },
+        )
+        # INSERT ... SELECT ... ORDER BY returns rows in insertion order, which is the ORDER BY's.
+        for lot, (new_id,) in zip(lots, new_ids, strict=True):
+            lot.id = new_id
+            lot.dirty = False
+
+        dirty = self._dirty_lots()
         if dirty:
             self._bulk(
                 "UPDATE grants g SET remaining_mc = v.rem, amount_mc = v.amt FROM unnest(CAST(%(ids)b AS bigint[]), "
@@ -464,12 +637,15 @@ class Book:
                 "CAST(%(g)b AS bigint[]), CAST(%(m)b AS bigint[]))",
                 {"e": entry_ids, "n": lines, "a": account_ids, "g": grant_ids, "m": amounts},
             )
-
-        self._write_flags()
-        self._write_balances()
-        self.entries = []
-        self.new_lots = []
-        self.deltas = defaultdict(int)
+        customer = self._customer_deltas()
+        if customer:
+            self._bulk(
+                "UPDATE ledger_accounts la SET balance_mc = la.balance_mc + v.d FROM unnest("
+                "CAST(%(ids)b AS bigint[]), CAST(%(ds)b AS bigint[])) AS v(id, d) WHERE la.id = v.id",
+                {"ids": list(customer), "ds": list(customer.values())},
+            )
+        if self.holds:
+            self._bulk(_WRITE_HOLDS, self._hold_params())
 
     def _write_flags(self) -> None:
         for wallet in self.wallets.values():
@@ -485,21 +661,11 @@ class Book:
                 continue
             wallet_rows.set_negative_since(self.session, wallet.id, wallet.negative_since)
 
-    def _write_balances(self) -> None:
-        system_ids = set(system_account_ids(self.session).values())
-        customer = {a: d for a, d in self.deltas.items() if d and a not in system_ids}
-        if customer:
-            self.session.execute(
-                text(
-                    "UPDATE ledger_accounts la SET balance_mc = la.balance_mc + v.d FROM unnest("
-                    "CAST(:ids AS bigint[]), CAST(:ds AS bigint[])) AS v(id, d) WHERE la.id = v.id"
-                ),
-                {"ids": list(customer), "ds": list(customer.values())},
-            )
+    def _write_system_balances(self, deltas: dict[int, int]) -> None:
         # One statement per system account, ascending id: a multi-row UPDATE locks rows in plan order,
         # which two transactions could take in opposite orders.
-        for account_id in sorted(a for a in self.deltas if a in system_ids and self.deltas[a]):
+        for account_id in sorted(deltas):
             self.session.execute(
                 text("UPDATE ledger_accounts SET balance_mc = balance_mc + :d WHERE id = :id"),
-                {"d": self.deltas[account_id], "id": account_id},
+                {"d": deltas[account_id], "id": account_id},
             )

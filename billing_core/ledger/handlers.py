@@ -218,7 +218,6 @@ def place_hold(book: Book, cmd: PlaceHold) -> Receipt:
     draws, _ = book.draw(entry, wallet, cmd.amount_mc)
     for lot, take in draws:  # the held side keeps each grant's provenance, for capture and release
         book.post(entry, wallet.held_account_id, take, lot)
-    book.flush()
     hold = HoldView(
         id="hold_" + secrets.token_hex(12),
         account=cmd.account,
@@ -226,8 +225,7 @@ def place_hold(book: Book, cmd: PlaceHold) -> Receipt:
         status="pending",
         expires_at=book.now + timedelta(seconds=cmd.ttl_seconds),
     )
-    assert entry.id is not None  # flushed
-    hold_rows.insert_hold(book.session, hold, wallet.id, entry.id)
+    book.open_hold(entry, hold.id, wallet.id, hold.amount_mc, hold.expires_at)
     return _finish(book, cmd, entry, hold=hold)
 
 
@@ -242,13 +240,11 @@ class _LockedHold:
 
 
 def _lock_hold(book: Book, hold_id: str) -> _LockedHold:
-    wallet_id = hold_rows.hold_wallet_id(book.session, hold_id)
-    if wallet_id is None:
+    wallet = book.lock_wallet_of_hold(hold_id)
+    if wallet is None:
         raise UnknownHold(f"no hold {hold_id!r}", hold_id=hold_id)
-    wallet = book.lock_wallet_by_id(wallet_id)
-    # Re-read under the wallet lock: a concurrent capture or release has committed or not, never half.
-    row = hold_rows.read_hold(book.session, hold_id)
-    allocations = hold_rows.hold_allocations(book.session, row.placed_entry_id, wallet.held_account_id)
+    # Read under the wallet lock: a concurrent capture or release has committed or not, never half.
+    row, allocations = hold_rows.read_hold_with_allocations(book.session, hold_id, wallet.held_account_id)
     return _LockedHold(hold_id, wallet, row.amount_mc, row.status, row.expires_at, allocations)
 
 
@@ -270,11 +266,7 @@ def _settle_hold(book: Book, entry: EntryDraft, hold: _LockedHold, capture_mc: i
 
 
 def _close_hold(book: Book, hold: _LockedHold, entry: EntryDraft, status: str, captured: int | None) -> HoldView:
-    book.flush()
-    assert entry.id is not None  # flushed
-    hold_rows.close_hold(
-        book.session, hold.id, status=status, captured_mc=captured, settled_entry_id=entry.id, now=book.now
-    )
+    book.close_hold(entry, hold.id, status, captured)
     return HoldView(hold.id, hold.wallet.account, hold.amount_mc, status, hold.expires_at, captured)
 
 
@@ -337,10 +329,9 @@ def expire_holds(book: Book, cmd: ExpireHolds) -> SweepResult:
             "hold_expiry", key, fingerprint("hold_expiry", {"hold_id": hold.id}), metadata={"hold_id": hold.id}
         )
         _settle_hold(book, entry, hold, 0)
+        _close_hold(book, hold, entry, "expired", None)
         closing.append((hold, entry))
     book.flush()
-    for hold, entry in closing:
-        _close_hold(book, hold, entry, "expired", None)
     return SweepResult(len(closing), tuple(e.id for _, e in closing if e.id is not None))
 
 

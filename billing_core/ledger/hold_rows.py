@@ -2,7 +2,8 @@
 
 A hold is two-phase (DESIGN rule 3): placed ``pending`` by an entry that moves credits from available to
 held, then closed once, by a capture, a release or the expiry sweep. The rules (who may capture, what an
-expired hold means) live in ``handlers``; this module only knows the rows.
+expired hold means) live in ``handlers``; this module only knows the rows it reads. Holds are opened and
+closed by the ``Book``, in the same statement as the entry that opens or closes them (``book._HOLD_ROWS``).
 
 Each statement is built once, on the tables, and run with bound parameters, as in ``wallet_rows`` (whose
 docstring has the measurements). The constant ``'pending'`` is written into the SQL, not bound: the pending
@@ -15,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import BigInteger, Integer, String, Table, bindparam, insert, literal_column, or_, select, update
+from sqlalchemy import BigInteger, Integer, String, Table, and_, bindparam, literal_column, or_, select
 from sqlalchemy.orm import Session
 
 from billing_core.db.tables import Hold, Posting, Wallet
@@ -34,30 +35,23 @@ _FOR_ENTRY = (
     .select_from(_HOLDS.join(_WALLETS, wallets.id == holds.wallet_id))
     .where(or_(holds.placed_entry_id == _entry, holds.settled_entry_id == _entry))
 )
-_WALLET_ID = select(holds.wallet_id).where(holds.id == bindparam("h"))
-_READ = select(holds.amount_mc, holds.status, holds.expires_at, holds.placed_entry_id).where(holds.id == bindparam("h"))
-_ALLOCATIONS = (
-    select(postings.grant_id, postings.amount_mc)
-    .where(postings.entry_id == bindparam("e"), postings.account_id == bindparam("held"))
-    .order_by(postings.line)
-)
-_INSERT = insert(_HOLDS).values(
-    id=bindparam("h"),
-    wallet_id=bindparam("w"),
-    amount_mc=bindparam("amount"),
-    status=bindparam("s"),
-    expires_at=bindparam("exp"),
-    placed_entry_id=bindparam("e"),
-)
-_CLOSE = (
-    update(_HOLDS)
-    .where(holds.id == bindparam("h"), holds.status == _PENDING)
-    .values(
-        status=bindparam("s"),
-        captured_mc=bindparam("captured"),
-        settled_entry_id=bindparam("e"),
-        settled_at=bindparam("now"),
+_READ_WITH_ALLOCATIONS = (
+    select(
+        holds.amount_mc,
+        holds.status,
+        holds.expires_at,
+        holds.placed_entry_id,
+        postings.grant_id,
+        postings.amount_mc.label("held_mc"),
     )
+    .select_from(
+        _HOLDS.outerjoin(
+            _POSTINGS,
+            and_(postings.entry_id == holds.placed_entry_id, postings.account_id == bindparam("held")),
+        )
+    )
+    .where(holds.id == bindparam("h"))
+    .order_by(postings.line)
 )
 _DUE = (
     select(holds.id, holds.wallet_id)
@@ -95,47 +89,23 @@ def hold_for_entry(session: Session, entry_id: int) -> HoldView | None:
     return None if row is None else HoldView(*row)
 
 
-def hold_wallet_id(session: Session, hold_id: str) -> int | None:
-    """The wallet of a hold, read without a lock: the caller locks that wallet, then reads the hold again."""
-    wallet_id: int | None = session.execute(_WALLET_ID, {"h": hold_id}).scalar()
-    return wallet_id
-
-
-def read_hold(session: Session, hold_id: str) -> HoldRow:
-    return HoldRow(*session.execute(_READ, {"h": hold_id}).one())
-
-
-def hold_allocations(session: Session, placed_entry_id: int, held_account_id: int) -> list[tuple[int, int]]:
-    """(grant id, amount) of each credit the hold took, in the order it drew them: the placing entry's
-    postings on the held account, which keep every grant's provenance for the capture and the release."""
-    rows = session.execute(_ALLOCATIONS, {"e": placed_entry_id, "held": held_account_id}).all()
+def read_hold_with_allocations(
+    session: Session, hold_id: str, held_account_id: int
+) -> tuple[HoldRow, list[tuple[int, int]]]:
+    """The hold, and (grant id, amount) of each credit it took in the order it drew them: the placing entry's
+    postings on the held account, which keep every grant's provenance for the capture and the release. One
+    statement (the hold's row repeats on each of its postings)."""
+    rows = session.execute(_READ_WITH_ALLOCATIONS, {"h": hold_id, "held": held_account_id}).all()
+    if not rows:
+        raise LookupError(f"no hold {hold_id!r}")  # the caller found it under the same lock: cannot happen
+    first = rows[0]
+    hold = HoldRow(first.amount_mc, first.status, first.expires_at, first.placed_entry_id)
     allocations: list[tuple[int, int]] = []
-    for grant_id, amount_mc in rows:
+    for row in rows:
         # A held posting always names its grant (place_hold posts every draw with its lot).
-        assert grant_id is not None
-        allocations.append((grant_id, amount_mc))
-    return allocations
-
-
-def insert_hold(session: Session, hold: HoldView, wallet_id: int, placed_entry_id: int) -> None:
-    session.execute(
-        _INSERT,
-        {
-            "h": hold.id,
-            "w": wallet_id,
-            "amount": hold.amount_mc,
-            "s": hold.status,
-            "exp": hold.expires_at,
-            "e": placed_entry_id,
-        },
-    )
-
-
-def close_hold(
-    session: Session, hold_id: str, *, status: str, captured_mc: int | None, settled_entry_id: int, now: datetime
-) -> None:
-    """Mark a pending hold settled by ``settled_entry_id``; a hold already closed is left as it is."""
-    session.execute(_CLOSE, {"h": hold_id, "s": status, "captured": captured_mc, "e": settled_entry_id, "now": now})
+        if row.grant_id is not None:
+            allocations.append((row.grant_id, row.held_mc))
+    return hold, allocations
 
 
 def due_holds(session: Session, now: datetime, limit: int) -> list[tuple[str, int]]:
