@@ -57,3 +57,23 @@ def set_(key: str, value: str, actor: str | None) -> None:
     except (UnknownSetting, InvalidSetting) as exc:
         fail(f"{exc.code}: {exc.message}", exit_code=2)
     click.echo(f"{key} = {_shown(stored)}")
+
+
+@click.command("sales-guard")
+def sales_guard() -> None:
+    """Show the sales guard's figures now: outstanding credits in tokens against the paused threshold."""
+    from billing_core.pricing.sales_guard import sales_state
+    from billing_core.units import format_credits
+
+    with sessions(settings_or_exit()) as session_factory, session_factory() as session:
+        state = sales_state(session)
+    if state.capacity_tokens is None:
+        click.echo(
+            f"no guard (upstream_monthly_tokens is null); outstanding {format_credits(state.outstanding_mc)} credits"
+        )
+        return
+    click.echo(
+        f"sales {'PAUSED' if state.paused else 'open'}: outstanding {format_credits(state.outstanding_mc)} credits = "
+        f"{state.outstanding_tokens} tokens; pause at {state.threshold_tokens} tokens "
+        f"({state.threshold_percent}% of {state.capacity_tokens})"
+    )

@@ -25,6 +25,7 @@ for command in (
     serve.stripe_emulator,
     serve.dev,
     config.config,  # packages and the sales guard
+    config.sales_guard,
     stripe_sync.stripe_group,
 ):
     main.add_command(command)

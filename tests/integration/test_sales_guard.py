@@ -263,3 +263,14 @@ def test_two_processes_noticing_the_same_crossing_record_one_alert(session_facto
     # and recording the same state again does nothing
     with session_factory() as s, s.begin():
         assert record_crossing(s, sales_state(s)) is False
+
+
+def test_billing_sales_guard_shows_the_figures(billing, session_factory, probe):
+    assert "no guard" in billing("sales-guard").stdout
+    configure(session_factory, upstream_monthly_tokens=1_000_000)
+    grant(probe, "eve", 900, "g1")
+    shown = billing("sales-guard")
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout.strip() == (
+        "sales PAUSED: outstanding 900.000 credits = 900000 tokens; pause at 800000 tokens (80% of 1000000)"
+    )
