@@ -152,6 +152,41 @@ def test_pix_is_refused_for_a_currency_other_than_brl(gateway: StripeGateway):
     assert refused.value.param == "payment_method_types"
 
 
+def test_a_pix_payment_completes_unpaid_then_settles_with_stripes_order_of_events(gateway, emulator_url):
+    session = gateway.create_checkout_session(
+        account="acme",
+        package_id="starter_brl",
+        package_name="Starter",
+        credits="100",
+        unit_amount=3000,
+        currency="brl",
+        success_url="https://app.example/ok",
+        cancel_url="https://app.example/no",
+        payment_method_types=["card", "pix"],
+    )
+    paid = requests.post(f"{emulator_url}/_emulator/checkout/sessions/{session['id']}/pay", json={"async": True})
+    assert (paid.json()["status"], paid.json()["payment_status"]) == ("complete", "unpaid")
+    payment_intent = gateway.retrieve_payment_intent(gateway.retrieve_checkout_session(session["id"])["payment_intent"])
+    assert (payment_intent["status"], payment_intent["payment_method_types"]) == ("processing", ["pix"])
+    charge = gateway.retrieve_charge(payment_intent["latest_charge"])
+    assert (charge["status"], charge["payment_method_details"]["type"]) == ("pending", "pix")
+    settled = requests.post(f"{emulator_url}/_emulator/checkout/sessions/{session['id']}/async_succeed", json={})
+    assert settled.json()["payment_status"] == "paid"
+
+    events = requests.get(
+        f"{emulator_url}/v1/events", params={"limit": 100}, headers={"Authorization": f"Bearer {API_KEY}"}, timeout=10
+    ).json()["data"]
+    types = [e["type"] for e in reversed(events) if not e["type"].startswith("customer.")]
+    assert types == [
+        "payment_intent.processing",
+        "charge.pending",
+        "checkout.session.completed",
+        "payment_intent.succeeded",
+        "charge.succeeded",
+        "checkout.session.async_payment_succeeded",
+    ]
+
+
 # -- sync-products ------------------------------------------------------------------------------------------
 def test_sync_creates_a_product_and_price_per_package_and_stores_their_ids(session_factory, probe, gateway):
     packages = sellable_packages(TABLE)
