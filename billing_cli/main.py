@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import click
 
-from billing_cli import keys, ops, schema, serve
+from billing_cli import config, keys, ops, schema, serve, stripe_sync
 
 
 @click.group()
@@ -24,6 +24,9 @@ for command in (
     ops.replay,
     serve.stripe_emulator,
     serve.dev,
+    config.config,  # packages and the sales guard
+    config.sales_guard,
+    stripe_sync.stripe_group,
 ):
     main.add_command(command)
 

@@ -170,3 +170,23 @@ def from_validation_error(exc: ValidationError, *, allowed: Iterable[str] = ()) 
     if first["type"] in _AMOUNT_ERRORS:
         return InvalidAmount(message, field=field)
     return InvalidCommand(message, field=field)
+
+
+# -- packages, Stripe catalog sync and the sales guard (the sales part of the pricing work) ---------------------
+class SalesPaused(BillingError):
+    """Credits sold and not yet used have passed the alert threshold of the upstream monthly token capacity:
+    no new sales until they fall back (details: outstanding_tokens, capacity_tokens, threshold_percent)."""
+
+    code = "sales_paused"
+
+
+class UnknownSetting(BillingError):
+    """A database setting (``billing config``) that does not exist (details: key, known)."""
+
+    code = "unknown_setting"
+
+
+class InvalidSetting(BillingError):
+    """A value a database setting does not accept (details: key)."""
+
+    code = "invalid_setting"

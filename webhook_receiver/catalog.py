@@ -6,11 +6,14 @@ from flask import Blueprint
 
 from billing_core.db.unit_of_work import utcnow
 from billing_core.ledger.balances import spendable_mc
+from billing_core.pricing.packages import find_package, sellable_packages
 from billing_core.pricing.quotes import price_items
+from billing_core.stripe.catalog_sync import stored_prices, synced_price
 from billing_core.stripe.checkout import open_checkout
 from webhook_receiver.auth import require
 from webhook_receiver.rendering import render
 from webhook_receiver.runtime import runtime
+from webhook_receiver.sales import sales_guard
 from webhook_receiver.schemas import (
     CheckoutAnswer,
     CheckoutBody,
@@ -18,6 +21,7 @@ from webhook_receiver.schemas import (
     EstimateBody,
     PackageAnswer,
     PackagesAnswer,
+    PackagesQuery,
 )
 from webhook_receiver.spec import endpoint
 
@@ -42,10 +46,19 @@ def estimate(body: EstimateBody):
 
 @bp.get("/v1/packages")
 @require()
-@endpoint(answers={200: PackagesAnswer})
-def packages():
-    """The credit packages for sale."""
-    return render(PackagesAnswer(data=[PackageAnswer.of(p) for p in runtime().prices.current().packages]))
+@endpoint(query=PackagesQuery, answers={200: PackagesAnswer})
+def packages(query: PackagesQuery):
+    """The credit packages for sale (``?currency=brl``: those sold in one currency), with the Stripe Price
+    checkout sells for each once ``billing stripe sync-products`` ran (or the file pins one)."""
+    rt = runtime()
+    for_sale = sellable_packages(rt.prices.current(), currency=query.currency)
+    with rt.session_factory() as session:
+        stored = stored_prices(session)
+    return render(
+        PackagesAnswer(
+            data=[PackageAnswer.of(p, p.stripe_price or synced_price(stored, p)) for p in for_sale],
+        )
+    )
 
 
 @bp.post("/v1/checkout")
@@ -53,18 +66,25 @@ def packages():
 @endpoint(
     body=CheckoutBody,
     answers={201: CheckoutAnswer},
-    errors={404: "unknown_package", 502: "stripe_error", 503: "stripe_unavailable · store_unavailable"},
+    errors={
+        404: "unknown_package",
+        409: "sales_paused",
+        502: "stripe_error",
+        503: "stripe_unavailable · store_unavailable",
+    },
 )
 def checkout(body: CheckoutBody):
-    """A Stripe Checkout Session selling one package; the paid session's webhook credits the account."""
+    """A Stripe Checkout Session selling one package; the paid session's webhook credits the account (409
+    ``sales_paused`` while the sales guard holds sales)."""
     rt = runtime()
     session = open_checkout(
         rt.session_factory,
         rt.gateway,
         account=body.account,
-        package=rt.prices.current().package(body.package),
+        package=find_package(rt.prices.current(), body.package),
         success_url=body.success_url,
         cancel_url=body.cancel_url,
         client_key=body.idempotency_key,
+        guard=sales_guard().check,
     )
     return render(CheckoutAnswer(id=session.id, url=session.url), status=201)

@@ -33,6 +33,9 @@ STATUS_BY_ERROR: dict[type[domain.BillingError], int] = {
     domain.UnknownPriceCode: 422,
     domain.PaymentsRefused: 502,
     domain.PaymentsUnavailable: 503,
+    domain.SalesPaused: 409,  # packages and the sales guard
+    domain.UnknownSetting: 404,
+    domain.InvalidSetting: 422,
 }
 
 

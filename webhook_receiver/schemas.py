@@ -25,6 +25,7 @@ from billing_core.types import (
     CreditsNonNegative,
     CreditsPositive,
     CreditString,
+    Currency,
     DisplayName,
     Email,
     HttpUrl,
@@ -237,18 +238,28 @@ class HoldAnswer(Answer):
 class PackageAnswer(Answer):
     id: str
     name: str
-    credits: CreditString
+    credits: CreditString = Field(description="the credits sold, bonus not included")
     unit_amount: int = Field(description="the price in minor units of currency")
     currency: str
+    bonus_credits: CreditString = Field(0, description="credited on top of credits with the purchase")
+    total_credits: CreditString = Field(0, description="what a paid checkout credits: credits + bonus_credits")
+    payment_methods: list[str] = Field(default_factory=lambda: ["card"], examples=[["card", "pix"]])
+    description: str | None = None
+    stripe_price: str | None = Field(None, description="the Stripe Price checkout sells, once synced or pinned")
 
     @classmethod
-    def of(cls, package: Package) -> PackageAnswer:
+    def of(cls, package: Package, stripe_price: str | None = None) -> PackageAnswer:
         return cls(
             id=package.id,
             name=package.name,
             credits=package.credits_mc,
             unit_amount=package.unit_amount,
             currency=package.currency,
+            bonus_credits=package.bonus_mc,
+            total_credits=package.total_mc,
+            payment_methods=list(package.payment_methods),
+            description=package.description,
+            stripe_price=stripe_price,
         )
 
 
@@ -335,3 +346,9 @@ class Health(Answer):
 
 def quote_json(quote: Quote) -> dict[str, Any]:
     return EstimateAnswer.of(quote).model_dump(mode="json", exclude_none=True)
+
+
+# -- packages and the sales guard (the sales part of the pricing work) -------------------------------------
+class PackagesQuery(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+    currency: Currency | None = Field(None, description="only the packages sold in this currency, e.g. brl")

@@ -266,3 +266,50 @@ class UsageInboxRow(Base):
         Index("ix_usage_inbox_open", "partition", "id", postgresql_where=text("status IN ('pending', 'failed')")),
         Index("ix_usage_inbox_dead", "received_at", postgresql_where=text("status = 'dead'")),
     )
+
+
+# -- packages, Stripe catalog sync and the sales guard (the sales part of the pricing work) ---------------------
+class StripeCatalogRow(Base):
+    """The Stripe Product and Price ``billing stripe sync-products`` made for one catalog item."""
+
+    __tablename__ = "stripe_catalog"
+
+    kind: Mapped[str] = mapped_column(Text, primary_key=True)  # 'package' (plans come next)
+    ref: Mapped[str] = mapped_column(Text, primary_key=True)  # the package id
+    stripe_product_id: Mapped[str] = mapped_column(String(255))
+    stripe_price_id: Mapped[str] = mapped_column(String(255))
+    unit_amount: Mapped[int] = mapped_column(BigInteger)
+    currency: Mapped[str] = mapped_column(Text)
+    fingerprint: Mapped[str] = mapped_column(String(64))
+    synced_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+    __table_args__ = (CheckConstraint("kind IN ('package', 'plan')", name="stripe_catalog_kind"),)
+
+
+class BillingConfigRow(Base):
+    """One database setting (``billing_core/db/config.py`` knows the keys, their types and defaults)."""
+
+    __tablename__ = "billing_config"
+
+    key: Mapped[str] = mapped_column(Text, primary_key=True)
+    value: Mapped[Any] = mapped_column(JSONB)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    updated_by: Mapped[str | None] = mapped_column(Text)
+
+
+class AdminAlert(Base):
+    """An alert for the operators, once per occurrence (``dedupe_key``); delivered by the notifications outbox."""
+
+    __tablename__ = "admin_alerts"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    kind: Mapped[str] = mapped_column(Text)
+    dedupe_key: Mapped[str] = mapped_column(Text, unique=True)
+    payload: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default=text("'{}'::jsonb"))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    delivered_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    __table_args__ = (
+        Index("ix_admin_alerts_kind_id", "kind", "id"),
+        Index("ix_admin_alerts_undelivered", "id", postgresql_where=text("delivered_at IS NULL")),
+    )

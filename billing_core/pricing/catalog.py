@@ -44,16 +44,11 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from billing_core.errors import UnknownModel, UnknownPackage, UnknownPriceCode
-from billing_core.pricing.packages import Package
+from billing_core.pricing.packages import Package, PackageSpec
 from billing_core.pricing.plans import PlanSpec
 from billing_core.types import (
     MAX_PRICE_DECIMALS,
-    CreditsPositive,
-    Currency,
-    DisplayName,
     Name,
-    PackageId,
-    UnitAmount,
 )
 from billing_core.units import MAX_CREDITS
 
@@ -134,14 +129,6 @@ ModelEntry = Annotated[
 ]
 Models = Annotated[dict[Name, ModelEntry], BeforeValidator(_drop_comments)]
 Codes = Annotated[dict[Name, Price], BeforeValidator(_drop_comments)]
-
-
-class PackageSpec(_Spec):
-    id: PackageId
-    name: DisplayName
-    credits: CreditsPositive
-    unit_amount: UnitAmount
-    currency: Currency
 
 
 class PriceFile(_Spec):

@@ -1,11 +1,18 @@
 """Buying a credit package: the Stripe Checkout Session for one, created through the gateway.
 
-The customer is ensured first (``accounts.profile.ensure_stripe_customer``: the Stripe call outside any
-transaction), then the session is created; nothing is credited here, the paid session's webhook does that.
+The sales guard is asked first (``SalesPaused`` before anything reaches Stripe); then the customer is ensured
+(``accounts.profile.ensure_stripe_customer``: the Stripe call outside any transaction) and the session is
+created, selling the package's Stripe Price (pinned in the price file, or stored by ``billing stripe
+sync-products``) or, before any sync, the amount inline (``price_data``). A stored Price Stripe no longer
+knows or has deactivated (an emulator restarted, a Price archived by hand) falls back to the inline amount,
+so a sale never fails on the catalog's bookkeeping. Nothing is credited here: the paid session's webhook
+does that, with the credits (bonus included) its metadata names.
 """
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -14,8 +21,11 @@ from sqlalchemy.orm import Session, sessionmaker
 from billing_core.accounts.profile import CustomerGateway, ensure_stripe_customer
 from billing_core.errors import PaymentsRefused, PaymentsUnavailable
 from billing_core.pricing.packages import Package
-from billing_core.stripe.gateway import GatewayError, StripeUnavailable
+from billing_core.stripe.catalog_sync import price_for
+from billing_core.stripe.gateway import GatewayError, StripeNotFound, StripeRejected, StripeUnavailable
 from billing_core.units import format_credits
+
+log = logging.getLogger(__name__)
 
 
 class CheckoutGateway(CustomerGateway, Protocol):
@@ -32,6 +42,9 @@ class CheckoutGateway(CustomerGateway, Protocol):
         cancel_url: str,
         customer: str | None = None,
         idempotency_key: str | None = None,
+        price: str | None = None,
+        payment_method_types: list[str] | None = None,
+        bonus_credits: str | None = None,
     ) -> dict[str, Any]: ...
 
 
@@ -39,6 +52,11 @@ class CheckoutGateway(CustomerGateway, Protocol):
 class CheckoutSession:
     id: str
     url: str
+
+
+def _stale_price(exc: GatewayError) -> bool:
+    """Stripe refused the line item's Price itself (unknown, or inactive): the inline amount will do."""
+    return isinstance(exc, StripeNotFound | StripeRejected) and (exc.param or "").startswith("line_items")
 
 
 def open_checkout(
@@ -50,26 +68,44 @@ def open_checkout(
     success_url: str,
     cancel_url: str,
     client_key: str | None = None,
+    guard: Callable[[], object] | None = None,
 ) -> CheckoutSession:
     """A Checkout Session selling ``package`` to ``account``. ``client_key`` makes a retried request open the
-    same session. Raises ``PaymentsUnavailable`` (no gateway, or Stripe unreachable) or ``PaymentsRefused``."""
+    same session; ``guard`` (the sales guard's ``check``) may refuse first. Raises ``SalesPaused``,
+    ``PaymentsUnavailable`` (no gateway, or Stripe unreachable) or ``PaymentsRefused``."""
     if gateway is None:
         raise PaymentsUnavailable("payments are not configured on this server (STRIPE_API_KEY)")
+    if guard is not None:
+        guard()
+    with session_factory() as db:
+        price = price_for(db, package)
+    # Scoped to the account: the same client key from two accounts must open two sessions.
+    key = f"checkout:{account}:{client_key}" if client_key else None
     try:
         customer = ensure_stripe_customer(session_factory, gateway, account)
-        session = gateway.create_checkout_session(
-            account=account,
-            package_id=package.id,
-            package_name=package.name,
-            credits=format_credits(package.credits_mc),
-            unit_amount=package.unit_amount,
-            currency=package.currency,
-            success_url=success_url,
-            cancel_url=cancel_url,
-            customer=customer,
-            # Scoped to the account: the same client key from two accounts must open two sessions.
-            idempotency_key=f"checkout:{account}:{client_key}" if client_key else None,
-        )
+        fields: dict[str, Any] = {
+            "account": account,
+            "package_id": package.id,
+            "package_name": package.name,
+            # What the paid session credits: the package's credits and its bonus, in one purchase grant.
+            "credits": format_credits(package.total_mc),
+            "bonus_credits": format_credits(package.bonus_mc) if package.bonus_mc else None,
+            "unit_amount": package.unit_amount,
+            "currency": package.currency,
+            "success_url": success_url,
+            "cancel_url": cancel_url,
+            "customer": customer,
+            "payment_method_types": list(package.payment_methods),
+        }
+        try:
+            session = gateway.create_checkout_session(**fields, price=price, idempotency_key=key)
+        except GatewayError as exc:
+            if price is None or not _stale_price(exc):
+                raise
+            log.warning("Stripe refused price %s of package %s (%s); selling it inline", price, package.id, exc)
+            session = gateway.create_checkout_session(
+                **fields, price=None, idempotency_key=f"{key}:inline" if key else None
+            )
     except StripeUnavailable as exc:
         raise PaymentsUnavailable(f"Stripe is unavailable: {exc.message}") from None
     except GatewayError as exc:

@@ -149,28 +149,40 @@ class StripeGateway:
         cancel_url: str,
         customer: str | None = None,
         idempotency_key: str | None = None,
+        price: str | None = None,
+        payment_method_types: list[str] | None = None,
+        bonus_credits: str | None = None,
     ) -> dict[str, Any]:
         """A hosted Checkout Session selling one credit package; its metadata (on the session and on the
-        PaymentIntent, hence on the charge) names the account, package and credits that payment buys."""
+        PaymentIntent, hence on the charge) names the account, package and credits that payment buys
+        (``credits`` is everything it credits, the bonus included; ``bonus_credits`` says how much of it is
+        bonus). ``price``: a stored Stripe Price to sell; without it the amount goes inline as ``price_data``."""
         metadata = {"account": account, "package": package_id, "credits": credits}
+        if bonus_credits is not None:
+            metadata["bonus_credits"] = bonus_credits
+        line_item: Params
+        if price is not None:
+            line_item = {"price": price, "quantity": 1}
+        else:
+            line_item = {
+                "price_data": {
+                    "currency": currency,
+                    "unit_amount": unit_amount,
+                    "product_data": {"name": package_name},
+                },
+                "quantity": 1,
+            }
         params: Params = {
             "mode": "payment",
-            "line_items": [
-                {
-                    "price_data": {
-                        "currency": currency,
-                        "unit_amount": unit_amount,
-                        "product_data": {"name": package_name},
-                    },
-                    "quantity": 1,
-                }
-            ],
+            "line_items": [line_item],
             "success_url": success_url,
             "cancel_url": cancel_url,
             "client_reference_id": account,
             "metadata": metadata,
             "payment_intent_data": {"metadata": metadata},
         }
+        if payment_method_types:
+            params["payment_method_types"] = list(payment_method_types)
         if customer is not None:
             params["customer"] = customer
         return self._call(self._client.v1.checkout.sessions.create, params=params, options=_options(idempotency_key))
@@ -184,6 +196,88 @@ class StripeGateway:
         if payment_intent is not None:
             params["payment_intent"] = payment_intent
         return _data(self._call(self._client.v1.checkout.sessions.list, params=params))
+
+    def list_checkout_line_items(self, session_id: str) -> list[dict[str, Any]]:
+        """The line items of a session (what it sells: each with its ``price``)."""
+        return _data(self._call(self._client.v1.checkout.sessions.line_items.list, session_id, params={"limit": 100}))
+
+    # -- products and prices (``billing stripe sync-products``) ---------------------------------------------
+
+    def create_product(
+        self,
+        *,
+        name: str,
+        product_id: str | None = None,
+        description: str | None = None,
+        metadata: dict[str, str] | None = None,
+        idempotency_key: str | None = None,
+    ) -> dict[str, Any]:
+        """A Product; ``product_id`` gives it our own stable id (Stripe accepts one on create)."""
+        params: Params = {"name": name, "metadata": metadata or {}}
+        if product_id is not None:
+            params["id"] = product_id
+        if description is not None:
+            params["description"] = description
+        return self._call(self._client.v1.products.create, params=params, options=_options(idempotency_key))
+
+    def retrieve_product(self, product_id: str) -> dict[str, Any]:
+        return self._call(self._client.v1.products.retrieve, product_id)
+
+    def update_product(self, product_id: str, **fields: Any) -> dict[str, Any]:
+        """Change ``name``, ``description``, ``active``, ``default_price``, ``metadata`` (the fields given)."""
+        return self._call(self._client.v1.products.update, product_id, params=dict(fields))
+
+    def create_price(
+        self,
+        *,
+        product: str,
+        unit_amount: int,
+        currency: str,
+        lookup_key: str | None = None,
+        transfer_lookup_key: bool = False,
+        nickname: str | None = None,
+        metadata: dict[str, str] | None = None,
+        idempotency_key: str | None = None,
+    ) -> dict[str, Any]:
+        """A one-time Price; with ``transfer_lookup_key`` the lookup key moves here from the Price holding it."""
+        params: Params = {
+            "product": product,
+            "unit_amount": unit_amount,
+            "currency": currency,
+            "metadata": metadata or {},
+        }
+        if lookup_key is not None:
+            params["lookup_key"] = lookup_key
+            if transfer_lookup_key:
+                params["transfer_lookup_key"] = True
+        if nickname is not None:
+            params["nickname"] = nickname
+        return self._call(self._client.v1.prices.create, params=params, options=_options(idempotency_key))
+
+    def retrieve_price(self, price_id: str) -> dict[str, Any]:
+        return self._call(self._client.v1.prices.retrieve, price_id)
+
+    def update_price(self, price_id: str, **fields: Any) -> dict[str, Any]:
+        """Change ``active``, ``nickname``, ``lookup_key``, ``metadata`` (a Price's amount never changes)."""
+        return self._call(self._client.v1.prices.update, price_id, params=dict(fields))
+
+    def list_prices(
+        self,
+        *,
+        lookup_keys: list[str] | None = None,
+        product: str | None = None,
+        active: bool | None = None,
+        limit: int = 100,
+    ) -> list[dict[str, Any]]:
+        """The newest ``limit`` (at most 100) Prices matching the filters."""
+        params: Params = {"limit": limit}
+        if lookup_keys:
+            params["lookup_keys"] = list(lookup_keys)
+        if product is not None:
+            params["product"] = product
+        if active is not None:
+            params["active"] = active
+        return _data(self._call(self._client.v1.prices.list, params=params))
 
     # -- payments ------------------------------------------------------------------------------------------
 

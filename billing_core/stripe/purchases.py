@@ -86,6 +86,11 @@ def credit_checkout(book: Book, session: dict[str, Any]) -> str:
     credits = metadata.get("credits")
     if not account or credits is None:
         return IGNORED  # not a credit package sold by us (another integration on the same Stripe account)
+    extra = {}
+    if metadata.get("bonus_credits"):
+        # Part of ``credits`` (one grant, refunded in proportion); named on the entry for history and support.
+        # Added only when present: a session credited before bonuses existed replays with its first body.
+        extra["bonus_credits"] = metadata["bonus_credits"]
     # Everything here comes from Stripe's object (metadata anyone with the Stripe key could edit): the command
     # is built through its types, so a malformed value refuses the event (dead letter) instead of posting it.
     cmd = PurchaseCredits.validated(
@@ -98,6 +103,7 @@ def credit_checkout(book: Book, session: dict[str, Any]) -> str:
             "package": metadata.get("package"),
             "amount_total": session.get("amount_total"),
             "currency": session.get("currency"),
+            **extra,
         },
     )
     purchase_credits(book, cmd)

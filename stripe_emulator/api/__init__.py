@@ -1,5 +1,6 @@
 """The emulator's endpoints, one blueprint per Stripe resource, plus the ``/_emulator/`` controls."""
 
+from stripe_emulator.api.catalog import catalog
 from stripe_emulator.api.checkout import checkout
 from stripe_emulator.api.checkout_page import checkout_page
 from stripe_emulator.api.controls import controls
@@ -8,4 +9,4 @@ from stripe_emulator.api.disputes import disputes
 from stripe_emulator.api.events import events
 from stripe_emulator.api.payments import payments
 
-BLUEPRINTS = (customers, checkout, payments, disputes, events, controls, checkout_page)
+BLUEPRINTS = (customers, catalog, checkout, payments, disputes, events, controls, checkout_page)

@@ -27,15 +27,23 @@ def _checkout_html(session: dict[str, Any], items: list[dict[str, Any]]) -> str:
         for i in items
     )
     total = f"{session['amount_total'] / 100:.2f} {str(session['currency']).upper()}"
-    if session["status"] != "open":
+    if session["status"] == "complete" and session["payment_status"] == "unpaid":
+        # Paid by a delayed method (PIX, a bank debit): the bank's side, settling or bouncing it.
+        actions = "<p>Payment processing.</p>" + "".join(
+            f'<form method="post" action="/_emulator/checkout/sessions/{sid}/{action}"><button>{label}</button></form>'
+            for action, label in (("async_succeed", "Payment arrives"), ("async_fail", "Payment fails"))
+        )
+    elif session["status"] != "open":
         actions = f"<p>This session is <b>{html.escape(session['status'])}</b>.</p>"
     else:
+        pix = "pix" in session["payment_method_types"]
+        delayed = "Pay with PIX (settles later)" if pix else "Pay (bank debit, settles later)"
         actions = "".join(
             f'<form method="post" action="/_emulator/checkout/sessions/{sid}/{action}">'
             f'<input type="hidden" name="redirect" value="1">{extra}<button>{label}</button></form>'
             for action, label, extra in (
                 ("pay", "Pay", ""),
-                ("pay", "Pay (bank debit, settles later)", '<input type="hidden" name="async" value="true">'),
+                ("pay", delayed, '<input type="hidden" name="async" value="true">'),
                 ("fail", "Decline card", ""),
             )
         )

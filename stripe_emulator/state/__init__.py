@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+from stripe_emulator.state.catalog import Prices, Products
 from stripe_emulator.state.checkout import CheckoutSessions
 from stripe_emulator.state.customers import Customers
 from stripe_emulator.state.disputes import Disputes
@@ -23,6 +24,8 @@ class EmulatorState(Store):
     def __init__(self, wall_clock: Callable[[], float] = time.time) -> None:
         super().__init__(wall_clock)
         self.customers = Customers(self)
+        self.products = Products(self)
+        self.prices = Prices(self, self.products)
         self.checkout = CheckoutSessions(self)
         self.payments = Payments(self, self.customers)
         self.refunds = Refunds(self)

@@ -1,14 +1,16 @@
-"""Checkout Sessions in payment mode: created with inline ``price_data`` line items, listed, expired.
+"""Checkout Sessions in payment mode: created with line items selling a stored Price (``price``) or an inline
+one (``price_data``), with the ``payment_method_types`` the currency allows; listed, expired.
 
 Paying one is the buyer's business (``payments``); the PaymentIntent only exists from the first attempt on.
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping
 from typing import Any
 
-from stripe_emulator.params import StripeError, get_dict, get_int, get_list, get_str, metadata, missing, no_such
+from stripe_emulator.params import StripeError, get_dict, get_int, get_list, get_str, metadata, missing
 from stripe_emulator.state.store import ListQuery, RequestMeta, Store, new_id, template
 
 
@@ -30,10 +32,12 @@ class CheckoutSessions:
             now = self.store.now()
             session_id = "cs_test_" + new_id("a1", 56)
             items = [self._line_item(raw, i, now) for i, raw in enumerate(raw_items)]
+            methods = [str(t) for t in get_list(params, "payment_method_types")] or ["card"]
             currencies = {item["currency"] for item in items}
             if len(currencies) > 1:
                 raise StripeError(400, "All line items must use the same currency.", param="line_items")
             total = sum(item["amount_total"] for item in items)
+            _check_methods(methods, next(iter(currencies)))
             pi_data = get_dict(params, "payment_intent_data")
             session = template("checkout.session")
             # The fixture's example values describe a session with tax, shipping and promotions; ours has none.
@@ -59,7 +63,7 @@ class CheckoutSessions:
                 success_url=get_str(params, "success_url"),
                 cancel_url=get_str(params, "cancel_url"),
                 locale=get_str(params, "locale"),
-                payment_method_types=[str(t) for t in get_list(params, "payment_method_types")] or ["card"],
+                payment_method_types=methods,
                 url=f"{base_url}/_emulator/checkout/{session_id}",
                 after_expiration=None,
                 automatic_tax={"enabled": False, "liability": None, "status": None, "provider": None},
@@ -81,13 +85,12 @@ class CheckoutSessions:
             }
             return self.store.add("checkout.session", session)
 
-    @staticmethod
-    def _line_item(raw: Any, index: int, now: int) -> dict[str, Any]:
+    def _line_item(self, raw: Any, index: int, now: int) -> dict[str, Any]:
         label = f"line_items[{index}]"
         if not isinstance(raw, dict):
             raise StripeError(400, f"Invalid object: {label}", param=label)
         if "price" in raw:
-            raise no_such("price", str(raw["price"]), f"{label}[price]")
+            return self._stored_price_item(raw, label)
         price_data = raw.get("price_data")
         if not isinstance(price_data, dict):
             raise missing(f"{label}[price_data]")
@@ -131,6 +134,40 @@ class CheckoutSessions:
         )
         return item
 
+    def _stored_price_item(self, raw: dict[str, Any], label: str) -> dict[str, Any]:
+        """A line item selling a stored Price: amount and currency are the Price's; it must be active and,
+        in payment mode, one-time."""
+        price_id = get_str(raw, "price", required=False) or ""
+        price = self.store.get("price", price_id, param=f"{label}[price]")
+        if not price["active"]:
+            raise StripeError(
+                400, "The price specified is inactive. This field only accepts active prices.", param=f"{label}[price]"
+            )
+        if price["type"] != "one_time":
+            raise StripeError(
+                400,
+                "You specified `payment` mode but passed a recurring price. Either switch to `subscription` mode "
+                "or use only one-time prices.",
+                param=f"{label}[price]",
+            )
+        quantity = get_int(raw, "quantity", required=True, minimum=1, label=f"{label}[quantity]")
+        assert quantity is not None
+        product = self.store.objects["product"].get(price["product"]) or {}
+        item = template("item")
+        item.update(
+            id=new_id("li_"),
+            price=copy.deepcopy(price),
+            amount_discount=0,
+            amount_tax=0,
+            amount_subtotal=price["unit_amount"] * quantity,
+            amount_total=price["unit_amount"] * quantity,
+            currency=price["currency"],
+            description=product.get("name") or price["nickname"] or price["id"],
+            quantity=quantity,
+            adjustable_quantity=None,
+        )
+        return item
+
     def line_items(self, session_id: str, query: ListQuery) -> dict[str, Any]:
         with self.store.lock:
             self.store.get("checkout.session", session_id, param="session")
@@ -150,3 +187,32 @@ class CheckoutSessions:
             session["url"] = None
             self.store.record_event("checkout.session.expired", session, req=req)
             return session
+
+
+# The payment method types the emulator knows, and the currencies Stripe lets each of them charge in.
+METHOD_CURRENCIES: dict[str, set[str] | None] = {
+    "card": None,  # any currency
+    "link": None,
+    "pix": {"brl"},
+    "boleto": {"brl"},
+    "us_bank_account": {"usd"},
+    "sepa_debit": {"eur"},
+}
+
+
+def _check_methods(methods: list[str], currency: str) -> None:
+    for i, method in enumerate(methods):
+        if method not in METHOD_CURRENCIES:
+            raise StripeError(
+                400,
+                f"The payment method type provided: {method} is invalid.",
+                param=f"payment_method_types[{i}]",
+            )
+        allowed = METHOD_CURRENCIES[method]
+        if allowed is not None and currency not in allowed:
+            raise StripeError(
+                400,
+                f"The currency provided ({currency}) is invalid for one or more payment method types. "
+                f"Allowed currencies for {method} are: {', '.join(sorted(allowed))}.",
+                param="payment_method_types",
+            )

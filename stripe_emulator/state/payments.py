@@ -9,6 +9,18 @@ from stripe_emulator.params import StripeError
 from stripe_emulator.state.customers import Customers
 from stripe_emulator.state.store import Store, new_id, template
 
+# Payment methods whose money arrives after the session completes (``checkout.session.async_payment_*``).
+ASYNC_METHODS = ("pix", "boleto", "sepa_debit", "us_bank_account")
+
+
+def _method_details(method: str) -> dict[str, Any]:
+    """What a charge's ``payment_method_details`` says of a delayed method (Stripe's fields, test values)."""
+    if method == "pix":
+        return {"bank_transaction_id": new_id("E", 31)}
+    if method == "boleto":
+        return {"tax_id": "000.000.000-00"}
+    return {}
+
 
 class Payments:
     def __init__(self, store: Store, customers: Customers) -> None:
@@ -113,10 +125,13 @@ class Payments:
             pi = self._payment_intent_for(session)
             pi.update(payment_method=new_id("pm_"), last_payment_error=None, customer=session["customer"])
             if asynchronous:
+                # The session's own delayed method when it offers one (PIX for a BRL session), else a US bank
+                # debit: the money arrives later either way.
+                method = next((m for m in session["payment_method_types"] if m in ASYNC_METHODS), "us_bank_account")
                 pi["status"] = "processing"
-                pi["payment_method_types"] = ["us_bank_account"]
+                pi["payment_method_types"] = [method]
                 charge = self._new_charge(pi, status="pending", prefix="py_")
-                charge["payment_method_details"] = {"type": "us_bank_account", "us_bank_account": {}}
+                charge["payment_method_details"] = {"type": method, method: _method_details(method)}
                 self._complete_session(session, paid=False)
                 self._sync_customer(pi, charge, session)
                 self.store.record_event("payment_intent.processing", pi)

@@ -44,6 +44,8 @@ PREFIXES = {
     "re_": "refund",
     "dp_": "dispute",
     "evt_": "event",
+    "prod_": "product",  # a Product may also bring its own id (``billing_package_starter``): see ``find``
+    "price_": "price",
 }
 KINDS = tuple(dict.fromkeys(PREFIXES.values()))
 
@@ -80,6 +82,7 @@ class ListQuery:
     created: dict[str, int] = field(default_factory=dict)  # {"gte": 1700000000, "eq": ...}
     equals: dict[str, str] = field(default_factory=dict)  # field name -> required value
     types: list[str] = field(default_factory=list)  # event type patterns, ``*`` allowed
+    where: Callable[[dict[str, Any]], bool] | None = None  # filters beyond equality (booleans, sets of keys)
 
 
 _CREATED_OPS: dict[str, Callable[[int, int], bool]] = {
@@ -140,7 +143,9 @@ class Store:
 
     def find(self, object_id: str) -> dict[str, Any] | None:
         kind = kind_of(object_id)
-        return self.objects[kind].get(object_id) if kind else None
+        if kind is None:  # a Product created with its own id
+            return self.objects["product"].get(object_id)
+        return self.objects[kind].get(object_id)
 
     def record_event(
         self,
@@ -213,6 +218,8 @@ class Store:
         if any(obj.get(name) != value for name, value in query.equals.items()):
             return False
         if any(not _CREATED_OPS[op](obj["created"], bound) for op, bound in query.created.items()):
+            return False
+        if query.where is not None and not query.where(obj):
             return False
         return not query.types or any(fnmatch.fnmatchcase(obj.get("type", ""), t) for t in query.types)
 

@@ -35,6 +35,10 @@ TABLES = (
     "usage_inbox",
     "stripe_events",
     "api_keys",
+    # packages, Stripe catalog sync and the sales guard
+    "stripe_catalog",
+    "billing_config",
+    "admin_alerts",
 )
 
 

@@ -291,6 +291,11 @@ def test_packages_list_the_price_table(api):
         "credits": "10000.000",
         "unit_amount": 1000,
         "currency": "usd",
+        "bonus_credits": "0.000",
+        "total_credits": "10000.000",
+        "payment_methods": ["card"],
+        "description": None,
+        "stripe_price": None,
     }
     assert (body["has_more"], body["next_cursor"]) == (False, None)
 

@@ -397,11 +397,11 @@ def test_default_table_contents(table):
 
 def test_packages_listed(table):
     packages = table.packages
-    assert [p.id for p in packages] == ["starter", "pro", "scale"]
+    assert [p.id for p in packages] == ["starter", "pro", "scale", "starter_brl", "professional_brl", "enterprise_brl"]
     assert packages[0] == Package(id="starter", name="Starter", credits_mc=10_000_000, unit_amount=1000, currency="usd")
     assert table.package("pro") is packages[1]
     packages.clear()  # a copy: the table is unaffected
-    assert len(table.packages) == 3
+    assert len(table.packages) == 6
     with pytest.raises(UnknownPackage) as err:
         table.package("mega")
     assert err.value.code == "unknown_package"
