@@ -170,3 +170,29 @@ def from_validation_error(exc: ValidationError, *, allowed: Iterable[str] = ()) 
     if first["type"] in _AMOUNT_ERRORS:
         return InvalidAmount(message, field=field)
     return InvalidCommand(message, field=field)
+
+
+# -- limits (pricing/limits.py) -----------------------------------------------------------------------------
+class RateLimited(BillingError):
+    """An hourly or daily token limit would be exceeded (details: account, window, limit, current, requested,
+    retry_after: seconds until the window resets)."""
+
+    code = "rate_limited"
+
+
+class QuotaExceeded(BillingError):
+    """The monthly token quota would be exceeded (details: metric, current, limit, percentage, upgrade_url)."""
+
+    code = "quota_exceeded"
+
+
+class LimitsUnavailable(BillingError):
+    """The limit counters cannot be reached and the limits are configured to fail closed."""
+
+    code = "limits_unavailable"
+
+
+class UnknownPlan(BillingError):
+    """A plan name the catalog does not have (details: plan, known_plans)."""
+
+    code = "unknown_plan"

@@ -33,6 +33,11 @@ STATUS_BY_ERROR: dict[type[domain.BillingError], int] = {
     domain.UnknownPriceCode: 422,
     domain.PaymentsRefused: 502,
     domain.PaymentsUnavailable: 503,
+    # limits
+    domain.RateLimited: 429,
+    domain.QuotaExceeded: 402,
+    domain.LimitsUnavailable: 503,
+    domain.UnknownPlan: 422,
 }
 
 

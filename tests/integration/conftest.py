@@ -35,6 +35,7 @@ TABLES = (
     "usage_inbox",
     "stripe_events",
     "api_keys",
+    "usage_records",
 )
 
 
@@ -102,7 +103,26 @@ def reset_database(engine: Engine) -> None:
 @pytest.fixture
 def session_factory(engine: Engine) -> Iterator[sessionmaker[Session]]:
     reset_database(engine)
+    reset_limits()
     yield make_session_factory(engine)
+
+
+# -- limits: this pytest worker's own token counters and per-key request counters in the run's Redis ----------
+def limits_prefix() -> str:
+    return f"test:{os.environ.get('PYTEST_XDIST_WORKER', 'main')}:tokens"
+
+
+def reset_limits() -> None:
+    """Every counter of this worker's prefix gone: each test starts with no tokens counted."""
+    import redis
+
+    client = redis.Redis.from_url(_require("REDIS_URL"))
+    try:
+        keys = list(client.scan_iter(match=f"{limits_prefix()}:*", count=1000))
+        if keys:
+            client.delete(*keys)
+    finally:
+        client.close()
 
 
 @dataclass
@@ -182,6 +202,8 @@ def receiver_app(database_url: str):
         redis_url=_require("REDIS_URL"),
         stripe_webhook_secret="whsec_test_current,whsec_test_previous",
         BILLING_DB_POOL_SIZE=4,
+        BILLING_LIMITS_PREFIX=limits_prefix(),
+        BILLING_LIMITS_POLICY_CACHE_SECONDS=0,  # tables are emptied between tests; a cached plan would outlive them
     )
     return create_app(settings)
 
