@@ -376,8 +376,10 @@ class AccountAnswer(BalanceAnswer):
 
     @classmethod
     def with_limits(cls, balance: AccountBalance, policy: LimitPolicy) -> AccountAnswer:
-        base = BalanceAnswer.of(balance).model_dump()
-        return cls(**base, plan=policy.plan, limits=LimitsAnswer.of(policy))
+        base = BalanceAnswer.of(balance)
+        # The validated values (millicredits), not their JSON (credit strings).
+        fields = {name: getattr(base, name) for name in BalanceAnswer.model_fields}
+        return cls(**fields, plan=policy.plan, limits=LimitsAnswer.of(policy))
 
 
 class UsageLine(Answer):
