@@ -78,9 +78,13 @@ def install(app: Flask, settings: Settings) -> Limiter:
         application_limits_exempt_when=_exempt,
         storage_uri=settings.redis_url,
         # A Redis that does not answer must not hold a request for long; meanwhile this process counts alone.
-        storage_options={"socket_connect_timeout": 1, "socket_timeout": 1},
+        # Keys beside the token counters, under the same prefix.
+        storage_options={
+            "socket_connect_timeout": 1,
+            "socket_timeout": 1,
+            "key_prefix": f"{settings.limits_prefix}:api",
+        },
         strategy="fixed-window",
-        key_prefix=f"{settings.limits_prefix}:api",  # beside the token counters, under the same prefix
         swallow_errors=True,
         in_memory_fallback_enabled=True,
         headers_enabled=False,  # headers would cost a second Redis call per request

@@ -348,9 +348,7 @@ def test_a_hold_over_the_monthly_quota_is_refused_with_402_in_seed_002s_shape(ap
     app_limits(receiver_app).record({"acme": 99_000})
     key = api.key("holds:write")
     before = probe.snapshot()
-    response = api.post(
-        "/v1/holds", key=key, json={"account": "acme", "idempotency_key": "h1", "items": [GPT4O]}
-    )
+    response = api.post("/v1/holds", key=key, json={"account": "acme", "idempotency_key": "h1", "items": [GPT4O]})
     assert response.status_code == 402
     error = response.get_json()["error"]
     assert {k: error[k] for k in ("code", "metric", "current", "limit", "percentage", "upgrade_url")} == {

@@ -140,7 +140,9 @@ def test_a_rate_refusal_says_how_long_until_the_window_resets():
     assert refusal.details["retry_after"] == 30
     assert (refusal.details["limit"], refusal.details["window"], refusal.details["current"]) == (1_000, "hour", 900)
     # right at the boundary the whole next window is ahead; a fraction of a second rounds up
-    assert refusal_for("acme", "hour", 1_000, 1_000, 1, POLICY, at("2026-12-02 14:00:00")).details["retry_after"] == 3600
+    assert (
+        refusal_for("acme", "hour", 1_000, 1_000, 1, POLICY, at("2026-12-02 14:00:00")).details["retry_after"] == 3600
+    )
     late = at("2026-12-02 23:59:59.250000")
     assert refusal_for("acme", "day", 5_000, 5_000, 1, POLICY, late).details["retry_after"] == 1
 
