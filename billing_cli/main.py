@@ -6,6 +6,7 @@ from __future__ import annotations
 import click
 
 from billing_cli import keys, ops, schema, serve
+from billing_cli.limits import limits
 
 
 @click.group()
@@ -24,6 +25,7 @@ for command in (
     ops.replay,
     serve.stripe_emulator,
     serve.dev,
+    limits,
 ):
     main.add_command(command)
 

@@ -511,3 +511,44 @@ def test_the_usage_view_shows_each_window_against_its_limit(api, receiver_app, f
 def test_the_usage_view_of_an_unknown_account_is_404(api):
     response = api.get("/v1/accounts/nobody/usage", key=api.key("accounts:read"))
     assert response.status_code == 404 and response.get_json()["error"]["code"] == "unknown_account"
+
+
+# -- the CLI ---------------------------------------------------------------------------------------------------
+def billing(database_url: str, *args: str):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = {**__import__("os").environ, "DATABASE_URL": database_url, "BILLING_LIMITS_PREFIX": limits_prefix()}
+    return subprocess.run(
+        [sys.executable, "-m", "billing_cli.main", *args],
+        env=env,
+        cwd=Path(__file__).resolve().parents[2],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_the_cli_sets_a_plan_and_overrides_and_shows_usage(database_url, probe, limits):
+    done = billing(database_url, "limits", "set", "acme", "--plan", "free", "--hourly", "5000", "--daily", "unlimited")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "acme: plan free  hourly 5,000  daily unlimited  monthly 100,000 tokens"
+    assert probe.rows("SELECT plan, limit_overrides FROM wallets WHERE account = 'acme'") == [
+        ("free", {"hourly_tokens": 5000, "daily_tokens": None})
+    ]
+    limits.admit({"acme": 1_500}, {})
+    shown = billing(database_url, "limits", "show", "acme")
+    assert shown.returncode == 0, shown.stderr
+    lines = shown.stdout.splitlines()
+    assert lines[0] == "acme: plan free"
+    assert "tokens_hour" in lines[1] and "1,500 / 5,000" in lines[1] and "(30.0%)" in lines[1]
+    assert "tokens_day" in lines[2] and "unlimited" in lines[2]
+    assert "tokens_month" in lines[3] and "(1.5%)" in lines[3]
+    # an unknown plan changes nothing; an unknown account has nothing to show
+    refused = billing(database_url, "limits", "set", "acme", "--plan", "platinum")
+    assert refused.returncode == 1 and "unknown_plan" in refused.stderr
+    assert billing(database_url, "limits", "show", "nobody").returncode == 1
+    cleared = billing(database_url, "limits", "set", "acme", "--plan", "default", "--clear-overrides")
+    assert cleared.returncode == 0 and "plan payg" in cleared.stdout
+    assert probe.rows("SELECT plan, limit_overrides FROM wallets WHERE account = 'acme'") == [(None, {})]
