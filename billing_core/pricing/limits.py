@@ -293,9 +293,9 @@ def _exceeds(current: int, tokens: int, limit: int | None) -> bool:
 
 # -- the Lua script -----------------------------------------------------------------------------------------
 # KEYS: the touched set, then per account its hour, day and month counters.
-# ARGV: n, the three TTLs in seconds, then per account: checked tokens, recorded tokens, and the three limits
-# (-1: unlimited). Accounts with checked tokens are checked first, month, day, hour; one refusal and nothing
-# is written. Then every account's counters take checked + recorded tokens.
+# ARGV: n, the three TTLs in seconds (set when a counter is created), then per account: checked tokens,
+# recorded tokens, and the three limits (-1: unlimited). Accounts with checked tokens are checked first, month,
+# day, hour; one refusal and nothing is written. Then every account's counters take checked + recorded tokens.
 # Returns {0} when admitted, {account index (1-based), window (1 hour, 2 day, 3 month), current} when refused.
 ADMIT_LUA = """
 local n = tonumber(ARGV[1])
@@ -320,9 +320,10 @@ for i = 1, n do
   if add > 0 then
     for w = 1, 3 do
       local key = KEYS[1 + (i - 1) * 3 + w]
-      redis.call('INCRBY', key, add)
-      redis.call('EXPIRE', key, ARGV[1 + w])
-      redis.call('SADD', KEYS[1], key)
+      if redis.call('INCRBY', key, add) == add then
+        redis.call('EXPIRE', key, ARGV[1 + w])  -- a new counter: it expires GRACE after its window ends
+      end
+      redis.call('SADD', KEYS[1], key)  -- again after each flush has let it go
     end
   end
 end
