@@ -6,6 +6,7 @@ from __future__ import annotations
 import click
 
 from billing_cli import config, keys, ops, schema, serve, stripe_sync
+from billing_cli.limits import limits
 
 
 @click.group()
@@ -27,6 +28,7 @@ for command in (
     config.config,  # packages and the sales guard
     config.sales_guard,
     stripe_sync.stripe_group,
+    limits,
 ):
     main.add_command(command)
 

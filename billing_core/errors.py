@@ -190,3 +190,29 @@ class InvalidSetting(BillingError):
     """A value a database setting does not accept (details: key)."""
 
     code = "invalid_setting"
+
+
+# -- limits (pricing/limits.py) -----------------------------------------------------------------------------
+class RateLimited(BillingError):
+    """An hourly or daily token limit would be exceeded (details: account, window, limit, current, requested,
+    retry_after: seconds until the window resets)."""
+
+    code = "rate_limited"
+
+
+class QuotaExceeded(BillingError):
+    """The monthly token quota would be exceeded (details: metric, current, limit, percentage, upgrade_url)."""
+
+    code = "quota_exceeded"
+
+
+class LimitsUnavailable(BillingError):
+    """The limit counters cannot be reached and the limits are configured to fail closed."""
+
+    code = "limits_unavailable"
+
+
+class UnknownPlan(BillingError):
+    """A plan name the catalog does not have (details: plan, known_plans)."""
+
+    code = "unknown_plan"

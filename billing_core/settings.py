@@ -45,13 +45,25 @@ class Settings(BaseSettings):
     stripe_webhook_secret: SecretStr | None = None
     stripe_api_base: str | None = None
     billing_pricing_file: str | None = None
+    # -- limits (billing_core/pricing/limits.py, webhook_receiver/rate_limits.py) --
+    # Redis unreachable: admit usage and holds (False, a warning in the log) or refuse them with 503.
+    limits_fail_closed: bool = Field(default=False, alias="BILLING_LIMITS_FAIL_CLOSED")
+    # The token counters' Redis (default REDIS_URL) and the prefix of their keys.
+    limits_redis_url: str | None = Field(default=None, alias="BILLING_LIMITS_REDIS_URL")
+    limits_prefix: str = Field(default="billing:tokens", min_length=1, alias="BILLING_LIMITS_PREFIX")
+    # How long a process trusts an account's plan and overrides read from the database.
+    limits_policy_cache_seconds: float = Field(default=5.0, ge=0, alias="BILLING_LIMITS_POLICY_CACHE_SECONDS")
+    # Requests per API key (flask-limiter's notation: "1000/second", "100 per minute; 5000 per hour").
+    api_rate_limit: str = Field(default="1000/second", min_length=1, alias="BILLING_API_RATE_LIMIT")
 
     @field_validator("database_url")
     @classmethod
     def _driver(cls, value: str) -> str:
         return sqlalchemy_url(value)
 
-    @field_validator("redis_url", "stripe_api_key", "stripe_webhook_secret", "stripe_api_base", mode="before")
+    @field_validator(
+        "redis_url", "stripe_api_key", "stripe_webhook_secret", "stripe_api_base", "limits_redis_url", mode="before"
+    )
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value

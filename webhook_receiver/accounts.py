@@ -11,10 +11,19 @@ from billing_core.errors import UnknownAccount
 from billing_core.ledger.balances import read_balance
 from billing_core.ledger.commands import check_account
 from billing_core.ledger.history import list_transactions
+from billing_core.ledger.wallet_rows import wallet_exists
+from billing_core.pricing.limits import check_plan, policies
 from webhook_receiver.auth import require
+from webhook_receiver.rate_limits import token_limits
 from webhook_receiver.rendering import render
 from webhook_receiver.runtime import runtime
-from webhook_receiver.schemas import AccountUpdateBody, BalanceAnswer, TransactionsAnswer, TransactionsQuery
+from webhook_receiver.schemas import (
+    AccountAnswer,
+    AccountLimitsUpdateBody,
+    TransactionsAnswer,
+    TransactionsQuery,
+    UsageViewAnswer,
+)
 from webhook_receiver.spec import endpoint
 
 bp = Blueprint("accounts", __name__)
@@ -24,28 +33,59 @@ UNKNOWN = {404: "unknown_account"}
 
 @bp.get("/v1/accounts/<account>")
 @require("accounts:read")
-@endpoint(answers={200: BalanceAnswer}, errors=UNKNOWN)
+@endpoint(answers={200: AccountAnswer}, errors=UNKNOWN)
 def get_account(account: str):
-    """The balance: available, held and total credits, the negative flag, and the profile."""
-    with runtime().session_factory() as session:
+    """The balance: available, held and total credits, the negative flag, the profile, the plan and limits."""
+    rt = runtime()
+    with rt.session_factory() as session:
         balance = read_balance(session, account)
-    if balance is None:
-        raise UnknownAccount.named(account)
-    return render(BalanceAnswer.of(balance))
+        if balance is None:
+            raise UnknownAccount.named(account)
+        policy = policies(session, [account], rt.prices.current())[account]
+    return render(AccountAnswer.with_limits(balance, policy))
 
 
 @bp.put("/v1/accounts/<account>")
 @require("accounts:write")
-@endpoint(body=AccountUpdateBody, answers={200: BalanceAnswer}, errors={409: "stripe_customer_taken"})
-def put_account(account: str, body: AccountUpdateBody):
-    """Set the profile fields given (``null`` clears one); creates the account if it is new."""
+@endpoint(
+    body=AccountLimitsUpdateBody,
+    answers={200: AccountAnswer},
+    errors={409: "stripe_customer_taken", 422: "unknown_plan · invalid_request"},
+)
+def put_account(account: str, body: AccountLimitsUpdateBody):
+    """Set the profile fields given (``null`` clears one), the plan and limit overrides; creates the account
+    if it is new."""
+    rt = runtime()
     # The fields sent, as validated (millicredits for the threshold); a field left out is not changed.
     given: dict[str, Any] = {name: getattr(body, name) for name in body.model_fields_set}
     if "low_balance_threshold" in given:
         given["low_balance_threshold_mc"] = given.pop("low_balance_threshold")
+    table = rt.prices.current()
+    if given.get("plan") is not None:
+        check_plan(table, given["plan"])
+    if "limits" in given:
+        limits = given.pop("limits")
+        given["limit_overrides"] = None if limits is None else limits.given()
     # A path that cannot name an account must not create a wallet.
-    balance = update_account(runtime().session_factory, check_account(account), **given)
-    return render(BalanceAnswer.of(balance))
+    balance = update_account(rt.session_factory, check_account(account), **given)
+    token_limits().forget(account)  # this process sees the change at once, the others within seconds
+    with rt.session_factory() as session:
+        policy = policies(session, [account], table)[account]
+    return render(AccountAnswer.with_limits(balance, policy))
+
+
+@bp.get("/v1/accounts/<account>/usage")
+@require("accounts:read")
+@endpoint(answers={200: UsageViewAnswer}, errors=UNKNOWN)
+def get_usage_view(account: str):
+    """Tokens used this hour, day and month against the account's limits and quota (seed 002's usage view)."""
+    rt = runtime()
+    with rt.session_factory() as session:
+        if not wallet_exists(session, account):
+            raise UnknownAccount.named(account)
+        policy = policies(session, [account], rt.prices.current())[account]
+    state = token_limits().usage_view(account, policy, session_factory=rt.session_factory)
+    return render(UsageViewAnswer.of(state, policy))
 
 
 @bp.get("/v1/accounts/<account>/transactions")

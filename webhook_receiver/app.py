@@ -15,6 +15,7 @@ from billing_core.settings import Settings, load_settings
 from billing_core.stripe.gateway import StripeGateway
 from webhook_receiver import accounts, catalog, errors, health, holds, openapi, usage, webhooks
 from webhook_receiver.enqueue import CelerySender, Enqueue
+from webhook_receiver.rate_limits import install as install_limits
 from webhook_receiver.runtime import Runtime
 
 
@@ -44,4 +45,5 @@ def create_app(settings: Settings | None = None, *, enqueue: Enqueue | None = No
     errors.install(app)
     for blueprint in (webhooks.bp, usage.bp, health.bp, accounts.bp, holds.bp, catalog.bp, openapi.bp):
         app.register_blueprint(blueprint)
+    install_limits(app, settings)  # per-key request limits and the token limits
     return app

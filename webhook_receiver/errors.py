@@ -36,6 +36,11 @@ STATUS_BY_ERROR: dict[type[domain.BillingError], int] = {
     domain.SalesPaused: 409,  # packages and the sales guard
     domain.UnknownSetting: 404,
     domain.InvalidSetting: 422,
+    # limits
+    domain.RateLimited: 429,
+    domain.QuotaExceeded: 402,
+    domain.LimitsUnavailable: 503,
+    domain.UnknownPlan: 422,
 }
 
 

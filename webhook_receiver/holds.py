@@ -19,6 +19,7 @@ from billing_core.pricing.items import Item
 from billing_core.pricing.quotes import price_items
 from billing_core.types import HOLD_ID_RE
 from webhook_receiver.auth import require
+from webhook_receiver.rate_limits import check_hold_tokens
 from webhook_receiver.rendering import render
 from webhook_receiver.runtime import runtime
 from webhook_receiver.schemas import DEFAULT_TTL_SECONDS, CaptureBody, HoldAnswer, PlaceHoldBody, ReleaseBody
@@ -54,10 +55,17 @@ def _amount_mc(credits_mc: int | None, items: list[Item] | None, *, allow_zero: 
 @endpoint(
     body=PlaceHoldBody,
     answers={201: HoldAnswer},
-    errors={402: "insufficient_credits · account_negative", 404: "unknown_account", 409: "idempotency_conflict"},
+    errors={
+        402: "insufficient_credits · account_negative · quota_exceeded",
+        404: "unknown_account",
+        409: "idempotency_conflict",
+        429: "rate_limited",
+    },
 )
 def place_hold(body: PlaceHoldBody):
     """Reserve credits (a price from items, or an amount) until captured, released or expired."""
+    # Token limits first (429 rate_limited · 402 quota_exceeded): a refused hold reserves nothing.
+    check_hold_tokens(body.account, body.items, getattr(body, "mode", None) or "system")
     cmd = PlaceHold(
         account=body.account,
         amount_mc=_amount_mc(body.credits, body.items, allow_zero=False),

@@ -17,7 +17,9 @@ from billing_core.ledger.balances import AccountBalance
 from billing_core.ledger.handlers import HoldView, Receipt
 from billing_core.ledger.history import MAX_PAGE, TransactionPage
 from billing_core.pricing.items import Items
+from billing_core.pricing.limits import LimitPolicy, LimitState
 from billing_core.pricing.packages import Package
+from billing_core.pricing.plans import LimitOverrides
 from billing_core.pricing.quotes import Quote
 from billing_core.types import (
     Account,
@@ -31,6 +33,7 @@ from billing_core.types import (
     HttpUrl,
     IdempotencyKey,
     Metadata,
+    Name,
     PackageId,
     StripeCustomerId,
     TtlSeconds,
@@ -352,3 +355,84 @@ def quote_json(quote: Quote) -> dict[str, Any]:
 class PackagesQuery(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
     currency: Currency | None = Field(None, description="only the packages sold in this currency, e.g. brl")
+
+
+# -- limits: plans, per-account limits, the usage view (billing_core/pricing/limits.py) ----------------------
+class AccountLimitsUpdateBody(AccountUpdateBody):
+    """The profile fields, and the account's plan and limit overrides."""
+
+    plan: Name | None = Field(None, description="a plan of the catalog; null: back to the default plan")
+    limits: LimitOverrides | None = Field(
+        None,
+        description="overrides of the plan's limits, merged into those stored (a field set to null: unlimited); "
+        "null clears every override",
+    )
+
+
+class LimitsAnswer(Answer):
+    """The limits in effect (the plan's, with the account's overrides); null = unlimited."""
+
+    hourly_tokens: int | None
+    daily_tokens: int | None
+    monthly_tokens: int | None
+    upgrade_url: str | None
+
+    @classmethod
+    def of(cls, policy: LimitPolicy) -> LimitsAnswer:
+        return cls(
+            hourly_tokens=policy.hourly,
+            daily_tokens=policy.daily,
+            monthly_tokens=policy.monthly,
+            upgrade_url=policy.upgrade_url,
+        )
+
+
+class AccountAnswer(BalanceAnswer):
+    plan: str
+    limits: LimitsAnswer
+
+    @classmethod
+    def with_limits(cls, balance: AccountBalance, policy: LimitPolicy) -> AccountAnswer:
+        base = BalanceAnswer.of(balance)
+        # The validated values (millicredits), not their JSON (credit strings).
+        fields = {name: getattr(base, name) for name in BalanceAnswer.model_fields}
+        return cls(**fields, plan=policy.plan, limits=LimitsAnswer.of(policy))
+
+
+class UsageLine(Answer):
+    metric: str = Field(examples=["tokens_hour"], description="tokens_hour · tokens_day · tokens_month")
+    current: int
+    limit: int | None
+    percentage: float = Field(description="current / limit in percent, two decimals; 0 when unlimited")
+    unlimited: bool
+    remaining: int | None
+    resets_at: Time
+
+
+class UsageViewAnswer(Answer):
+    account: str
+    plan: str
+    upgrade_url: str | None
+    counted: bool = Field(description="false: the counters could not be read; figures as of the last flush")
+    usage: list[UsageLine]
+
+    @classmethod
+    def of(cls, state: LimitState, policy: LimitPolicy) -> UsageViewAnswer:
+        return cls(
+            account=state.account,
+            plan=policy.plan,
+            upgrade_url=policy.upgrade_url,
+            counted=state.counted,
+            usage=[
+                UsageLine(
+                    metric=w.metric,
+                    current=w.current,
+                    limit=w.limit,
+                    percentage=w.percentage,
+                    unlimited=w.unlimited,
+                    remaining=w.remaining,
+                    resets_at=w.resets_at,
+                )
+                for w in state.windows
+            ],
+        )

@@ -11,6 +11,7 @@ from webhook_receiver.auth import require
 from webhook_receiver.bodies import parse_json, read_body
 from webhook_receiver.errors import ApiError
 from webhook_receiver.metrics import USAGE_EVENTS
+from webhook_receiver.rate_limits import usage_gate
 from webhook_receiver.rendering import render
 from webhook_receiver.runtime import runtime
 from webhook_receiver.schemas import UsageAccepted, UsageStatusAnswer
@@ -32,6 +33,8 @@ MAX_USAGE_BYTES = 8 * 1024 * 1024
         409: "idempotency_conflict",
         413: "payload_too_large",
         422: "invalid_usage (problems: index, field, code, message)",
+        402: "quota_exceeded",
+        429: "rate_limited",
     },
 )
 def post_usage():
@@ -40,7 +43,8 @@ def post_usage():
     # Validated here, report by report, rather than by ``endpoint``: a refusal names every problem of every
     # report with its index (``invalid_usage``), and nothing of the request is stored.
     reports = accept_reports(parse_json(read_body(MAX_USAGE_BYTES)), rt.prices.current())
-    stored = store_usage(rt.session_factory, reports, source="http")  # a DBAPIError answers 503 (errors.py)
+    # Token limits inside the store's transaction (429 rate_limited · 402 quota_exceeded: nothing stored).
+    stored = store_usage(rt.session_factory, reports, source="http", admit=usage_gate())  # DBAPIError: 503
     for partition in sorted(stored.partitions):
         rt.enqueue.wake("billing.apply_usage", [partition], wakeups.usage_partition(partition))
     USAGE_EVENTS.labels("accepted").inc(len(stored.accepted))

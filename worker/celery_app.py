@@ -13,6 +13,7 @@ import logging
 
 from celery import Celery
 from celery.app.trace import LOG_RECEIVED, LOG_SUCCESS
+from celery.schedules import crontab
 
 from billing_core.errors import MissingSetting
 from billing_core.settings import Settings, load_settings
@@ -53,6 +54,8 @@ app.conf.update(
         # a hold's reservation returns to the wallet within seconds of its TTL.
         "expire-holds": {"task": "billing.expire_holds", "schedule": SETTINGS.sweep_seconds},
         "expire-grants": {"task": "billing.expire_grants", "schedule": SETTINGS.sweep_seconds},
+        # The token counters into usage_records, a minute past each hour: the hour just closed is final.
+        "flush-usage-records": {"task": "billing.flush_usage_records", "schedule": crontab(minute=1)},
     },
     timezone="UTC",
 )

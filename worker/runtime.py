@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from billing_core.db.engine import make_engine, make_session_factory
 from billing_core.db.wakeups import Wakeups, redis_client
 from billing_core.pricing.catalog import load_price_table
+from billing_core.pricing.limits import TokenLimits
 from billing_core.pricing.versions import PriceBook
 from billing_core.settings import load_settings
 from billing_core.stripe.gateway import StripeGateway
@@ -23,6 +24,7 @@ class Runtime:
     gateway: StripeGateway | None
     prices: PriceBook
     wakeups: Wakeups
+    limits: TokenLimits  # token limits and plan quotas (billing_core/pricing/limits.py)
 
 
 @lru_cache(maxsize=1)
@@ -37,6 +39,12 @@ def _runtime(pid: int) -> Runtime:
         gateway,
         PriceBook(load_price_table(settings.billing_pricing_file)),
         Wakeups(redis_client(settings.redis_url or "")),
+        TokenLimits(
+            redis_client(settings.limits_redis_url or settings.redis_url or ""),
+            fail_closed=settings.limits_fail_closed,
+            prefix=settings.limits_prefix,
+            policy_cache_seconds=settings.limits_policy_cache_seconds,
+        ),
     )
 
 

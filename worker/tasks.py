@@ -13,12 +13,13 @@ from celery import Task
 from sqlalchemy.exc import OperationalError
 
 from billing_core.db import wakeups
-from billing_core.errors import IdempotencyConflict
+from billing_core.errors import IdempotencyConflict, LimitsUnavailable, QuotaExceeded, RateLimited
 from billing_core.intake import stripe_events, usage_inbox
 from billing_core.intake.inbox import BatchResult
 from billing_core.intake.usage_reports import InvalidUsage, accept_reports
 from billing_core.ledger.commands import ExpireGrants, ExpireHolds
 from billing_core.ledger.handlers import execute
+from billing_core.pricing import limits
 from worker.celery_app import STALE_SECONDS, app
 from worker.runtime import runtime
 
@@ -37,6 +38,8 @@ RETRY = {
     "retry_jitter": True,
     "max_retries": None,
 }
+# A report refused because the token counters are unreachable (failing closed) is tried again this much later.
+LIMITS_RETRY_SECONDS = 5
 
 
 def _drain(
@@ -99,11 +102,21 @@ def record_usage(self: Task, report: dict[str, Any]) -> dict[str, Any]:
         )
         return {"status": "invalid", "problems": problems, "rejected": kept}
     try:
-        stored = usage_inbox.store_usage(rt.session_factory, accepted, source="celery")
+        gate = rt.limits.gate(rt.prices.current())  # token limits: admitted in the store's transaction
+        stored = usage_inbox.store_usage(rt.session_factory, accepted, source="celery", admit=gate)
     except IdempotencyConflict as exc:
         # The sender reused a key for another report: nothing was stored, and retrying cannot help.
         log.warning("billing.record_usage refused a report: %s %s", exc.message, exc.details)
         return {"status": "conflict", "idempotency_keys": exc.details.get("idempotency_keys")}
+    except (RateLimited, QuotaExceeded) as exc:
+        # Over a token limit: nothing was stored; kept as rejected with the reason, as HTTP would answer 429/402.
+        problems = [{"index": -1, "field": "", "code": exc.code, "message": exc.message}]
+        kept = usage_inbox.store_refused(rt.session_factory, report, problems, source="celery", code=exc.code)
+        log.warning("billing.record_usage refused a report (%d kept as rejected): %s", len(kept), exc.message)
+        return {"status": exc.code, "rejected": kept, **exc.details}
+    except LimitsUnavailable as exc:
+        # Failing closed while the counters cannot be reached: try the message again shortly.
+        raise self.retry(exc=exc, countdown=LIMITS_RETRY_SECONDS) from None
     for partition in sorted(stored.partitions):
         if rt.wakeups.arm(wakeups.usage_partition(partition)):
             apply_usage.delay(partition)
@@ -169,3 +182,12 @@ def expire_holds(self: Task) -> int:
 @app.task(name="billing.expire_grants", bind=True, **RETRY)
 def expire_grants(self: Task) -> int:
     return _sweep_all(ExpireGrants)
+
+
+# -- limits ---------------------------------------------------------------------------------------------------
+@app.task(name="billing.flush_usage_records", bind=True, **RETRY)
+def flush_usage_records(self: Task) -> dict[str, int]:
+    """Copy the token counters from Redis into ``usage_records`` (hourly; idempotent)."""
+    rt = runtime()
+    result = limits.flush_usage_records(rt.limits, rt.session_factory)
+    return {"counters": result.counters, "forgotten": result.forgotten}

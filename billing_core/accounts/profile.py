@@ -14,6 +14,7 @@ from billing_core.db import unit_of_work
 from billing_core.errors import BillingError
 from billing_core.ledger.balances import AccountBalance, read_balance
 from billing_core.ledger.wallet_rows import keep_first_stripe_customer, update_profile
+from billing_core.pricing.limits import store_account_limits
 from billing_core.types import StripeCustomerId
 
 # Stripe's answer is checked like any input before it is stored.
@@ -49,6 +50,8 @@ def update_account(
     name: str | _Unset | None = UNSET,
     low_balance_threshold_mc: int | _Unset | None = UNSET,
     stripe_customer_id: str | _Unset | None = UNSET,
+    plan: str | _Unset | None = UNSET,
+    limit_overrides: dict[str, int | None] | _Unset | None = UNSET,
 ) -> AccountBalance:
     """Change the fields given (None clears one), creating the wallet if the account is new; returns the
     account. A Stripe customer id already on another account raises ``StripeCustomerTaken``. The values are
@@ -66,6 +69,10 @@ def update_account(
         wallet = uow.book.lock_wallet(account, create=True)
         if changes:
             update_profile(uow.session, wallet.id, changes)
+        # Token limits (pricing/limits.py): the plan (checked against the catalog by the caller), overrides.
+        limits = {k: v for k, v in (("plan", plan), ("overrides", limit_overrides)) if v is not UNSET}
+        if limits:
+            store_account_limits(uow.session, wallet.id, **limits)
         balance = read_balance(uow.session, account)
         assert balance is not None, "the wallet was locked (created) above"
         return balance

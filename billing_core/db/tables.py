@@ -74,6 +74,9 @@ class Wallet(Base):
     stripe_customer_id: Mapped[str | None] = mapped_column(String(255), unique=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    # Token limits (pricing/limits.py): the plan (None: the catalog's default) and per-account overrides.
+    plan: Mapped[str | None] = mapped_column(Text)
+    limit_overrides: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default=text("'{}'::jsonb"))
 
 
 class LedgerEntry(Base):
@@ -312,4 +315,24 @@ class AdminAlert(Base):
     __table_args__ = (
         Index("ix_admin_alerts_kind_id", "kind", "id"),
         Index("ix_admin_alerts_undelivered", "id", postgresql_where=text("delivered_at IS NULL")),
+    )
+
+
+# -- limits: durable copies of the Redis token counters (pricing/limits.py) ------------------------------
+class UsageRecord(Base):
+    """A token counter of one account and window (``period``: hour, day or month, starting at
+    ``period_start``), copied from Redis by the hourly flush; never lowered."""
+
+    __tablename__ = "usage_records"
+
+    account: Mapped[str] = mapped_column(String(128), primary_key=True)
+    metric: Mapped[str] = mapped_column(String(32), primary_key=True)
+    period: Mapped[str] = mapped_column(String(8), primary_key=True)
+    period_start: Mapped[datetime] = mapped_column(DateTime(timezone=True), primary_key=True)
+    quantity: Mapped[int] = mapped_column(BigInteger)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+    __table_args__ = (
+        CheckConstraint("period IN ('hour', 'day', 'month')", name="usage_records_period"),
+        CheckConstraint("quantity >= 0", name="usage_records_quantity"),
     )

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -122,15 +123,44 @@ class StoreResult:
     partitions: set[int] = field(default_factory=set)
 
 
+# Called inside the store's transaction with the reports it inserted (token limits: pricing/limits.py); raising
+# refuses the request (nothing stored); the callable it returns undoes its effect if the commit then fails.
+AdmitHook = Callable[[Session, list[AcceptedReport]], Callable[[], None] | None]
+
+
 def store_usage(
-    session_factory: sessionmaker[Session], reports: list[AcceptedReport], *, source: str = "http"
+    session_factory: sessionmaker[Session],
+    reports: list[AcceptedReport],
+    *,
+    source: str = "http",
+    admit: AdmitHook | None = None,
 ) -> StoreResult:
     """Store accepted reports in one transaction. Keys seen before with the same body are duplicates; a key
-    seen before with another body raises ``IdempotencyConflict`` and nothing of the request is stored."""
-    return unit_of_work.retry_transient(lambda: _store_once(session_factory, reports, source))
+    seen before with another body raises ``IdempotencyConflict`` and nothing of the request is stored.
+    ``admit`` sees the newly inserted reports before the commit (see ``AdmitHook``)."""
+    return unit_of_work.retry_transient(lambda: _store_once(session_factory, reports, source, admit))
 
 
-def _store_once(session_factory: sessionmaker[Session], reports: list[AcceptedReport], source: str) -> StoreResult:
+def _store_once(
+    session_factory: sessionmaker[Session], reports: list[AcceptedReport], source: str, admit: AdmitHook | None = None
+) -> StoreResult:
+    undo: list[Callable[[], None]] = []
+    try:
+        return _store_admitted(session_factory, reports, source, admit, undo)
+    except BaseException:
+        # Admitted, then the commit failed: give the admission back (a retry admits again).
+        for give_back in undo:
+            give_back()
+        raise
+
+
+def _store_admitted(
+    session_factory: sessionmaker[Session],
+    reports: list[AcceptedReport],
+    source: str,
+    admit: AdmitHook | None,
+    undo: list[Callable[[], None]],
+) -> StoreResult:
     result = StoreResult()
     if not reports:
         return result
@@ -166,7 +196,9 @@ def _store_once(session_factory: sessionmaker[Session], reports: list[AcceptedRe
                     received_at = now(), next_attempt_at = now(), applied_at = NULL
                 -- a report refused as invalid (see store_refused) does not hold its key: the corrected one
                 -- takes its place, as a request that failed validation saves nothing at Stripe
-                WHERE usage_inbox.reason_code = 'invalid_usage'
+                -- (nor does one refused by a token limit: sent again later, it is admitted or refused again)
+                WHERE usage_inbox.reason_code IN ('invalid_usage', 'rate_limited', 'quota_exceeded',
+                                                  'limits_unavailable')
             RETURNING idempotency_key
             """,
             {
@@ -204,6 +236,12 @@ def _store_once(session_factory: sessionmaker[Session], reports: list[AcceptedRe
                     idempotency_keys=conflicts[:50],
                 )
             statuses.update({key: public_status(row.status) for key, row in earlier.items()})
+        if admit is not None:
+            # Before the commit, and only the reports this request inserted: a refusal rolls everything back,
+            # and a duplicate (or a concurrent copy, which waits on the new rows' keys) is never counted twice.
+            give_back = admit(session, [r for r in unique if r.idempotency_key in inserted])
+            if give_back is not None:
+                undo.append(give_back)
         seen: set[str] = set()
         for r in reports:
             if r.idempotency_key in inserted and r.idempotency_key not in seen:
@@ -220,7 +258,12 @@ INVALID_USAGE = "invalid_usage"
 
 
 def store_refused(
-    session_factory: sessionmaker[Session], payload: object, problems: list[dict[str, Any]], *, source: str
+    session_factory: sessionmaker[Session],
+    payload: object,
+    problems: list[dict[str, Any]],
+    *,
+    source: str,
+    code: str = INVALID_USAGE,
 ) -> list[str]:
     """Keep the reports of a refused request that nobody was told about (the Celery path has no caller to
     answer) as ``rejected`` rows, so that ``GET /v1/usage/<key>`` and the operator can see why; returns their
@@ -247,7 +290,7 @@ def store_refused(
                 "acc": account[:128] if isinstance(account, str) else "",
                 "rep": report,
                 "src": source,
-                "code": INVALID_USAGE,
+                "code": code,
                 "why": reason[:2000],
             }
         )

@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from billing_core.errors import BillingError, error_field, error_message
 from billing_core.pricing.catalog import PriceTable
-from billing_core.pricing.items import Items
+from billing_core.pricing.items import Item, Items
 from billing_core.pricing.quotes import price_items
 from billing_core.types import MAX_REPORTS_PER_REQUEST, Account, HoldId, IdempotencyKey, Metadata, Timestamp
 
@@ -76,6 +76,8 @@ class AcceptedReport:
     occurred_at: datetime | None
     report_json: str  # the report as validated, canonical JSON (sorted keys): what the fingerprint hashes
     fingerprint: str
+    items: tuple[Item, ...] = ()
+    mode: str = "system"
 
 
 def partition_of(account: str) -> int:
@@ -149,6 +151,8 @@ def accept_reports(payload: object, table: PriceTable) -> list[AcceptedReport]:
                 occurred_at=report.occurred_at,
                 report_json=canonical,
                 fingerprint=fp,
+                items=tuple(report.items),
+                mode=getattr(report, "mode", None) or "system",
             )
         )
     if problems:

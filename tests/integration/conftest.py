@@ -39,6 +39,7 @@ TABLES = (
     "stripe_catalog",
     "billing_config",
     "admin_alerts",
+    "usage_records",
 )
 
 
@@ -106,7 +107,26 @@ def reset_database(engine: Engine) -> None:
 @pytest.fixture
 def session_factory(engine: Engine) -> Iterator[sessionmaker[Session]]:
     reset_database(engine)
+    reset_limits()
     yield make_session_factory(engine)
+
+
+# -- limits: this pytest worker's own token counters and per-key request counters in the run's Redis ----------
+def limits_prefix() -> str:
+    return f"test:{os.environ.get('PYTEST_XDIST_WORKER', 'main')}:tokens"
+
+
+def reset_limits() -> None:
+    """Every counter of this worker's prefix gone: each test starts with no tokens counted."""
+    import redis
+
+    client = redis.Redis.from_url(_require("REDIS_URL"))
+    try:
+        keys = list(client.scan_iter(match=f"{limits_prefix()}:*", count=1000))
+        if keys:
+            client.delete(*keys)
+    finally:
+        client.close()
 
 
 @dataclass
@@ -186,6 +206,8 @@ def receiver_app(database_url: str):
         redis_url=_require("REDIS_URL"),
         stripe_webhook_secret="whsec_test_current,whsec_test_previous",
         BILLING_DB_POOL_SIZE=4,
+        BILLING_LIMITS_PREFIX=limits_prefix(),
+        BILLING_LIMITS_POLICY_CACHE_SECONDS=0,  # tables are emptied between tests; a cached plan would outlive them
     )
     return create_app(settings)
 

@@ -83,6 +83,14 @@ def test_balance_shows_available_held_and_total_as_credit_strings(api, probe):
         "name": None,
         "low_balance_threshold": None,
         "stripe_customer_id": None,
+        # the plan and its token limits (tests/integration/test_token_limits.py)
+        "plan": "payg",
+        "limits": {
+            "hourly_tokens": 500_000,
+            "daily_tokens": 2_000_000,
+            "monthly_tokens": None,
+            "upgrade_url": "/billing/upgrade",
+        },
     }
 
 

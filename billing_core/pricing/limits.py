@@ -1,0 +1,692 @@
+"""Token limits and plan quotas: hourly and daily rate limits and a monthly quota per account, counted in Redis.
+
+What counts: the tokens of a request's items (``count_tokens``): an ``llm_tokens`` item's input, output and
+cached input, a ``tokens`` item's tokens; nothing in ``own`` mode (the customer's own provider key does not
+use the platform's upstream capacity). Fees, agents and raw credits use no tokens.
+
+Where limits come from (``LimitPolicy``): the account's plan in the catalog (``plans`` of the price file; an
+account without one is on ``default_plan``), field by field overridden by the wallet's ``limit_overrides``
+(``null`` = unlimited, absent = the plan's).
+
+Counters: one Redis key per account and window, the UTC hour, the UTC day and the UTC calendar month
+(``<prefix>:<h|d|m>:<YYYYMMDDHH of the window's start>:<account>``), each expiring two days after its window
+ends. ``TokenLimits.admit`` checks and increments every account of a batch in one Lua script (one round trip,
+atomic: all or nothing); ``check`` reads the three windows of one account (one ``MGET``); ``record`` counts
+usage that was admitted earlier (a hold's settlement) without checking. The script also adds each counter it
+touches to a set, from which the hourly ``flush_usage_records`` copies the counters into ``usage_records``
+(absolute values, never lowering what is stored: a re-run changes nothing) and then drops the members whose
+counter has not moved since it read them.
+
+Refusals: ``RateLimited`` (429: the hour's or the day's limit, ``retry_after`` = seconds until that window
+resets) and ``QuotaExceeded`` (402: the month's quota, seed 002's shape). A request is refused when what it
+adds would take a window above its limit; a request adding no tokens (a hold of credits alone) only when a
+window is already at its limit. The month is checked first, then the day, then the hour: the refusal names
+the window that resets last, so that retrying after ``retry_after`` can succeed.
+
+Redis unreachable (connection refused, timeout): the limits fail open (nothing is refused, a warning is
+logged at most once every ``WARN_EVERY_SECONDS``) or, with ``fail_closed``, refuse with
+``LimitsUnavailable`` (503). The ledger does not depend on these counters either way: it charges exactly
+what is reported.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, Protocol
+
+import redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from sqlalchemy import String, Table, any_, bindparam, cast, func, literal, select, update
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB, insert
+from sqlalchemy.orm import Session, sessionmaker
+
+from billing_core.db.tables import UsageRecord, Wallet
+from billing_core.errors import LimitsUnavailable, QuotaExceeded, RateLimited, UnknownPlan
+from billing_core.pricing.catalog import PriceTable
+from billing_core.pricing.plans import LIMIT_FIELDS
+
+log = logging.getLogger(__name__)
+
+METRIC = "tokens"
+PERIODS = ("hour", "day", "month")
+_SHORT = {"hour": "h", "day": "d", "month": "m"}
+_PERIOD_OF = {v: k for k, v in _SHORT.items()}
+# The order windows are checked in: the one that resets last first (see the module docstring).
+_CHECK_ORDER = ("month", "day", "hour")
+DEFAULT_PREFIX = "billing:tokens"
+# A counter outlives its window by this much: the hourly flush reads it after the window ended.
+GRACE = timedelta(days=2)
+WARN_EVERY_SECONDS = 30.0
+UNLIMITED = -1  # a limit as the Lua script reads it
+_REDIS_DOWN = (RedisConnectionError, RedisTimeoutError)
+
+
+# -- what counts --------------------------------------------------------------------------------------------
+def count_tokens(items: Iterable[Any], mode: str = "system") -> int:
+    """Tokens the items use of the platform's capacity: ``llm_tokens`` input + output + cached input, a
+    ``tokens`` item's ``tokens``; 0 in ``own`` mode (the customer's own provider key)."""
+    if mode == "own":
+        return 0
+    total = 0
+    for item in items:
+        kind = getattr(item, "type", None)
+        if kind == "llm_tokens":
+            total += item.input_tokens + item.output_tokens + getattr(item, "cached_input_tokens", 0)
+        elif kind == "tokens":
+            total += int(getattr(item, "tokens", 0) or 0)
+    return total
+
+
+# -- windows ------------------------------------------------------------------------------------------------
+def window(period: str, now: datetime) -> tuple[datetime, datetime]:
+    """The UTC window of ``period`` (hour, day or month) around ``now``: its start and its end (exclusive)."""
+    now = now.astimezone(UTC)
+    if period == "hour":
+        start = now.replace(minute=0, second=0, microsecond=0)
+        return start, start + timedelta(hours=1)
+    if period == "day":
+        start = now.replace(hour=0, minute=0, second=0, microsecond=0)
+        return start, start + timedelta(days=1)
+    if period == "month":
+        start = now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+        end = start.replace(year=start.year + 1, month=1) if start.month == 12 else start.replace(month=start.month + 1)
+        return start, end
+    raise ValueError(f"unknown period {period!r}")
+
+
+def counter_key(prefix: str, account: str, period: str, start: datetime) -> str:
+    # The account last: it may contain ':' and is everything after the fourth one.
+    return f"{prefix}:{_SHORT[period]}:{start:%Y%m%d%H}:{account}"
+
+
+def parse_counter_key(prefix: str, key: str) -> tuple[str, str, datetime] | None:
+    """(account, period, window start) of a counter key, or None for a key that is not one."""
+    if not key.startswith(prefix + ":"):
+        return None
+    parts = key[len(prefix) + 1 :].split(":", 2)
+    if len(parts) != 3 or parts[0] not in _PERIOD_OF or not parts[2]:
+        return None
+    try:
+        start = datetime.strptime(parts[1], "%Y%m%d%H").replace(tzinfo=UTC)
+    except ValueError:
+        return None
+    return parts[2], _PERIOD_OF[parts[0]], start
+
+
+# -- policies -----------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class LimitPolicy:
+    """An account's limits in tokens; None = unlimited."""
+
+    plan: str
+    hourly: int | None
+    daily: int | None
+    monthly: int | None
+    upgrade_url: str | None = None
+
+    def limit(self, period: str) -> int | None:
+        return {"hour": self.hourly, "day": self.daily, "month": self.monthly}[period]
+
+
+def policy_of(table: PriceTable, plan: str | None, overrides: Mapping[str, Any] | None) -> LimitPolicy:
+    """The limits of ``plan`` (the catalog's default when None or no longer in the catalog) with the account's
+    ``overrides`` (a key present overrides, ``None`` meaning unlimited)."""
+    spec = table.spec
+    name = plan if plan in spec.plans else spec.default_plan
+    chosen = spec.plans[name]
+    values: dict[str, int | None] = {field: getattr(chosen, field) for field in LIMIT_FIELDS}
+    for field, value in (overrides or {}).items():
+        if field in values and (value is None or (isinstance(value, int) and not isinstance(value, bool))):
+            values[field] = value
+    return LimitPolicy(
+        plan=name,
+        hourly=values["hourly_tokens"],
+        daily=values["daily_tokens"],
+        monthly=values["monthly_tokens"],
+        upgrade_url=chosen.upgrade_url,
+    )
+
+
+_WALLETS: Table = Wallet.__table__  # type: ignore[assignment]  # a declarative class's table is a Table
+_PLANS = select(_WALLETS.c.account, _WALLETS.c.plan, _WALLETS.c.limit_overrides).where(
+    _WALLETS.c.account == any_(bindparam("a", type_=ARRAY(String)))
+)
+
+
+def plan_rows(session: Session, accounts: Sequence[str]) -> dict[str, tuple[str | None, dict[str, Any]]]:
+    """The plan and overrides stored for each account that has a wallet (one query)."""
+    rows = session.execute(_PLANS, {"a": sorted(set(accounts))}).all()
+    return {row.account: (row.plan, dict(row.limit_overrides or {})) for row in rows}
+
+
+def policies(session: Session, accounts: Sequence[str], table: PriceTable) -> dict[str, LimitPolicy]:
+    """Each account's ``LimitPolicy`` (an account without a wallet: the default plan's), in one query."""
+    stored = plan_rows(session, accounts)
+    return {account: policy_of(table, *stored.get(account, (None, {}))) for account in accounts}
+
+
+def check_plan(table: PriceTable, plan: str) -> str:
+    """``plan`` if the catalog has it, else ``UnknownPlan`` (422) naming the known plans."""
+    if plan not in table.spec.plans:
+        known = sorted(table.spec.plans)
+        raise UnknownPlan(f"unknown plan {plan!r}; known plans: {', '.join(known)}", plan=plan, known_plans=known)
+    return plan
+
+
+_KEEP = object()  # "not given": neither set nor cleared
+
+
+def store_account_limits(session: Session, wallet_id: int, *, plan: Any = _KEEP, overrides: Any = _KEEP) -> None:
+    """Set the wallet's plan (None: back to the default) and merge ``overrides`` (a dict of
+    ``LIMIT_FIELDS``; a None value is unlimited) into those stored; ``overrides=None`` clears them all. The
+    caller holds the wallet's lock and has checked the plan (``check_plan``). An operator's edit, rare: the
+    statement is built for what is given."""
+    values: dict[str, Any] = {}
+    if plan is not _KEEP:
+        values["plan"] = plan
+    if overrides is not _KEEP:
+        if overrides is None:
+            values["limit_overrides"] = cast(literal("{}"), JSONB)
+        else:
+            unknown = set(overrides) - set(LIMIT_FIELDS)
+            if unknown:
+                raise ValueError(f"not limit fields: {sorted(unknown)}")
+            values["limit_overrides"] = _WALLETS.c.limit_overrides.op("||")(cast(literal(json.dumps(overrides)), JSONB))
+    if values:
+        session.execute(update(_WALLETS).where(_WALLETS.c.id == wallet_id).values(**values, updated_at=func.now()))
+
+
+# -- states and answers -------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class WindowState:
+    period: str  # hour | day | month
+    current: int
+    limit: int | None  # None: unlimited
+    resets_at: datetime
+
+    @property
+    def metric(self) -> str:
+        return f"{METRIC}_{self.period}"
+
+    @property
+    def unlimited(self) -> bool:
+        return self.limit is None
+
+    @property
+    def remaining(self) -> int | None:
+        return None if self.limit is None else max(self.limit - self.current, 0)
+
+    @property
+    def percentage(self) -> float:
+        """Used share of the limit, in percent, two decimals (100 for a zero limit; 0 when unlimited)."""
+        if self.limit is None:
+            return 0.0
+        if self.limit == 0:
+            return 100.0
+        return round(self.current * 100 / self.limit, 2)
+
+
+@dataclass(frozen=True)
+class LimitState:
+    """One account's three windows, and the refusal admitting ``tokens`` more would raise (or None).
+    ``counted`` is False when Redis could not be asked (the windows then read 0, or ``usage_records``)."""
+
+    account: str
+    tokens: int
+    windows: tuple[WindowState, ...]
+    refusal: RateLimited | QuotaExceeded | None
+    counted: bool = True
+
+    def window(self, period: str) -> WindowState:
+        return next(w for w in self.windows if w.period == period)
+
+
+@dataclass(frozen=True)
+class Admitted:
+    """What ``admit``/``record`` added, to be given back by ``release`` if the work it admitted is not kept."""
+
+    keys: tuple[tuple[str, int], ...]  # (counter key, tokens added)
+
+
+def refusal_for(
+    account: str, period: str, current: int, limit: int, tokens: int, policy: LimitPolicy, now: datetime
+) -> RateLimited | QuotaExceeded:
+    """The error for ``account`` whose ``period`` window, at ``current`` of ``limit``, cannot take ``tokens``."""
+    state = WindowState(period, current, limit, window(period, now)[1])
+    if period == "month":
+        return QuotaExceeded(
+            f"account {account!r} has used {current:,} of its {limit:,} monthly tokens; upgrade to continue",
+            metric=METRIC,
+            current=current,
+            limit=limit,
+            percentage=state.percentage,
+            upgrade_url=policy.upgrade_url,
+            account=account,
+            requested=tokens,
+            resets_at=state.resets_at.isoformat(),
+        )
+    retry_after = max(1, math.ceil((state.resets_at - now.astimezone(UTC)).total_seconds()))
+    return RateLimited(
+        f"account {account!r} has used {current:,} of its {limit:,} tokens this {period}; "
+        f"retry in {retry_after} seconds",
+        retry_after=retry_after,
+        limit=limit,
+        window=period,
+        current=current,
+        requested=tokens,
+        account=account,
+    )
+
+
+def _exceeds(current: int, tokens: int, limit: int | None) -> bool:
+    # Adding nothing is refused only at the limit: max(tokens, 1) makes "current + 0 > limit" "current >= limit".
+    return limit is not None and current + max(tokens, 1) > limit
+
+
+# -- the Lua script -----------------------------------------------------------------------------------------
+# KEYS: the touched set. ARGV: n; the three TTLs in seconds (set when a counter is created); the three windows'
+# key stems (``<prefix>:h:2026120213:``, day, month: a counter's key is its stem and the account); then per
+# account: the account, checked tokens, recorded tokens, and the three limits (-1: unlimited). The keys are
+# built here rather than sent: a request of 1,000 reports names up to 1,000 accounts, and every argument sent
+# costs the client its encoding. Accounts with checked tokens are checked first, month, day, hour; one refusal
+# and nothing is written. Then every account's counters take checked + recorded tokens.
+# Returns {0} when admitted, {account index (1-based), window (1 hour, 2 day, 3 month), current} when refused.
+ADMIT_LUA = """
+local n = tonumber(ARGV[1])
+local per = 6
+local first = 8
+for i = 1, n do
+  local base = first + (i - 1) * per
+  local checked = tonumber(ARGV[base + 1])
+  if checked > 0 then
+    for w = 3, 1, -1 do
+      local limit = tonumber(ARGV[base + 2 + w])
+      if limit >= 0 then
+        local current = tonumber(redis.call('GET', ARGV[4 + w] .. ARGV[base]) or '0')
+        if current + checked > limit then
+          return {i, w, current}
+        end
+      end
+    end
+  end
+end
+local touched = {}
+for i = 1, n do
+  local base = first + (i - 1) * per
+  local add = tonumber(ARGV[base + 1]) + tonumber(ARGV[base + 2])
+  if add > 0 then
+    for w = 1, 3 do
+      local key = ARGV[4 + w] .. ARGV[base]
+      if redis.call('INCRBY', key, add) == add then
+        redis.call('EXPIRE', key, ARGV[1 + w])  -- a new counter: it expires GRACE after its window ends
+      end
+      touched[#touched + 1] = key
+      if #touched == 1000 then  -- again after each flush has let it go; in chunks (Lua's unpack limit)
+        redis.call('SADD', KEYS[1], unpack(touched))
+        touched = {}
+      end
+    end
+  end
+end
+if #touched > 0 then
+  redis.call('SADD', KEYS[1], unpack(touched))
+end
+return {0}
+"""
+# KEYS: counters; ARGV: the tokens to take back from each (a compensation: never below zero).
+RELEASE_LUA = """
+for i, key in ipairs(KEYS) do
+  local left = redis.call('DECRBY', key, ARGV[i])
+  if left < 0 then redis.call('SET', key, 0, 'KEEPTTL') end
+end
+return 0
+"""
+# KEYS: the touched set, then counters; ARGV: the values the flush stored, one per counter. A member leaves
+# the set only if its counter still holds that value (or is gone): a counter that moved since stays for the
+# next flush. The next increment adds it again anyway.
+FORGET_FLUSHED_LUA = """
+local removed = 0
+for i = 2, #KEYS do
+  local value = redis.call('GET', KEYS[i])
+  if (not value) or value == ARGV[i - 1] then
+    removed = removed + redis.call('SREM', KEYS[1], KEYS[i])
+  end
+end
+return removed
+"""
+
+
+class ReportLike(Protocol):
+    """What the gate reads of an accepted usage report."""
+
+    @property
+    def account(self) -> str: ...
+    @property
+    def hold_id(self) -> str | None: ...
+    @property
+    def items(self) -> Sequence[Any]: ...
+    @property
+    def mode(self) -> str: ...
+
+
+UsageGate = Callable[[Session, Sequence[Any]], "Callable[[], None] | None"]
+
+
+class TokenLimits:
+    """The token counters of one process, on one Redis client (``redis_client``: short socket timeouts)."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        *,
+        fail_closed: bool = False,
+        prefix: str = DEFAULT_PREFIX,
+        policy_cache_seconds: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.client = client
+        self.fail_closed = fail_closed
+        self.prefix = prefix
+        self.touched = f"{prefix}:touched"
+        self.policy_cache_seconds = policy_cache_seconds
+        self._clock = clock
+        self._admit = client.register_script(ADMIT_LUA)  # EVALSHA, loading the script when Redis lacks it
+        self._release = client.register_script(RELEASE_LUA)
+        self._forget = client.register_script(FORGET_FLUSHED_LUA)
+        self._cache: dict[str, tuple[float, str | None, dict[str, Any]]] = {}
+        self._lock = threading.Lock()
+        self._last_warning = -math.inf
+
+    # -- policies (cached a few seconds per process) --
+    def policies(self, session: Session, accounts: Iterable[str], table: PriceTable) -> dict[str, LimitPolicy]:
+        """Each account's policy; the plan and overrides are read from the database at most once every
+        ``policy_cache_seconds`` per account (a change made elsewhere takes effect within that time)."""
+        wanted = sorted(set(accounts))
+        now = self._clock()
+        rows: dict[str, tuple[str | None, dict[str, Any]]] = {}
+        missing = []
+        with self._lock:
+            for account in wanted:
+                cached = self._cache.get(account)
+                if cached is not None and cached[0] > now:
+                    rows[account] = (cached[1], cached[2])
+                else:
+                    missing.append(account)
+        if missing:
+            found = plan_rows(session, missing)
+            with self._lock:
+                if len(self._cache) > 100_000:  # a bound, not an LRU: entries are seconds old at most
+                    self._cache.clear()
+                for account in missing:
+                    plan, overrides = found.get(account, (None, {}))
+                    rows[account] = (plan, overrides)
+                    if self.policy_cache_seconds > 0:
+                        self._cache[account] = (now + self.policy_cache_seconds, plan, overrides)
+        return {account: policy_of(table, *rows[account]) for account in wanted}
+
+    def forget(self, account: str) -> None:
+        """Drop the cached plan of ``account`` (this process changed it)."""
+        with self._lock:
+            self._cache.pop(account, None)
+
+    # -- reads --
+    def _stems(self, now: datetime) -> list[str]:
+        # A counter's key is its window's stem and the account (``counter_key``): computed once per call.
+        return [counter_key(self.prefix, "", p, window(p, now)[0]) for p in PERIODS]
+
+    def _keys(self, account: str, now: datetime) -> list[str]:
+        return [stem + account for stem in self._stems(now)]
+
+    def check(self, account: str, tokens: int, policy: LimitPolicy, now: datetime | None = None) -> LimitState:
+        """The three windows of ``account`` and the refusal admitting ``tokens`` would raise; read-only, one
+        round trip. Redis down: no refusal (fail open) or ``LimitsUnavailable`` (fail closed)."""
+        now = now or datetime.now(UTC)
+        try:
+            values = self.client.mget(self._keys(account, now))
+        except _REDIS_DOWN as exc:
+            self._unreachable(exc)
+            return self._state(account, tokens, policy, now, [0, 0, 0], counted=False)
+        return self._state(account, tokens, policy, now, [int(v or 0) for v in values])
+
+    def _state(
+        self,
+        account: str,
+        tokens: int,
+        policy: LimitPolicy,
+        now: datetime,
+        currents: list[int],
+        *,
+        counted: bool = True,
+    ) -> LimitState:
+        windows = tuple(
+            WindowState(period, current, policy.limit(period), window(period, now)[1])
+            for period, current in zip(PERIODS, currents, strict=True)
+        )
+        refusal = None
+        if counted:
+            for period in _CHECK_ORDER:
+                w = next(x for x in windows if x.period == period)
+                if w.limit is not None and _exceeds(w.current, tokens, w.limit):
+                    refusal = refusal_for(account, period, w.current, w.limit, tokens, policy, now)
+                    break
+        return LimitState(account, tokens, windows, refusal, counted)
+
+    def usage_view(
+        self,
+        account: str,
+        policy: LimitPolicy,
+        now: datetime | None = None,
+        *,
+        session_factory: sessionmaker[Session] | None = None,
+    ) -> LimitState:
+        """The three windows as the usage view shows them. With Redis down they are read from
+        ``usage_records`` (as of the last flush) when ``session_factory`` is given; never refused for it."""
+        now = now or datetime.now(UTC)
+        try:
+            values = self.client.mget(self._keys(account, now))
+        except _REDIS_DOWN as exc:
+            self._unreachable(exc, raise_closed=False)
+            currents = [0, 0, 0]
+            if session_factory is not None:
+                with session_factory() as session:
+                    currents = recorded_usage(session, account, now)
+            return self._state(account, 0, policy, now, currents, counted=False)
+        return self._state(account, 0, policy, now, [int(v or 0) for v in values])
+
+    # -- writes --
+    def admit(
+        self,
+        batch: Mapping[str, int],
+        policies: Mapping[str, LimitPolicy],
+        now: datetime | None = None,
+        *,
+        record: Mapping[str, int] | None = None,
+    ) -> Admitted | None:
+        """Check and count ``batch`` (account → tokens) atomically, in one script call: if any account would
+        exceed a limit, nothing is counted and its refusal is raised. ``record`` (account → tokens) is counted
+        in the same call without being checked (usage settling an admitted hold). Returns what was added
+        (for ``release``), or None when nothing was (nothing to count, or Redis down and failing open)."""
+        now = now or datetime.now(UTC)
+        checked = {a: t for a, t in batch.items() if t > 0}
+        recorded = {a: t for a, t in (record or {}).items() if t > 0}
+        accounts = sorted(set(checked) | set(recorded))
+        if not accounts:
+            return None
+        stems = self._stems(now)
+        args: list[int | str] = [len(accounts)]
+        for period in PERIODS:
+            end = window(period, now)[1]
+            args.append(math.ceil((end - now.astimezone(UTC) + GRACE).total_seconds()))
+        args += stems
+        added: list[tuple[str, int]] = []
+        for account in accounts:
+            policy = policies.get(account)
+            checked_tokens, recorded_tokens = checked.get(account, 0), recorded.get(account, 0)
+            if policy is None:
+                args += [account, checked_tokens, recorded_tokens, UNLIMITED, UNLIMITED, UNLIMITED]
+            else:
+                args += [
+                    account,
+                    checked_tokens,
+                    recorded_tokens,
+                    _lua_limit(policy.hourly),
+                    _lua_limit(policy.daily),
+                    _lua_limit(policy.monthly),
+                ]
+            added.append((account, checked_tokens + recorded_tokens))
+        try:
+            result = self._admit(keys=[self.touched], args=args)
+        except _REDIS_DOWN as exc:
+            self._unreachable(exc)
+            return None
+        if int(result[0]) != 0:
+            account = accounts[int(result[0]) - 1]
+            period = PERIODS[int(result[1]) - 1]
+            policy = policies[account]
+            limit = policy.limit(period)
+            assert limit is not None, "only a limited window refuses"
+            raise refusal_for(account, period, int(result[2]), limit, checked[account], policy, now)
+        return Admitted(tuple((stem + account, tokens) for account, tokens in added for stem in stems))
+
+    def record(self, batch: Mapping[str, int], now: datetime | None = None) -> Admitted | None:
+        """Count ``batch`` without checking (its usage was admitted before, when its hold was placed)."""
+        return self.admit({}, {}, now, record=batch)
+
+    def release(self, admitted: Admitted | None) -> None:
+        """Take back what ``admit`` added (the work it admitted was not stored). Never raises: a counter left
+        too high refuses too early for at most its window, which is the safe side."""
+        if admitted is None or not admitted.keys:
+            return
+        try:
+            self._release(keys=[k for k, _ in admitted.keys], args=[t for _, t in admitted.keys])
+        except redis.RedisError as exc:
+            log.warning("could not give back admitted tokens (%s); the counters read high", type(exc).__name__)
+
+    def _unreachable(self, exc: Exception, *, raise_closed: bool = True) -> None:
+        if self.fail_closed and raise_closed:
+            raise LimitsUnavailable(
+                "the token limits cannot be checked right now; try again shortly", retry_after=1
+            ) from None
+        now = self._clock()
+        with self._lock:
+            due = now - self._last_warning >= WARN_EVERY_SECONDS
+            if due:
+                self._last_warning = now
+        if due:
+            log.warning(
+                "token limits: Redis is unreachable (%s); limits are not enforced (fail open) until it is back",
+                type(exc).__name__,
+            )
+
+    # -- usage intake --
+    def gate(self, table: PriceTable, now: datetime | None = None) -> UsageGate:
+        """The admission of a request's new usage reports, for ``store_usage(admit=...)``: called inside its
+        transaction with the reports it inserted (duplicates of stored reports are never counted again).
+        Reports settling a hold are recorded, the others admitted, in one script call; a refusal raises (the
+        transaction rolls back: nothing stored). Returns the compensation to run if the commit fails."""
+
+        def admit_reports(session: Session, reports: Sequence[ReportLike]) -> Callable[[], None] | None:
+            checked: dict[str, int] = {}
+            recorded: dict[str, int] = {}
+            for report in reports:
+                tokens = count_tokens(report.items, getattr(report, "mode", "system"))
+                if tokens:
+                    target = recorded if report.hold_id is not None else checked
+                    target[report.account] = target.get(report.account, 0) + tokens
+            if not checked and not recorded:
+                return None
+            found = self.policies(session, checked, table) if checked else {}
+            admitted = self.admit(checked, found, now, record=recorded)
+            return None if admitted is None else (lambda: self.release(admitted))
+
+        return admit_reports
+
+
+def _lua_limit(limit: int | None) -> int:
+    return UNLIMITED if limit is None else limit
+
+
+# -- durable records ----------------------------------------------------------------------------------------
+_RECORDS: Table = UsageRecord.__table__  # type: ignore[assignment]
+_records = _RECORDS.c
+_insert = insert(_RECORDS).values(
+    account=bindparam("account"),
+    metric=bindparam("metric"),
+    period=bindparam("period"),
+    period_start=bindparam("start"),
+    quantity=bindparam("quantity"),
+)
+# Absolute values, never lower than what is stored: a re-run, or a flush reading an older value, changes nothing.
+_UPSERT = _insert.on_conflict_do_update(
+    index_elements=[_records.account, _records.metric, _records.period, _records.period_start],
+    set_={"quantity": func.greatest(_records.quantity, _insert.excluded.quantity), "updated_at": func.now()},
+    where=_insert.excluded.quantity > _records.quantity,
+)
+_RECORDED = select(_records.period, _records.period_start, _records.quantity).where(
+    _records.account == bindparam("account"),
+    _records.metric == METRIC,
+    _records.period_start == any_(bindparam("starts", type_=ARRAY(_records.period_start.type))),
+)
+
+
+def recorded_usage(session: Session, account: str, now: datetime) -> list[int]:
+    """The hour's, day's and month's tokens of ``account`` as last flushed into ``usage_records``."""
+    starts = {p: window(p, now)[0] for p in PERIODS}
+    rows = session.execute(_RECORDED, {"account": account, "starts": list(starts.values())}).all()
+    # A day's start is also an hour's: match each row on its period and start both.
+    found = {(row.period, row.period_start): int(row.quantity) for row in rows}
+    return [found.get((p, starts[p]), 0) for p in PERIODS]
+
+
+@dataclass(frozen=True)
+class FlushResult:
+    counters: int  # counters read and upserted
+    forgotten: int  # members dropped from the touched set (unchanged since read, or expired)
+
+
+def flush_usage_records(
+    limits: TokenLimits, session_factory: sessionmaker[Session], *, chunk: int = 1000
+) -> FlushResult:
+    """Copy every touched counter into ``usage_records`` (upsert, never lowering), then drop from the touched
+    set the counters that have not moved since they were read. Idempotent: running it twice in a row
+    changes nothing the second time. Raises ``redis.RedisError`` when Redis is down (beat runs it again)."""
+    counters = forgotten = 0
+    cursor = 0
+    while True:
+        cursor, members = limits.client.sscan(limits.touched, cursor, count=chunk)
+        keys = sorted(m.decode() if isinstance(m, bytes) else str(m) for m in members)
+        if keys:
+            values = limits.client.mget(keys)
+            rows, seen = [], []
+            for key, value in zip(keys, values, strict=True):
+                parsed = parse_counter_key(limits.prefix, key)
+                if parsed is None:
+                    continue
+                seen.append((key, value))
+                if value is None:  # expired before a flush saw it: nothing left to copy
+                    continue
+                account, period, start = parsed
+                rows.append(
+                    {"account": account, "metric": METRIC, "period": period, "start": start, "quantity": int(value)}
+                )
+            if rows:
+                with session_factory() as session, session.begin():
+                    session.execute(_UPSERT, rows)
+            counters += len(rows)
+            if seen:
+                forgotten += int(
+                    limits._forget(
+                        keys=[limits.touched, *(k for k, _ in seen)],
+                        args=[v if v is not None else b"" for _, v in seen],
+                    )
+                )
+        if int(cursor) == 0:
+            return FlushResult(counters, forgotten)

@@ -1,0 +1,139 @@
+"""Limits on the HTTP API: requests per API key (flask-limiter on Redis) and the token limits of holds and usage.
+
+Requests per key: every authenticated request counts against its API key's limit (``BILLING_API_RATE_LIMIT``,
+default ``1000/second``; a fixed window in Redis, one round trip per request). Requests without a valid key are
+not counted (they fail authentication anyway), nor are Stripe's webhooks, health, metrics and the API's own
+document. Over the limit: 429 ``rate_limited`` with ``retry_after`` and ``limit``, and a ``Retry-After`` header.
+Redis unreachable: flask-limiter falls back to counting in this process's memory (one warning in the log) and
+goes back to Redis when it answers again.
+
+Token limits (``billing_core.pricing.limits``): ``install`` builds the process's ``TokenLimits``;
+``check_hold_tokens`` is what ``POST /v1/holds`` calls, ``usage_gate`` what ``POST /v1/usage`` hands to
+``store_usage``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from flask import Flask, current_app, g, request
+from flask_limiter import Limiter
+from flask_limiter.errors import RateLimitExceeded
+
+from billing_core.db.wakeups import redis_client
+from billing_core.errors import RateLimited
+from billing_core.pricing.limits import TokenLimits, UsageGate, count_tokens
+from billing_core.settings import Settings
+from webhook_receiver.auth import current_key
+from webhook_receiver.errors import ApiError, error_response, status_for
+from webhook_receiver.runtime import runtime
+
+log = logging.getLogger(__name__)
+
+# Not counted per key: Stripe signs its own requests, and probes and documents carry no key.
+EXEMPT_BLUEPRINTS = frozenset({"webhooks", "health", "reference"})
+EXTENSION = "billing_limits"
+_NO_KEY = ""
+
+
+def _key_id() -> str:
+    """The id of the request's API key, or ``_NO_KEY`` (no key, or an invalid one: not counted)."""
+    found = g.get("rate_limit_key")
+    if found is None:
+        try:
+            found = f"key:{current_key().id}"
+        except ApiError:
+            found = _NO_KEY
+        g.rate_limit_key = found
+    return str(found)
+
+
+def _exempt() -> bool:
+    return request.blueprint in EXEMPT_BLUEPRINTS or request.endpoint is None or _key_id() == _NO_KEY
+
+
+def token_limits() -> TokenLimits:
+    """The receiver process's token limits."""
+    limits: TokenLimits = current_app.extensions[EXTENSION]
+    return limits
+
+
+def install(app: Flask, settings: Settings) -> Limiter:
+    """The per-key request limit and the token limits, on ``app``; answers 429s in the API's error shape."""
+    redis_url = settings.limits_redis_url or settings.redis_url or ""
+    app.extensions[EXTENSION] = TokenLimits(
+        redis_client(redis_url),
+        fail_closed=settings.limits_fail_closed,
+        prefix=settings.limits_prefix,
+        policy_cache_seconds=settings.limits_policy_cache_seconds,
+    )
+    limiter = Limiter(
+        key_func=_key_id,
+        app=app,
+        application_limits=[settings.api_rate_limit],
+        application_limits_exempt_when=_exempt,
+        storage_uri=settings.redis_url,
+        # A Redis that does not answer must not hold a request for long; meanwhile this process counts alone.
+        # Keys beside the token counters, under the same prefix.
+        storage_options={
+            "socket_connect_timeout": 1,
+            "socket_timeout": 1,
+            "key_prefix": f"{settings.limits_prefix}:api",
+        },
+        strategy="fixed-window",
+        swallow_errors=True,
+        in_memory_fallback_enabled=True,
+        headers_enabled=False,  # headers would cost a second Redis call per request
+    )
+
+    @app.errorhandler(RateLimitExceeded)
+    def _too_many_requests(exc: RateLimitExceeded) -> Any:
+        current = limiter.current_limit
+        retry_after = 1
+        if current is not None:
+            try:
+                retry_after = max(1, math.ceil(current.reset_at - time.time()))
+            except Exception:  # the window could not be read back (Redis just went away): say a second
+                retry_after = 1
+        limit = str(exc.limit.limit)
+        response = error_response(
+            429,
+            "rate_limited",
+            f"too many requests with this API key (limit {limit})",
+            retry_after=retry_after,
+            limit=limit,
+        )
+        response.headers["Retry-After"] = str(retry_after)
+        return response
+
+    @app.errorhandler(RateLimited)
+    def _rate_limited(exc: RateLimited) -> Any:
+        # The domain's refusal (a token limit): the error shape of errors.py, plus the header clients read.
+        response = error_response(status_for(exc), exc.code, exc.message, **exc.details)
+        response.headers["Retry-After"] = str(exc.details.get("retry_after", 1))
+        return response
+
+    return limiter
+
+
+# -- token limits, called by the views ------------------------------------------------------------------------
+def check_hold_tokens(account: str, items: Sequence[Any] | None, mode: str = "system") -> None:
+    """Refuse a hold (429/402, or 503 failing closed) whose items' tokens would take ``account`` over a limit;
+    a hold of credits alone only when a window is at its limit already. Holds are not counted: their usage
+    is, when it is reported."""
+    rt = runtime()
+    limits = token_limits()
+    with rt.session_factory() as session:
+        policy = limits.policies(session, [account], rt.prices.current())[account]
+    state = limits.check(account, count_tokens(items or (), mode), policy)
+    if state.refusal is not None:
+        raise state.refusal
+
+
+def usage_gate() -> UsageGate:
+    """The token admission of one usage request, for ``store_usage(admit=...)``."""
+    return token_limits().gate(runtime().prices.current())
