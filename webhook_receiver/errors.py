@@ -20,6 +20,7 @@ STATUS_BY_ERROR: dict[type[domain.BillingError], int] = {
     MalformedEvent: 400,  # the webhook contract: a signed body that is not an event is malformed_payload, 400
     domain.InsufficientCredits: 402,
     domain.AccountFlagged: 402,
+    domain.KeyModeNotAllowed: 403,
     domain.UnknownAccount: 404,
     domain.UnknownHold: 404,
     domain.UnknownGrant: 404,
