@@ -72,7 +72,7 @@ from billing_core.types import (
     PackageId,
     UnitAmount,
 )
-from billing_core.units import MAX_CREDITS
+from billing_core.units import MAX_CREDITS, MC_PER_CREDIT, round_mc
 
 PRICING_FILE_ENV = "BILLING_PRICING_FILE"
 DEFAULT_TABLE_RESOURCE = "price_table.json"
@@ -91,9 +91,7 @@ def _price(value: object) -> Decimal:
     """A table price: a decimal string (or int/Decimal), non-negative, finite, at most 6 decimals, at most
     ``MAX_CREDITS``."""
     if isinstance(value, bool) or not isinstance(value, (str, int, Decimal)):
-        raise PydanticCustomError(
-            "price", "must be a decimal string, not {kind}", {"kind": type(value).__name__}
-        )
+        raise PydanticCustomError("price", "must be a decimal string, not {kind}", {"kind": type(value).__name__})
     if isinstance(value, str):
         if not value.strip() or len(value) > 40:
             raise PydanticCustomError("price", "empty or overlong price")
@@ -320,10 +318,17 @@ class Agent:
     credits: Decimal
     description: str | None
 
+    @property
+    def credits_mc(self) -> int:
+        """One run's price in millicredits, rounded as a quote line would round it."""
+        with localcontext(_EXACT):
+            return round_mc(self.credits * MC_PER_CREDIT)
+
 
 class PriceTable:
     """An immutable, validated price table: one version of the catalog. Build it from a dict
-    (``PriceTable(data)``), a file (``PriceTable.from_file``) or take the packaged default (``PriceTable.default()``)."""
+    (``PriceTable(data)``), a file (``PriceTable.from_file``) or take the packaged default
+    (``PriceTable.default()``)."""
 
     __slots__ = (
         "_agents",
@@ -598,7 +603,9 @@ def _resolve(
             cached_usd = entry.cached_input_usd_per_1m
             inp = to_credits(entry.input_usd_per_1m, spec.credit, f"{where}.input_usd_per_1m")
             out = to_credits(entry.output_usd_per_1m, spec.credit, f"{where}.output_usd_per_1m")
-            cached = None if cached_usd is None else to_credits(cached_usd, spec.credit, f"{where}.cached_input_usd_per_1m")
+            cached = (
+                None if cached_usd is None else to_credits(cached_usd, spec.credit, f"{where}.cached_input_usd_per_1m")
+            )
             breakdown = {
                 "scheme": PER_TOKEN,
                 "input_per_1m": plain(inp),
@@ -620,9 +627,9 @@ def _resolve(
         elif isinstance(entry, BundleSpec):
             with localcontext(_EXACT):
                 rate = (Decimal(1_000_000) / tpc).normalize()
-            breakdown = {"scheme": TOKEN_BUNDLE, "tokens_per_credit": tpc}
+            bundle: dict[str, Any] = {"scheme": TOKEN_BUNDLE, "tokens_per_credit": tpc}
             priced[model] = ModelPrice(
-                rate, rate, rate, TOKEN_BUNDLE, entry.as_of, model=model, breakdown=MappingProxyType(breakdown)
+                rate, rate, rate, TOKEN_BUNDLE, entry.as_of, model=model, breakdown=MappingProxyType(bundle)
             )
     for model, entry in entries.items():
         if isinstance(entry, AliasSpec):

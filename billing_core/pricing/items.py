@@ -74,9 +74,7 @@ class CreditsItem(_Item):
     credits: CreditsPositive
 
 
-Item = Annotated[
-    LlmTokensItem | FeeItem | AgentItem | CreditsItem | TokensItem | TierItem, Field(discriminator="type")
-]
+Item = Annotated[LlmTokensItem | FeeItem | AgentItem | CreditsItem | TokensItem | TierItem, Field(discriminator="type")]
 # Who paid the model provider: ``system`` (our key: tokens are charged) or ``own`` (the customer's own provider
 # key: only base fees, tiers and agents are charged).
 KeyMode = Literal["system", "own"]

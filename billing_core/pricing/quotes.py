@@ -24,7 +24,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Context, Decimal, InvalidOperation, localcontext
-from typing import Any
+from typing import Any, Final
 
 from billing_core.errors import InvalidAmount, InvalidCommand, KeyModeNotAllowed
 from billing_core.pricing.catalog import TOKEN_BUNDLE, PriceTable, plain
@@ -43,7 +43,8 @@ _TOKENS_PER_PRICE = 1_000_000
 # Wide enough that every product and sum below is exact: tokens < 10^10, prices < 10^19 digits with the
 # decimals, three terms. Rounding happens only in ``round_mc``.
 _EXACT = Context(prec=80, traps=[InvalidOperation])
-SYSTEM, OWN = "system", "own"
+SYSTEM: Final = "system"
+OWN: Final = "own"
 KEY_MODES = (SYSTEM, OWN)
 
 

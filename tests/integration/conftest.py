@@ -35,6 +35,7 @@ TABLES = (
     "usage_inbox",
     "stripe_events",
     "api_keys",
+    "price_versions",
 )
 
 
