@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import click
 
-from billing_cli import keys, ops, schema, serve
+from billing_cli import keys, ops, pricing, schema, serve
 
 
 @click.group()
@@ -24,6 +24,7 @@ for command in (
     ops.replay,
     serve.stripe_emulator,
     serve.dev,
+    pricing.pricing,
 ):
     main.add_command(command)
 

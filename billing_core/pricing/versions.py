@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from sqlalchemy import Table, bindparam, func, select
@@ -264,4 +265,58 @@ def load_version(
     return LoadResult(table.version, effective_at, False)
 
 
-__all__ = ["BEGINNING", "LoadResult", "PriceBook", "ScheduledVersion", "load_version"]
+# -- comparing versions (billing pricing diff) ---------------------------------------------------------------
+def price_points(table: PriceTable) -> dict[str, str]:
+    """Every price of a table as ``path -> value`` (strings), the unit ``diff_tables`` compares."""
+    spec = table.spec
+    points = {
+        "credit.usd_per_credit": str(spec.credit.usd_per_credit),
+        "credit.markup": str(spec.credit.markup),
+        "token_bundle.tokens_per_credit": str(spec.token_bundle.tokens_per_credit),
+    }
+    for provider, models in spec.llm_tokens.items():
+        for model, entry in models.items():
+            at = f"llm_tokens.{provider}.{model}"
+            for name, value in entry.model_dump(exclude_none=True).items():
+                points[f"{at}.{name}"] = str(value)
+    for code, tier in spec.tiers.items():
+        points[f"tiers.{code}.fee"] = str(tier.fee)
+        points[f"tiers.{code}.requires_system_credits"] = str(tier.requires_system_credits).lower()
+    for code, fee in spec.fees.items():
+        points[f"fees.{code}"] = str(fee)
+    for code, agent in spec.agents.items():
+        points[f"agents.{code}.credits"] = str(agent.credits)
+    return points
+
+
+@dataclass(frozen=True)
+class PriceChange:
+    path: str
+    old: str | None  # None: added
+    new: str | None  # None: removed
+
+    @property
+    def kind(self) -> str:
+        return "added" if self.old is None else "removed" if self.new is None else "changed"
+
+
+def diff_tables(old: PriceTable, new: PriceTable) -> list[PriceChange]:
+    """What changed from ``old`` to ``new``, by path: added, removed and changed prices (numbers compared as
+    decimals, so ``2.5`` and ``2.50`` are the same price)."""
+    before, after = price_points(old), price_points(new)
+    changes = []
+    for path in sorted(before.keys() | after.keys()):
+        a, b = before.get(path), after.get(path)
+        if a is not None and b is not None and _same(a, b):
+            continue
+        changes.append(PriceChange(path, a, b))
+    return changes
+
+
+def _same(a: str, b: str) -> bool:
+    if a == b:
+        return True
+    try:
+        return Decimal(a) == Decimal(b)
+    except InvalidOperation:
+        return False
