@@ -353,7 +353,7 @@ class PriceTable:
     _version: str | None
     _effective_at: datetime | None
     _spec: PriceFile
-    _catalog: Mapping[str, Any]
+    _catalog: str  # canonical JSON
     _sha256: str
 
     def __init__(self, data: Mapping[str, Any]) -> None:
@@ -390,7 +390,7 @@ class PriceTable:
             ),
             "_packages": packages,
             "_packages_by_id": MappingProxyType({p.id: p for p in packages}),
-            "_catalog": MappingProxyType(catalog),
+            "_catalog": canonical,
             "_sha256": hashlib.sha256(canonical.encode()).hexdigest(),
         }
         for name, value in values.items():
@@ -443,7 +443,7 @@ class PriceTable:
 
     def scheduled(self, version: str, effective_at: datetime) -> PriceTable:
         """This catalog as version ``version`` effective at ``effective_at`` (how a stored version is rebuilt)."""
-        return PriceTable({**self._catalog, "version": version, "effective_at": effective_at.isoformat()})
+        return PriceTable({**self.catalog, "version": version, "effective_at": effective_at.isoformat()})
 
     # lookups -----------------------------------------------------------------------------------------
 
@@ -457,9 +457,10 @@ class PriceTable:
         return self._effective_at
 
     @property
-    def catalog(self) -> Mapping[str, Any]:
-        """The catalog as JSON data (strings for prices), without its effective time."""
-        return self._catalog
+    def catalog(self) -> dict[str, Any]:
+        """The catalog as JSON data (strings for prices), without its effective time: a fresh copy."""
+        result: dict[str, Any] = json.loads(self._catalog)
+        return result
 
     @property
     def sha256(self) -> str:
