@@ -18,7 +18,6 @@ from billing_core.types import MAX_ITEMS, MAX_QUANTITY, MAX_TOKENS
 from billing_core.units import MAX_CREDITS, MAX_MC
 from webhook_receiver.schemas import quote_json
 
-
 AS_OF = "2025-08-15"
 
 
@@ -483,11 +482,19 @@ _DELETE = object()
         (("llm_tokens", "acme", "half", "input_usd_per_1m"), "two", "llm_tokens.acme.half.input_usd_per_1m"),
         (("llm_tokens", "acme", "half", "input_usd_per_1m"), None, "llm_tokens.acme.half.input_usd_per_1m"),
         (("llm_tokens", "acme", "half", "output_usd_per_1m"), _DELETE, "llm_tokens.acme.half.output_usd_per_1m"),
-        (("llm_tokens", "acme", "half", "cached_input_usd_per_1m"), "-0.5", "llm_tokens.acme.half.cached_input_usd_per_1m"),
+        (
+            ("llm_tokens", "acme", "half", "cached_input_usd_per_1m"),
+            "-0.5",
+            "llm_tokens.acme.half.cached_input_usd_per_1m",
+        ),
         (("llm_tokens", "acme", "half", "input_per_million"), "1", "llm_tokens.acme.half.input_per_million"),
         (("llm_tokens", "acme", "cachey-2025", "alias_of"), "nope", "llm_tokens.acme.cachey-2025.alias_of"),
         (("llm_tokens", "acme", "half"), "500", "llm_tokens.acme.half"),
-        (("llm_tokens", "acme", "bad name"), {"input_usd_per_1m": "1", "output_usd_per_1m": "1"}, "llm_tokens.acme.bad name"),
+        (
+            ("llm_tokens", "acme", "bad name"),
+            {"input_usd_per_1m": "1", "output_usd_per_1m": "1"},
+            "llm_tokens.acme.bad name",
+        ),
         (("llm_tokens", "acme"), [], "llm_tokens.acme"),
         (("fees", "half_mc"), "1e-7", "fees.half_mc"),
         (("agents", "robot", "credits"), -3, "agents.robot.credits"),
