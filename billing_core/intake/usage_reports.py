@@ -61,6 +61,9 @@ class UsageBatch(BaseModel):
 
 
 _REPORT = TypeAdapter(UsageReport)
+# Built once: ``json.dumps`` with arguments builds an encoder per call.
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"))
+_COMPACT = json.JSONEncoder(separators=(",", ":"))
 
 
 class InvalidUsage(BillingError):
@@ -152,12 +155,12 @@ def accept_reports(payload: object, table: PriceTable) -> list[AcceptedReport]:
             # The default is left out of what is fingerprinted: a report stored before key modes existed and
             # sent again is the same report, not a conflict.
             del body["mode"]
-        canonical = json.dumps(body, sort_keys=True, separators=(",", ":"))
+        canonical = _CANONICAL.encode(body)
         fp = hashlib.sha256(canonical.encode()).hexdigest()
         # The price is added after fingerprinting: the same report sent again after a new price version took
         # effect is a duplicate (the first pricing stands), not a conflict. Spliced into the canonical text
         # rather than dumped again: one serialisation of the report, on the intake's hot path.
-        pricing = json.dumps(quote.as_metadata(), separators=(",", ":"))
+        pricing = _COMPACT.encode(quote.as_metadata())
         stored = f'{canonical[:-1]},"pricing":{pricing}}}'
 
         key = report.idempotency_key

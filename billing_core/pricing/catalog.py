@@ -276,10 +276,11 @@ def _first_problem(exc: ValidationError) -> str:
 
 
 # ------------------------------------------------------------------------------------------------ the table
+@lru_cache(maxsize=4096)
 def plain(number: Decimal) -> str:
-    """A decimal as a plain string without exponent or trailing zeros: ``2500``, ``37.5``, ``0.075``."""
-    text = format(number.normalize(), "f")
-    return text
+    """A decimal as a plain string without exponent or trailing zeros: ``2500``, ``37.5``, ``0.075`` (cached:
+    the catalog's few prices are written into every quote line's breakdown)."""
+    return format(number.normalize(), "f")
 
 
 @dataclass(frozen=True, slots=True)
