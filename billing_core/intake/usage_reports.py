@@ -91,10 +91,10 @@ class AcceptedReport:
     amount_mc: int
     hold_id: str | None
     occurred_at: datetime | None
-    report_json: str  # the report as validated, canonical JSON (sorted keys), then its ``pricing``
-    fingerprint: str  # sha256 of the canonical report without its pricing: a replay after a price change is a duplicate
+    report_json: str  # the report as validated, canonical JSON (sorted keys): what the fingerprint hashes
+    fingerprint: str
     items: tuple[Item, ...] = ()
-    mode: str = SYSTEM
+    mode: str = "system"
 
 
 def partition_of(account: str) -> int:
