@@ -390,3 +390,22 @@ def test_cli_load_show_and_diff(billing, probe, tmp_path):
     named = billing("diff", "cli-v2", str(BASE.version))
     assert "5.00 -> 2.50" in named.stdout
     assert billing("diff", "nope").returncode == 1
+
+
+def test_the_broker_path_keeps_a_key_mode_refusal_as_a_rejected_report(session_factory, probe):
+    # billing.record_usage catches InvalidUsage: the key-mode refusal of one report is one, and is kept
+    from billing_core.intake.usage_inbox import store_refused
+    from billing_core.intake.usage_reports import InvalidUsage, UsageKeyModeNotAllowed, accept_reports
+
+    report = {
+        "idempotency_key": "own-t1",
+        "account": "acme",
+        "items": [{"type": "tier", "tier": "tier1a"}],
+        "mode": "own",
+    }
+    with pytest.raises(UsageKeyModeNotAllowed) as err:
+        accept_reports(report, BASE)
+    assert isinstance(err.value, InvalidUsage)
+    assert store_refused(session_factory, report, err.value.details["problems"], source="celery") == ["own-t1"]
+    status = usage_status(session_factory, "own-t1")
+    assert status is not None and status.status == "rejected" and "requires system credits" in (status.reason or "")

@@ -217,3 +217,15 @@ def test_diff_lists_added_removed_and_changed_prices():
         ("removed", "agents.build_dashboard.credits"): ("130", None),
     }
     assert diff_tables(TABLE, _variant("same-prices")) == []
+
+
+def test_a_book_whose_database_fails_keeps_pricing_with_what_it_has(caplog):
+    def broken():
+        raise ConnectionError("database down")
+
+    book = PriceBook(TABLE, session_factory=broken, refresh_seconds=60)  # type: ignore[arg-type]
+    assert book.current() is TABLE
+    assert "price versions not refreshed" in caplog.text
+    caplog.clear()
+    assert book.current() is TABLE  # and it does not ask again before its interval
+    assert caplog.text == ""
