@@ -161,6 +161,8 @@ def _models(table: PriceTable) -> list[dict[str, Any]]:
                 row["cached_input_usd_per_1m"] = (
                     None if price.cached_input_usd_per_1m is None else str(price.cached_input_usd_per_1m)
                 )
+            if price.scheme != "per_token":
+                row["tokens_per_credit"] = table.tokens_per_credit
             row["input_per_1m"] = price.breakdown.get("input_per_1m")
             row["output_per_1m"] = price.breakdown.get("output_per_1m")
             row["cached_input_per_1m"] = price.breakdown.get("cached_input_per_1m")
@@ -222,7 +224,8 @@ def _as_text(version: ScheduledVersion, following: ScheduledVersion | None) -> l
         if "alias_of" in m:
             rows.append([m["provider"], m["model"], f"= {m['alias_of']}", "", "", ""])
         elif m["scheme"] != "per_token":
-            rows.append([m["provider"], m["model"], m["scheme"], f"{m['input_per_1m']} cr", "", m["as_of"] or ""])
+            per_credit = f"{table.tokens_per_credit} tokens/credit"
+            rows.append([m["provider"], m["model"], "token bundle", per_credit, per_credit, m["as_of"] or ""])
         else:
             cached = m["cached_input_usd_per_1m"]
             rows.append(
