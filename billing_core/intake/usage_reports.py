@@ -160,7 +160,8 @@ def accept_reports(payload: object, table: PriceTable) -> list[AcceptedReport]:
         # The price is added after fingerprinting: the same report sent again after a new price version took
         # effect is a duplicate (the first pricing stands), not a conflict. Spliced into the canonical text
         # rather than dumped again: one serialisation of the report, on the intake's hot path.
-        pricing = _COMPACT.encode(quote.as_metadata())
+        # The items are stored beside it: each line records the catalog's prices only (breakdown[i] prices items[i]).
+        pricing = _COMPACT.encode(quote.as_metadata(with_usage=False))
         stored = f'{canonical[:-1]},"pricing":{pricing}}}'
 
         key = report.idempotency_key

@@ -35,7 +35,7 @@ import hashlib
 import json
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime
 from decimal import Context, Decimal, Inexact, InvalidOperation, localcontext
 from functools import lru_cache
@@ -283,13 +283,25 @@ def plain(number: Decimal) -> str:
     return format(number.normalize(), "f")
 
 
+@lru_cache(maxsize=4096)
+def _unit_prices(credits: Decimal) -> Mapping[str, Any]:
+    return MappingProxyType({"unit_credits": plain(credits)})
+
+
+@lru_cache(maxsize=1024)
+def _tier_prices(fee: Decimal, unit: str, requires_system_credits: bool) -> Mapping[str, Any]:
+    return MappingProxyType(
+        {"unit": unit, "unit_credits": plain(fee), "requires_system_credits": requires_system_credits}
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class ModelPrice:
     """Credits per 1,000,000 tokens (``cached_input_per_1m`` is None when the model has no cached price), the
     provider's USD list prices they come from, the date of that list, and the scheme: ``per_token``, or
     ``token_bundle`` (every token at ``1 / tokens_per_credit`` credits; the per-1M prices then show that rate).
-    ``model`` is the priced model's own name (an alias's target). ``breakdown`` is the part of a quote line's
-    breakdown that depends only on the price, built once here so that pricing a line copies a small dict."""
+    ``model`` is the priced model's own name (an alias's target). ``breakdown`` is what a quote line priced by
+    it records of the catalog (scheme, unit prices, and for an alias ``priced_as``), built once here."""
 
     input_per_1m: Decimal
     output_per_1m: Decimal
@@ -311,6 +323,11 @@ class Tier:
     unit: str
     requires_system_credits: bool
 
+    @property
+    def prices(self) -> Mapping[str, Any]:
+        """What a quote line priced by this tier records of the catalog (cached: one dict per tier)."""
+        return _tier_prices(self.fee, self.unit, self.requires_system_credits)
+
 
 @dataclass(frozen=True, slots=True)
 class Agent:
@@ -318,6 +335,11 @@ class Agent:
     name: str
     credits: Decimal
     description: str | None
+
+    @property
+    def prices(self) -> Mapping[str, Any]:
+        """What a quote line priced by this agent records of the catalog (cached: one dict per price)."""
+        return _unit_prices(self.credits)
 
     @property
     def credits_mc(self) -> int:
@@ -487,6 +509,11 @@ class PriceTable:
         return self._spec.token_bundle.tokens_per_credit
 
     @property
+    def bundle_prices(self) -> Mapping[str, Any]:
+        """What a quote line priced by the token bundle records of the catalog."""
+        return _bundle_prices(self._spec.token_bundle.tokens_per_credit)
+
+    @property
     def providers(self) -> list[str]:
         return sorted(self._models)
 
@@ -582,6 +609,11 @@ class PriceTable:
         return found
 
 
+@lru_cache(maxsize=64)
+def _bundle_prices(tokens_per_credit: int) -> Mapping[str, Any]:
+    return MappingProxyType({"scheme": TOKEN_BUNDLE, "tokens_per_credit": tokens_per_credit})
+
+
 def to_credits(usd: Decimal, spec: CreditSpec, where: str) -> Decimal:
     """USD per 1M tokens as credits per 1M: ``usd * markup / usd_per_credit``, exactly (or a ``ValueError``)."""
     try:
@@ -640,7 +672,9 @@ def _resolve(
                     f"llm_tokens.{provider}.{model}.alias_of: must name a priced (non-alias) model of "
                     f"{provider!r}, got {entry.alias_of!r}"
                 )
-            priced[model] = priced[entry.alias_of]
+            target = priced[entry.alias_of]
+            # The same prices under another name; the line says which model priced it.
+            priced[model] = replace(target, breakdown=MappingProxyType({**target.breakdown, "priced_as": target.model}))
     return MappingProxyType(priced)
 
 

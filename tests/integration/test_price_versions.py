@@ -149,9 +149,9 @@ def test_entries_before_and_after_a_switch_are_explained_by_their_versions(api, 
     assert before["breakdown"][0]["input_per_1m"] == "2500" and after["breakdown"][0]["input_per_1m"] == "5000"
     # re-priced on paper from the entry alone: tokens * credits per 1M / 1e6 credits, * 1000 mc
     for metadata, amount in ((before, 3500), (after, 6000)):
-        line = metadata["breakdown"][0]
+        used, line = metadata["items"][0], metadata["breakdown"][0]  # breakdown[i] prices items[i]
         on_paper = (
-            line["input_tokens"] * int(line["input_per_1m"]) + line["output_tokens"] * int(line["output_per_1m"])
+            used["input_tokens"] * int(line["input_per_1m"]) + used["output_tokens"] * int(line["output_per_1m"])
         ) // 1000
         assert on_paper == amount and line["credits"] == f"{amount // 1000}.{amount % 1000:03d}"
     probe.assert_consistent()

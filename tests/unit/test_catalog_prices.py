@@ -82,7 +82,13 @@ def test_the_credit_unit_is_a_thousandth_of_a_dollar_without_markup():
     ],
 )
 def test_dated_names_are_aliases_of_their_model(provider, alias, target):
-    assert TABLE.model_price(provider, alias) is TABLE.model_price(provider, target)
+    aliased, priced = TABLE.model_price(provider, alias), TABLE.model_price(provider, target)
+    assert (aliased.input_per_1m, aliased.output_per_1m, aliased.cached_input_per_1m, aliased.model) == (
+        priced.input_per_1m,
+        priced.output_per_1m,
+        priced.cached_input_per_1m,
+        target,
+    )
     quote = price_items(TABLE, [llm(provider, alias, 1000, 1000)])
     assert quote.total_mc == price_items(TABLE, [llm(provider, target, 1000, 1000)]).total_mc
     assert quote.lines[0].breakdown["priced_as"] == target

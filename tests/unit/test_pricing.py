@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from billing_core.errors import InvalidAmount, InvalidCommand, UnknownModel, UnknownPackage, UnknownPriceCode
 from billing_core.pricing.catalog import ModelPrice, PriceTable, load_price_table
 from billing_core.pricing.packages import Package
-from billing_core.pricing.quotes import Quote, QuoteLine, price_items
+from billing_core.pricing.quotes import Quote, price_items
 from billing_core.types import MAX_ITEMS, MAX_QUANTITY, MAX_TOKENS
 from billing_core.units import MAX_CREDITS, MAX_MC
 from webhook_receiver.schemas import quote_json
@@ -88,7 +88,12 @@ def test_gpt4o_example_from_the_design(table):
         "cached_input_per_1m": "1250",
     }
     description = "openai/gpt-4o: 1200 input + 300 output tokens"
-    assert quote.lines == (QuoteLine(0, "llm_tokens", description, 6000, breakdown),)
+    [line] = quote.lines
+    assert (line.index, line.type, line.description, line.amount_mc) == (0, "llm_tokens", description, 6000)
+    assert line.breakdown == breakdown
+    assert line.prices == {
+        key: breakdown[key] for key in ("scheme", "input_per_1m", "output_per_1m", "cached_input_per_1m")
+    }
     assert (quote.version, quote.mode) == (table.version, "system")
     assert quote_json(quote) == {
         "credits": "6.000",
@@ -429,7 +434,7 @@ def test_default_table_contents(table):
     assert isinstance(gpt4o, ModelPrice)
     # $2.50 / $10.00 / $1.25 per 1M at $0.001 per credit: 2500 / 10000 / 1250 credits per 1M.
     assert (gpt4o.input_per_1m, gpt4o.output_per_1m, gpt4o.cached_input_per_1m) == (2500, 10000, 1250)
-    assert table.model_price("openai", "gpt-4o-2024-08-06") is gpt4o
+    assert table.model_price("openai", "gpt-4o-2024-08-06").input_per_1m == gpt4o.input_per_1m
     assert table.fee("tier1b_experiment") == Decimal(50)
     assert table.agent("profile_my_data") == Decimal(20)
 
