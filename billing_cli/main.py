@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import click
 
-from billing_cli import config, keys, ops, schema, serve, stripe_sync
+from billing_cli import config, keys, ops, pricing, schema, serve, stripe_sync
 from billing_cli.limits import limits
 
 
@@ -29,6 +29,7 @@ for command in (
     config.sales_guard,
     stripe_sync.stripe_group,
     limits,
+    pricing.pricing,
 ):
     main.add_command(command)
 

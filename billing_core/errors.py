@@ -90,7 +90,8 @@ class MissingSetting(BillingError):
 
 
 class UnknownModel(BillingError):
-    """A usage item names a provider or model the price table does not price (details: provider, model, field)."""
+    """A usage item names a provider or model the price table does not price (details: provider, model, field,
+    ``known_models``: the provider's models, and for an unknown provider ``known_providers``)."""
 
     code = "unknown_model"
 
@@ -105,6 +106,13 @@ class UnknownPackage(BillingError):
     """A credit package id missing from the price table (details: package, field)."""
 
     code = "unknown_package"
+
+
+class KeyModeNotAllowed(BillingError):
+    """Work done with the customer's own provider key (``mode: own``) on a tier that requires system credits
+    (details: field, tier, mode)."""
+
+    code = "key_mode_not_allowed"
 
 
 class PaymentsUnavailable(BillingError):
@@ -138,7 +146,7 @@ def error_field(loc: tuple[int | str, ...], kind: str = "") -> str:
 
 
 # The item types' tags (``billing_core.pricing.items``); kept here so that this module imports nothing.
-_UNION_TAGS = frozenset({"llm_tokens", "fee", "agent", "credits"})
+_UNION_TAGS = frozenset({"llm_tokens", "fee", "agent", "credits", "tokens", "tier"})
 
 
 # What a value that fails a shared type's pattern should have been, by pattern; ``billing_core.types``

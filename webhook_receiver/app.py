@@ -32,11 +32,12 @@ def create_app(settings: Settings | None = None, *, enqueue: Enqueue | None = No
     gateway = None
     if settings.stripe_api_key is not None:
         gateway = StripeGateway(settings.stripe_api_key.get_secret_value(), settings.stripe_api_base)
+    session_factory = make_session_factory(engine)
     app.extensions["billing"] = Runtime(
         settings=settings,
         engine=engine,
-        session_factory=make_session_factory(engine),
-        prices=PriceBook(load_price_table(settings.billing_pricing_file)),
+        session_factory=session_factory,
+        prices=PriceBook(load_price_table(settings.billing_pricing_file), session_factory=session_factory),
         gateway=gateway,
         enqueue=enqueue or CelerySender(settings.redis_url or ""),
         webhook_secrets=settings.webhook_secrets(),

@@ -1,4 +1,5 @@
-"""What credits cost and how to buy them: ``POST /v1/estimate``, ``GET /v1/packages``, ``POST /v1/checkout``."""
+"""What credits cost and how to buy them: ``POST /v1/estimate``, ``GET /v1/agent-costs``, ``GET /v1/packages``,
+``POST /v1/checkout``."""
 
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ from webhook_receiver.rendering import render
 from webhook_receiver.runtime import runtime
 from webhook_receiver.sales import sales_guard
 from webhook_receiver.schemas import (
+    AgentCostAnswer,
+    AgentCostsAnswer,
     CheckoutAnswer,
     CheckoutBody,
     EstimateAnswer,
@@ -26,15 +29,19 @@ from webhook_receiver.schemas import (
 from webhook_receiver.spec import endpoint
 
 bp = Blueprint("catalog", __name__)
-PRICING_ERRORS = {422: "invalid_request · invalid_amount · unknown_model · unknown_price_code"}
+PRICING_ERRORS = {
+    403: "key_mode_not_allowed",
+    422: "invalid_request · invalid_amount · unknown_model (known_models) · unknown_price_code",
+}
 
 
 @bp.post("/v1/estimate")
 @require()
 @endpoint(body=EstimateBody, body_limit=1024 * 1024, answers={200: EstimateAnswer}, errors=PRICING_ERRORS)
 def estimate(body: EstimateBody):
-    """Price items without charging (with ``account``: what it could spend now, and whether that is enough)."""
-    quote = price_items(runtime().prices.current(), body.items)
+    """Price items without charging (with ``account``: what it could spend now, and whether that is enough);
+    each line says how it was priced, as the charge for the same items will record it."""
+    quote = price_items(runtime().prices.current(), body.items, mode=body.mode)
     if body.account is None:
         return render(EstimateAnswer.of(quote), exclude_none=True)
     with runtime().session_factory() as session:
@@ -42,6 +49,18 @@ def estimate(body: EstimateBody):
         # closed yet still counts in the balance but cannot be spent.
         available = spendable_mc(session, body.account, utcnow())
     return render(EstimateAnswer.of(quote, available_mc=available))
+
+
+@bp.get("/v1/agent-costs")
+@require()
+@endpoint(answers={200: AgentCostsAnswer})
+def agent_costs():
+    """The flat cost of each agent (credits per run), as the catalog version in effect prices them."""
+    table = runtime().prices.current()
+    data = [
+        AgentCostAnswer(code=a.code, name=a.name, credits=a.credits_mc, description=a.description) for a in table.agents
+    ]
+    return render(AgentCostsAnswer(data=data, version=table.version))
 
 
 @bp.get("/v1/packages")

@@ -12,6 +12,7 @@ from werkzeug.exceptions import HTTPException
 from billing_core import errors as domain
 from billing_core.accounts.profile import StripeCustomerTaken
 from billing_core.intake.stripe_events import MalformedEvent
+from billing_core.intake.usage_reports import UsageKeyModeNotAllowed
 from billing_core.ledger.history import InvalidCursor
 
 # The domain's error codes, mapped to HTTP once, here.
@@ -20,6 +21,8 @@ STATUS_BY_ERROR: dict[type[domain.BillingError], int] = {
     MalformedEvent: 400,  # the webhook contract: a signed body that is not an event is malformed_payload, 400
     domain.InsufficientCredits: 402,
     domain.AccountFlagged: 402,
+    domain.KeyModeNotAllowed: 403,
+    UsageKeyModeNotAllowed: 403,
     domain.UnknownAccount: 404,
     domain.UnknownHold: 404,
     domain.UnknownGrant: 404,

@@ -16,7 +16,7 @@ from billing_core.ledger.commands import (
 )
 from billing_core.ledger.handlers import execute
 from billing_core.pricing.items import Item
-from billing_core.pricing.quotes import price_items
+from billing_core.pricing.quotes import Quote, price_items
 from billing_core.types import HOLD_ID_RE
 from webhook_receiver.auth import require
 from webhook_receiver.rate_limits import check_hold_tokens
@@ -36,18 +36,28 @@ def _check_hold_path(hold_id: str) -> None:
         raise UnknownHold(f"no hold {hold_id[:100]!r}", hold_id=hold_id[:100])
 
 
-def _amount_mc(credits_mc: int | None, items: list[Item] | None, *, allow_zero: bool) -> int:
-    """The amount of ``{"credits": "1.5"}`` or the price of ``{"items": [...]}``: exactly one of them."""
+def _amount_mc(
+    credits_mc: int | None, items: list[Item] | None, *, mode: str, allow_zero: bool
+) -> tuple[int, Quote | None]:
+    """The amount of ``{"credits": "1.5"}`` or the price of ``{"items": [...]}`` in key ``mode``: exactly one
+    of them; with items, their quote too."""
     if (credits_mc is None) == (items is None):
         raise InvalidCommand("send exactly one of credits or items", field="credits")
+    quote = None
     if items is not None:
-        amount, field = price_items(runtime().prices.current(), items).total_mc, "items"
+        quote = price_items(runtime().prices.current(), items, mode=mode)
+        amount, field = quote.total_mc, "items"
     else:
         assert credits_mc is not None
         amount, field = credits_mc, "credits"
     if amount == 0 and not allow_zero:
         raise InvalidAmount(f"{field} must come to a positive amount of credits", field=field)
-    return amount
+    return amount, quote
+
+
+def _with_pricing(metadata: dict[str, object] | None, quote: Quote | None) -> dict[str, object]:
+    # The entry records how its amount was priced (price_version, mode, breakdown), as a usage entry does.
+    return {**(metadata or {}), **(quote.as_metadata() if quote is not None else {})}
 
 
 @bp.post("/v1/holds")
@@ -57,6 +67,7 @@ def _amount_mc(credits_mc: int | None, items: list[Item] | None, *, allow_zero: 
     answers={201: HoldAnswer},
     errors={
         402: "insufficient_credits · account_negative · quota_exceeded",
+        403: "key_mode_not_allowed",
         404: "unknown_account",
         409: "idempotency_conflict",
         429: "rate_limited",
@@ -64,14 +75,15 @@ def _amount_mc(credits_mc: int | None, items: list[Item] | None, *, allow_zero: 
 )
 def place_hold(body: PlaceHoldBody):
     """Reserve credits (a price from items, or an amount) until captured, released or expired."""
-    # Token limits first (429 rate_limited · 402 quota_exceeded): a refused hold reserves nothing.
-    check_hold_tokens(body.account, body.items, getattr(body, "mode", None) or "system")
+    amount, quote = _amount_mc(body.credits, body.items, mode=body.mode, allow_zero=False)
+    # Token limits next (429 rate_limited · 402 quota_exceeded): a refused hold reserves nothing.
+    check_hold_tokens(body.account, body.items, body.mode)
     cmd = PlaceHold(
         account=body.account,
-        amount_mc=_amount_mc(body.credits, body.items, allow_zero=False),
+        amount_mc=amount,
         idempotency_key=ledger_key(HOLD_KEY_PREFIX, body.idempotency_key),
         ttl_seconds=body.ttl_seconds or DEFAULT_TTL_SECONDS,
-        metadata=body.metadata or {},
+        metadata=_with_pricing(body.metadata, quote),
     )
     return render(HoldAnswer.of(execute(runtime().session_factory, cmd)), status=201)
 
@@ -82,11 +94,12 @@ def place_hold(body: PlaceHoldBody):
 def capture_hold(hold_id: str, body: CaptureBody):
     """Settle a hold at the actual usage: below the hold returns the rest, above it takes the excess."""
     _check_hold_path(hold_id)
+    amount, quote = _amount_mc(body.credits, body.items, mode=body.mode, allow_zero=True)
     cmd = CaptureHold(
         hold_id=hold_id,
-        amount_mc=_amount_mc(body.credits, body.items, allow_zero=True),
+        amount_mc=amount,
         idempotency_key=ledger_key(CAPTURE_KEY_PREFIX, body.idempotency_key or hold_id),
-        metadata=body.metadata or {},
+        metadata=_with_pricing(body.metadata, quote),
     )
     return render(HoldAnswer.of(execute(runtime().session_factory, cmd)))
 

@@ -16,7 +16,7 @@ from billing_core.intake.usage_inbox import UsageStatus
 from billing_core.ledger.balances import AccountBalance
 from billing_core.ledger.handlers import HoldView, Receipt
 from billing_core.ledger.history import MAX_PAGE, TransactionPage
-from billing_core.pricing.items import Items
+from billing_core.pricing.items import Items, KeyMode
 from billing_core.pricing.limits import LimitPolicy, LimitState
 from billing_core.pricing.packages import Package
 from billing_core.pricing.plans import LimitOverrides
@@ -58,6 +58,7 @@ class Answer(BaseModel):
 class EstimateBody(Body):
     items: Items
     account: Account | None = Field(None, description="also answer what this account can spend")
+    mode: KeyMode = Field("system", description="system (tokens charged) or own (your provider key: base fees only)")
 
 
 class PlaceHoldBody(Body):
@@ -69,6 +70,7 @@ class PlaceHoldBody(Body):
     items: Items | None = None
     ttl_seconds: TtlSeconds | None = Field(None, description=f"default {DEFAULT_TTL_SECONDS}")
     metadata: Metadata | None = None
+    mode: KeyMode = Field("system", description="system (tokens charged) or own (your provider key: base fees only)")
 
 
 class CaptureBody(Body):
@@ -79,6 +81,7 @@ class CaptureBody(Body):
     credits: CreditsNonNegative | None = None
     items: Items | None = None
     metadata: Metadata | None = None
+    mode: KeyMode = Field("system", description="system (tokens charged) or own (your provider key: base fees only)")
 
 
 class ReleaseBody(Body):
@@ -196,6 +199,11 @@ class QuoteLineAnswer(Answer):
     type: str
     description: str
     credits: CreditString
+    breakdown: dict[str, Any] = Field(
+        default_factory=dict,
+        description="how the line was priced: provider, model, tokens by kind and unit prices in credits per 1M "
+        "(scheme per_token or token_bundle), or code, unit_credits and quantity",
+    )
 
 
 class EstimateAnswer(Answer):
@@ -203,14 +211,24 @@ class EstimateAnswer(Answer):
     lines: list[QuoteLineAnswer]
     available: CreditString | None = Field(None, description="with account: what a hold placed now could reserve")
     sufficient: bool | None = None
+    version: str | None = Field(None, description="the price catalog version that priced it")
+    mode: KeyMode = "system"
 
     @classmethod
     def of(cls, quote: Quote, *, available_mc: int | None = None) -> EstimateAnswer:
-        lines = [QuoteLineAnswer(type=x.type, description=x.description, credits=x.amount_mc) for x in quote.lines]
+        lines = [
+            QuoteLineAnswer(type=x.type, description=x.description, credits=x.amount_mc, breakdown=dict(x.breakdown))
+            for x in quote.lines
+        ]
+        priced = {"version": quote.version, "mode": quote.mode}
         if available_mc is None:
-            return cls(credits=quote.total_mc, lines=lines)
+            return cls(credits=quote.total_mc, lines=lines, **priced)
         return cls(
-            credits=quote.total_mc, lines=lines, available=available_mc, sufficient=available_mc >= quote.total_mc
+            credits=quote.total_mc,
+            lines=lines,
+            available=available_mc,
+            sufficient=available_mc >= quote.total_mc,
+            **priced,
         )
 
 
@@ -436,3 +454,18 @@ class UsageViewAnswer(Answer):
                 for w in state.windows
             ],
         )
+
+
+# -- the pricing catalog ----------------------------------------------------------------------------------------
+class AgentCostAnswer(Answer):
+    code: str
+    name: str
+    credits: CreditString = Field(description="flat credits per run")
+    description: str | None
+
+
+class AgentCostsAnswer(Answer):
+    """``GET /v1/agent-costs``: the flat cost of each agent in the catalog version in effect."""
+
+    data: list[AgentCostAnswer]
+    version: str | None

@@ -30,6 +30,7 @@ MAX_USAGE_BYTES = 8 * 1024 * 1024
     answers={202: UsageAccepted},
     errors={
         400: "malformed_payload",
+        403: "key_mode_not_allowed (a request of one report refused only for its key mode)",
         409: "idempotency_conflict",
         413: "payload_too_large",
         422: "invalid_usage (problems: index, field, code, message)",

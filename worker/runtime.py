@@ -34,10 +34,11 @@ def _runtime(pid: int) -> Runtime:
     gateway = None
     if settings.stripe_api_key is not None:
         gateway = StripeGateway(settings.stripe_api_key.get_secret_value(), settings.stripe_api_base)
+    session_factory = make_session_factory(engine)
     return Runtime(
-        make_session_factory(engine),
+        session_factory,
         gateway,
-        PriceBook(load_price_table(settings.billing_pricing_file)),
+        PriceBook(load_price_table(settings.billing_pricing_file), session_factory=session_factory),
         Wakeups(redis_client(settings.redis_url or "")),
         TokenLimits(
             redis_client(settings.limits_redis_url or settings.redis_url or ""),

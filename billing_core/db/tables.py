@@ -336,3 +336,19 @@ class UsageRecord(Base):
         CheckConstraint("period IN ('hour', 'day', 'month')", name="usage_records_period"),
         CheckConstraint("quantity >= 0", name="usage_records_quantity"),
     )
+
+
+# -- the pricing catalog's versions (migration 0004) ----------------------------------------------------------
+class PriceVersion(Base):
+    """One version of the price catalog, in effect from ``effective_at`` until the next one's (versions.py)."""
+
+    __tablename__ = "price_versions"
+
+    version: Mapped[str] = mapped_column(Text, primary_key=True)
+    effective_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    catalog: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    sha256: Mapped[str] = mapped_column(Text)
+    loaded_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    note: Mapped[str | None] = mapped_column(Text)
+
+    __table_args__ = (Index("ix_price_versions_effective_at", "effective_at"),)

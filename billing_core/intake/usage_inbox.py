@@ -319,8 +319,10 @@ Verdict = tuple[int, str, int | None, str | None, str | None]  # (id, status, en
 
 
 def _entry_metadata(report: dict[str, Any]) -> dict[str, Any]:
-    # What the transaction history shows: what was used, and the app's own metadata.
-    return {"items": report["items"], "metadata": report.get("metadata") or {}}
+    # What the transaction history shows: what was used, the app's own metadata, and how it was priced at
+    # intake (price_version, mode, breakdown: usage_reports.accept_reports); a report stored before prices
+    # were recorded has no pricing.
+    return {"items": report["items"], "metadata": report.get("metadata") or {}, **(report.get("pricing") or {})}
 
 
 def _apply_rows(book: Book, rows: list[Row[Any]]) -> list[Verdict]:

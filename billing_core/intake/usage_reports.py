@@ -18,8 +18,8 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from billing_core.errors import BillingError, error_field, error_message
 from billing_core.pricing.catalog import PriceTable
-from billing_core.pricing.items import Item, Items
-from billing_core.pricing.quotes import price_items
+from billing_core.pricing.items import Item, Items, KeyMode
+from billing_core.pricing.quotes import SYSTEM, price_items
 from billing_core.types import MAX_REPORTS_PER_REQUEST, Account, HoldId, IdempotencyKey, Metadata, Timestamp
 
 # Workers claim one partition at a time; more partitions than worker processes keeps them all busy.
@@ -37,6 +37,11 @@ class UsageReport(BaseModel):
     items: Items
     hold_id: HoldId | None = Field(None, description="capture this hold at the reported amount")
     metadata: Metadata = Field(default_factory=dict)
+    mode: KeyMode = Field(
+        SYSTEM,
+        description="whose provider key paid for the tokens: system (charged) or own (the customer's key: base "
+        "fees only; refused on tiers that require system credits)",
+    )
 
 
 class UsageEnvelope(BaseModel):
@@ -56,12 +61,24 @@ class UsageBatch(BaseModel):
 
 
 _REPORT = TypeAdapter(UsageReport)
+# Built once: ``json.dumps`` with arguments builds an encoder per call.
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"))
+_COMPACT = json.JSONEncoder(separators=(",", ":"))
 
 
 class InvalidUsage(BillingError):
-    """One or more reports of a request are invalid; ``problems`` lists each (index, field, code, message)."""
+    """One or more reports of a request are invalid; ``problems`` lists each (index, field, code, message, and
+    for an unknown model ``known_models``)."""
 
     code = "invalid_usage"
+
+
+class UsageKeyModeNotAllowed(InvalidUsage):
+    """A request of one report refused only because its ``own`` key mode is not allowed on a tier: answered as
+    the contract's ``key_mode_not_allowed`` (403) rather than a batch's ``invalid_usage``, since that is the
+    whole of the refusal; it stays an ``InvalidUsage`` (with ``problems``) for the callers that handle those."""
+
+    code = "key_mode_not_allowed"
 
 
 @dataclass(frozen=True)
@@ -85,8 +102,12 @@ def partition_of(account: str) -> int:
     return zlib.crc32(account.encode()) % PARTITIONS
 
 
-def _problem(index: int, field: str, code: str, message: str) -> dict[str, Any]:
-    return {"index": index, "field": field, "code": code, "message": message}
+def _problem(index: int, field: str, code: str, message: str, **extra: Any) -> dict[str, Any]:
+    return {"index": index, "field": field, "code": code, "message": message, **extra}
+
+
+# Details of a pricing refusal a client needs in a batch's problem too (the models it could have named).
+_PROBLEM_DETAILS = ("known_models", "known_providers", "tier")
 
 
 def accept_reports(payload: object, table: PriceTable) -> list[AcceptedReport]:
@@ -122,16 +143,27 @@ def accept_reports(payload: object, table: PriceTable) -> list[AcceptedReport]:
             continue
         items = [item.model_dump() for item in report.items]
         try:
-            quote = price_items(table, report.items)
+            quote = price_items(table, report.items, mode=report.mode)
         except BillingError as exc:
             field = str(exc.details.get("field", "items"))
-            problems.append(_problem(index, field, exc.code, exc.message))
+            extra = {k: exc.details[k] for k in _PROBLEM_DETAILS if k in exc.details}
+            problems.append(_problem(index, field, exc.code, exc.message, **extra))
             continue
         body = report.model_dump(mode="json")
         body["items"] = items
-        # The canonical text is both what is fingerprinted and what is stored: serialised once per report.
-        canonical = json.dumps(body, sort_keys=True, separators=(",", ":"))
+        if body["mode"] == SYSTEM:
+            # The default is left out of what is fingerprinted: a report stored before key modes existed and
+            # sent again is the same report, not a conflict.
+            del body["mode"]
+        canonical = _CANONICAL.encode(body)
         fp = hashlib.sha256(canonical.encode()).hexdigest()
+        # The price is added after fingerprinting: the same report sent again after a new price version took
+        # effect is a duplicate (the first pricing stands), not a conflict. Spliced into the canonical text
+        # rather than dumped again: one serialisation of the report, on the intake's hot path.
+        # The items are stored beside it: each line records the catalog's prices only (breakdown[i] prices items[i]).
+        pricing = _COMPACT.encode(quote.as_metadata(with_usage=False))
+        stored = f'{canonical[:-1]},"pricing":{pricing}}}'
+
         key = report.idempotency_key
         # The same key twice in one request: identical copies are duplicates (the store keeps the first);
         # another body under the key is a problem of this request.
@@ -149,11 +181,16 @@ def accept_reports(payload: object, table: PriceTable) -> list[AcceptedReport]:
                 amount_mc=quote.total_mc,
                 hold_id=report.hold_id,
                 occurred_at=report.occurred_at,
-                report_json=canonical,
+                report_json=stored,
                 fingerprint=fp,
                 items=tuple(report.items),
-                mode=getattr(report, "mode", None) or "system",
+                mode=report.mode,
             )
+        )
+    if problems and len(raw_reports) == 1 and all(p["code"] == "key_mode_not_allowed" for p in problems):
+        first = problems[0]
+        raise UsageKeyModeNotAllowed(
+            str(first["message"]), field=first["field"], tier=first.get("tier"), mode="own", problems=problems
         )
     if problems:
         invalid = len({p["index"] for p in problems})

@@ -49,6 +49,24 @@ class AgentItem(_Item):
     quantity: Quantity = 1
 
 
+class TokensItem(_Item):
+    """Tokens priced by the token-bundle scheme (``token_bundle.tokens_per_credit`` per credit), whatever the
+    model; ``provider`` and ``model`` are recorded with the charge, not priced."""
+
+    type: Literal["tokens"]
+    tokens: Tokens
+    provider: Name | None = None
+    model: Name | None = None
+
+
+class TierItem(_Item):
+    """A tier's base fee, ``quantity`` times (per scenario, per experiment...: the tier's ``unit``)."""
+
+    type: Literal["tier"]
+    tier: Name
+    quantity: Quantity = 1
+
+
 class CreditsItem(_Item):
     """A raw amount of credits, priced as it is."""
 
@@ -56,7 +74,10 @@ class CreditsItem(_Item):
     credits: CreditsPositive
 
 
-Item = Annotated[LlmTokensItem | FeeItem | AgentItem | CreditsItem, Field(discriminator="type")]
+Item = Annotated[LlmTokensItem | FeeItem | AgentItem | CreditsItem | TokensItem | TierItem, Field(discriminator="type")]
+# Who paid the model provider: ``system`` (our key: tokens are charged) or ``own`` (the customer's own provider
+# key: only base fees, tiers and agents are charged).
+KeyMode = Literal["system", "own"]
 Items = Annotated[list[Item], Field(min_length=1, max_length=MAX_ITEMS)]
 
 

@@ -40,6 +40,7 @@ TABLES = (
     "billing_config",
     "admin_alerts",
     "usage_records",
+    "price_versions",
 )
 
 

@@ -13,25 +13,34 @@ from hypothesis import strategies as st
 from billing_core.errors import InvalidAmount, InvalidCommand, UnknownModel, UnknownPackage, UnknownPriceCode
 from billing_core.pricing.catalog import ModelPrice, PriceTable, load_price_table
 from billing_core.pricing.packages import Package
-from billing_core.pricing.quotes import Quote, QuoteLine, price_items
+from billing_core.pricing.quotes import Quote, price_items
 from billing_core.types import MAX_ITEMS, MAX_QUANTITY, MAX_TOKENS
 from billing_core.units import MAX_CREDITS, MAX_MC
 from webhook_receiver.schemas import quote_json
 
+AS_OF = "2025-08-15"
+
 
 def small_table(**overrides) -> dict:
+    # One USD per credit, no markup: the USD prices below are the credits the tests compute with.
     data = {
         "version": 1,
+        "credit": {"usd_per_credit": "1", "markup": "1"},
         "llm_tokens": {
             "acme": {
-                "half": {"input_per_1m": "500", "output_per_1m": "1500"},
-                "just_under": {"input_per_1m": "499.999999", "output_per_1m": "0"},
-                "cachey": {"input_per_1m": "1000", "output_per_1m": "2000", "cached_input_per_1m": "100"},
+                "half": {"input_usd_per_1m": "500", "output_usd_per_1m": "1500", "as_of": AS_OF},
+                "just_under": {"input_usd_per_1m": "499.999999", "output_usd_per_1m": "0", "as_of": AS_OF},
+                "cachey": {
+                    "input_usd_per_1m": "1000",
+                    "output_usd_per_1m": "2000",
+                    "cached_input_usd_per_1m": "100",
+                    "as_of": AS_OF,
+                },
                 "cachey-2025": {"alias_of": "cachey"},
             }
         },
         "fees": {"half_mc": "0.0005", "tier2_analysis": "0"},
-        "agents": {"robot": "12.345"},
+        "agents": {"robot": {"name": "Robot", "credits": "12.345"}},
         "packages": [{"id": "p1", "name": "One", "credits": "1000", "unit_amount": 100, "currency": "usd"}],
     }
     data.update(overrides)
@@ -67,12 +76,30 @@ def test_gpt4o_example_from_the_design(table):
     # 1200 * 2500 / 1e6 = 3 credits; 300 * 10000 / 1e6 = 3 credits -> 6 credits = 6000 mc.
     quote = price_items(table, [llm(input_tokens=1200, output_tokens=300)])
     assert quote.total_mc == 6000
-    assert quote.lines == (QuoteLine(0, "llm_tokens", "openai/gpt-4o: 1200 input + 300 output tokens", 6000),)
+    breakdown = {
+        "provider": "openai",
+        "model": "gpt-4o",
+        "input_tokens": 1200,
+        "output_tokens": 300,
+        "cached_input_tokens": 0,
+        "scheme": "per_token",
+        "input_per_1m": "2500",
+        "output_per_1m": "10000",
+        "cached_input_per_1m": "1250",
+    }
+    description = "openai/gpt-4o: 1200 input + 300 output tokens"
+    [line] = quote.lines
+    assert (line.index, line.type, line.description, line.amount_mc) == (0, "llm_tokens", description, 6000)
+    assert line.breakdown == breakdown
+    assert line.prices == {
+        key: breakdown[key] for key in ("scheme", "input_per_1m", "output_per_1m", "cached_input_per_1m")
+    }
+    assert (quote.version, quote.mode) == (table.version, "system")
     assert quote_json(quote) == {
         "credits": "6.000",
-        "lines": [
-            {"type": "llm_tokens", "description": "openai/gpt-4o: 1200 input + 300 output tokens", "credits": "6.000"}
-        ],
+        "lines": [{"type": "llm_tokens", "description": description, "credits": "6.000", "breakdown": breakdown}],
+        "version": table.version,
+        "mode": "system",
     }
 
 
@@ -129,7 +156,12 @@ def test_fee_agent_quantities_and_raw_credits(small):
     assert [line.amount_mc for line in quote.lines] == [37_035, 0, 1_234, 1]
     assert quote.total_mc == 38_270
     assert quote.lines[0].description == "agent robot x 3"
-    assert quote_json(quote)["lines"][2] == {"type": "credits", "description": "credits", "credits": "1.234"}
+    assert quote_json(quote)["lines"][2] == {
+        "type": "credits",
+        "description": "credits",
+        "credits": "1.234",
+        "breakdown": {},
+    }
 
 
 # ------------------------------------------------------------------------------------------ rounding
@@ -173,13 +205,21 @@ def test_unknown_model_and_provider(table):
     with pytest.raises(UnknownModel) as err:
         price_items(table, [llm(input_tokens=1), llm(model="gpt-9", input_tokens=1)])
     assert err.value.code == "unknown_model"
-    assert err.value.details == {"provider": "openai", "model": "gpt-9", "field": "items[1].model"}
+    assert err.value.details == {
+        "provider": "openai",
+        "model": "gpt-9",
+        "field": "items[1].model",
+        "known_models": table.models("openai"),
+    }
+    assert "gpt-4o" in err.value.details["known_models"]
 
     with pytest.raises(UnknownModel) as err:
         price_items(table, [llm(provider="nope", model="gpt-4o")])
     assert err.value.code == "unknown_model"
     assert err.value.details["field"] == "items[0].provider"
     assert err.value.details["provider"] == "nope"
+    assert err.value.details["known_models"] == []
+    assert err.value.details["known_providers"] == table.providers
     assert err.value.as_dict()["code"] == "unknown_model"
 
     # Lookups are exact: a model of another provider is unknown here.
@@ -263,7 +303,7 @@ def test_bad_raw_credits_are_refused(table, bad):
         ({"type": "fee"}, "items"),
         (None, "items"),
         ([{"type": "fee", "code": "tier1b_experiment"}, "fee"], "items[1]"),
-        ([{"type": "tokens"}], "items[0].type"),
+        ([{"type": "token"}], "items[0].type"),
         ([{"code": "x"}], "items[0].type"),
         ([{"type": "fee"}], "items[0].code"),
         ([{"type": "fee", "code": 5}], "items[0].code"),
@@ -390,7 +430,11 @@ def test_default_table_contents(table):
         ("google", "gemini-2.0-flash"),
     ]:
         assert isinstance(table.model_price(provider, model), ModelPrice)
-    assert table.model_price("openai", "gpt-4o") == ModelPrice(Decimal(2500), Decimal(10000), Decimal(1250))
+    gpt4o = table.model_price("openai", "gpt-4o")
+    assert isinstance(gpt4o, ModelPrice)
+    # $2.50 / $10.00 / $1.25 per 1M at $0.001 per credit: 2500 / 10000 / 1250 credits per 1M.
+    assert (gpt4o.input_per_1m, gpt4o.output_per_1m, gpt4o.cached_input_per_1m) == (2500, 10000, 1250)
+    assert table.model_price("openai", "gpt-4o-2024-08-06").input_per_1m == gpt4o.input_per_1m
     assert table.fee("tier1b_experiment") == Decimal(50)
     assert table.agent("profile_my_data") == Decimal(20)
 
@@ -434,24 +478,41 @@ _DELETE = object()
 @pytest.mark.parametrize(
     ("path", "value", "named"),
     [
-        (("llm_tokens", "acme", "half", "input_per_1m"), "-1", "llm_tokens.acme.half.input_per_1m"),
-        (("llm_tokens", "acme", "half", "input_per_1m"), 1.5, "llm_tokens.acme.half.input_per_1m"),
-        (("llm_tokens", "acme", "half", "input_per_1m"), True, "llm_tokens.acme.half.input_per_1m"),
-        (("llm_tokens", "acme", "half", "input_per_1m"), "1.0000001", "llm_tokens.acme.half.input_per_1m"),
-        (("llm_tokens", "acme", "half", "input_per_1m"), "NaN", "llm_tokens.acme.half.input_per_1m"),
-        (("llm_tokens", "acme", "half", "input_per_1m"), "Infinity", "llm_tokens.acme.half.input_per_1m"),
-        (("llm_tokens", "acme", "half", "input_per_1m"), "two", "llm_tokens.acme.half.input_per_1m"),
-        (("llm_tokens", "acme", "half", "input_per_1m"), None, "llm_tokens.acme.half.input_per_1m"),
-        (("llm_tokens", "acme", "half", "output_per_1m"), _DELETE, "llm_tokens.acme.half.output_per_1m"),
-        (("llm_tokens", "acme", "half", "cached_input_per_1m"), "-0.5", "llm_tokens.acme.half.cached_input_per_1m"),
+        (("llm_tokens", "acme", "half", "input_usd_per_1m"), "-1", "llm_tokens.acme.half.input_usd_per_1m"),
+        (("llm_tokens", "acme", "half", "input_usd_per_1m"), 1.5, "llm_tokens.acme.half.input_usd_per_1m"),
+        (("llm_tokens", "acme", "half", "input_usd_per_1m"), True, "llm_tokens.acme.half.input_usd_per_1m"),
+        (("llm_tokens", "acme", "half", "input_usd_per_1m"), "1.0000001", "llm_tokens.acme.half.input_usd_per_1m"),
+        (("llm_tokens", "acme", "half", "input_usd_per_1m"), "NaN", "llm_tokens.acme.half.input_usd_per_1m"),
+        (("llm_tokens", "acme", "half", "input_usd_per_1m"), "Infinity", "llm_tokens.acme.half.input_usd_per_1m"),
+        (("llm_tokens", "acme", "half", "input_usd_per_1m"), "two", "llm_tokens.acme.half.input_usd_per_1m"),
+        (("llm_tokens", "acme", "half", "input_usd_per_1m"), None, "llm_tokens.acme.half.input_usd_per_1m"),
+        (("llm_tokens", "acme", "half", "output_usd_per_1m"), _DELETE, "llm_tokens.acme.half.output_usd_per_1m"),
+        (
+            ("llm_tokens", "acme", "half", "cached_input_usd_per_1m"),
+            "-0.5",
+            "llm_tokens.acme.half.cached_input_usd_per_1m",
+        ),
         (("llm_tokens", "acme", "half", "input_per_million"), "1", "llm_tokens.acme.half.input_per_million"),
         (("llm_tokens", "acme", "cachey-2025", "alias_of"), "nope", "llm_tokens.acme.cachey-2025.alias_of"),
         (("llm_tokens", "acme", "half"), "500", "llm_tokens.acme.half"),
-        (("llm_tokens", "acme", "bad name"), {"input_per_1m": "1", "output_per_1m": "1"}, "llm_tokens.acme.bad name"),
+        (
+            ("llm_tokens", "acme", "bad name"),
+            {"input_usd_per_1m": "1", "output_usd_per_1m": "1"},
+            "llm_tokens.acme.bad name",
+        ),
         (("llm_tokens", "acme"), [], "llm_tokens.acme"),
         (("fees", "half_mc"), "1e-7", "fees.half_mc"),
-        (("agents", "robot"), -3, "agents.robot"),
-        (("agents", "robot"), str(MAX_CREDITS + 1), "agents.robot"),
+        (("agents", "robot", "credits"), -3, "agents.robot.credits"),
+        (("agents", "robot", "credits"), str(MAX_CREDITS + 1), "agents.robot.credits"),
+        (("agents", "robot"), "12", "agents.robot"),
+        (("llm_tokens", "acme", "half", "as_of"), _DELETE, "llm_tokens.acme.half.as_of"),
+        (("llm_tokens", "acme", "half", "as_of"), "yesterday", "llm_tokens.acme.half.as_of"),
+        (("credit", "usd_per_credit"), "0", "credit.usd_per_credit"),
+        (("credit", "markup"), "-1", "credit.markup"),
+        (("token_bundle",), {"tokens_per_credit": 0}, "token_bundle.tokens_per_credit"),
+        (("tiers",), {"t": {"name": "T", "fee": "1"}}, "tiers.t.unit"),
+        (("version",), "has space", "version"),
+        (("effective_at",), "2027-01-01T00:00:00", "effective_at"),
         (("packages", 0, "unit_amount"), 0, "packages[0].unit_amount"),
         (("packages", 0, "unit_amount"), "100", "packages[0].unit_amount"),
         (("packages", 0, "unit_amount"), 10.0, "packages[0].unit_amount"),
@@ -503,14 +564,14 @@ def test_from_file_json_numbers_are_exact(tmp_path):
 
 def test_bad_table_file_refused_naming_file_and_path(tmp_path):
     data = small_table()
-    data["llm_tokens"]["acme"]["half"]["output_per_1m"] = "-2"
+    data["llm_tokens"]["acme"]["half"]["output_usd_per_1m"] = "-2"
     path = tmp_path / "bad.json"
     path.write_text(json.dumps(data))
     with pytest.raises(ValueError) as err:
         load_price_table(str(path))
     message = str(err.value)
     assert str(path) in message
-    assert "llm_tokens.acme.half.output_per_1m" in message
+    assert "llm_tokens.acme.half.output_usd_per_1m" in message
 
 
 @pytest.mark.parametrize(
