@@ -16,6 +16,7 @@ from billing_core.intake.usage_inbox import UsageStatus
 from billing_core.ledger.balances import AccountBalance
 from billing_core.ledger.handlers import HoldView, Receipt
 from billing_core.ledger.history import MAX_PAGE, TransactionPage
+from billing_core.pricing.admission import Admission
 from billing_core.pricing.items import Items, KeyMode
 from billing_core.pricing.limits import LimitPolicy, LimitState
 from billing_core.pricing.packages import Package
@@ -469,3 +470,87 @@ class AgentCostsAnswer(Answer):
 
     data: list[AgentCostAnswer]
     version: str | None
+
+
+# -- POST /v1/check -------------------------------------------------------------------------------------------
+class CheckBody(Body):
+    """Exactly one of ``credits`` and ``items``. With ``reserve``, an allowed check places a hold (scope
+    ``holds:write``; ``idempotency_key`` then required), as ``POST /v1/holds`` would."""
+
+    account: Account
+    credits: CreditsPositive | None = None
+    items: Items | None = None
+    mode: KeyMode = Field("system", description="system (tokens charged) or own (your provider key: base fees only)")
+    reserve: bool = Field(False, description="place a hold for the estimate when the work is allowed")
+    idempotency_key: IdempotencyKey | None = Field(None, description="the hold's key (required with reserve)")
+    ttl_seconds: TtlSeconds | None = Field(None, description=f"the hold's TTL, default {DEFAULT_TTL_SECONDS}")
+    metadata: Metadata | None = None
+
+
+class QuotaAnswer(UsageLine):
+    """The monthly quota (seed 002's shape), with the plan's upgrade URL."""
+
+    upgrade_url: str | None
+
+
+class CheckLimitsAnswer(Answer):
+    hour: UsageLine
+    day: UsageLine
+
+
+class CheckAnswer(Answer):
+    allowed: bool
+    reason_code: str | None = Field(
+        description="null when allowed; else insufficient_credits · account_negative · rate_limited · "
+        "quota_exceeded · key_mode_not_allowed · limits_unavailable"
+    )
+    message: str | None
+    account: str
+    mode: KeyMode
+    available: CreditString = Field(description="what a hold placed now could reserve")
+    estimate: CreditString | None = Field(description="the price of the items (or the credits asked for)")
+    shortfall: CreditString = Field(description="estimate - available when short, else 0")
+    tokens: int = Field(description="tokens the items count against the limits (0 in own mode)")
+    price_version: str | None
+    retry_after: int | None = Field(None, description="seconds until a rate-limited window resets")
+    counted: bool = Field(description="false: the limit counters could not be read (limits not checked)")
+    limits: CheckLimitsAnswer
+    quota: QuotaAnswer
+    hold: HoldAnswer | None = None
+    details: dict[str, Any] = Field(default_factory=dict, description="the refusal's details, as its error has")
+
+    @classmethod
+    def of(cls, admission: Admission, *, version: str | None, hold: HoldAnswer | None = None) -> CheckAnswer:
+        reason = admission.reason
+        lines = {
+            w.period: UsageLine(
+                metric=w.metric,
+                current=w.current,
+                limit=w.limit,
+                percentage=w.percentage,
+                unlimited=w.unlimited,
+                remaining=w.remaining,
+                resets_at=w.resets_at,
+            )
+            for w in admission.limits.windows
+        }
+        month = lines["month"]
+        retry_after = reason.details.get("retry_after") if reason is not None else None
+        return cls(
+            allowed=reason is None,
+            reason_code=None if reason is None else reason.code,
+            message=None if reason is None else reason.message,
+            account=admission.account,
+            mode=admission.mode,
+            available=admission.available_mc,
+            estimate=admission.estimate_mc,
+            shortfall=admission.shortfall_mc,
+            tokens=admission.tokens,
+            price_version=version,
+            retry_after=retry_after if isinstance(retry_after, int) else None,
+            counted=admission.limits.counted,
+            limits=CheckLimitsAnswer(hour=lines["hour"], day=lines["day"]),
+            quota=QuotaAnswer(**month.model_dump(), upgrade_url=admission.policy.upgrade_url),
+            hold=hold,
+            details={} if reason is None else dict(reason.details),
+        )

@@ -102,7 +102,15 @@ def read_balance(db: Session | Connection, account: str) -> AccountBalance | Non
 def spendable_mc(db: Session | Connection, account: str, now: datetime) -> int:
     """Credits a hold placed at ``now`` could reserve: 0 for an unknown or flagged (negative) account.
     Mirrors the flag check of ``handlers.place_hold``."""
+    return spendable_state(db, account, now)[0]
+
+
+def spendable_state(db: Session | Connection, account: str, now: datetime) -> tuple[int, bool]:
+    """``(spendable_mc(...), flagged)``: the credits a hold placed at ``now`` could reserve, and whether the
+    account is flagged negative (it then can reserve nothing). An unknown account: ``(0, False)``."""
     row = db.execute(_SPENDABLE, {"account": account, "now": now}).first()
-    if row is None or row[0] is not None:
-        return 0
-    return int(row[1])
+    if row is None:
+        return 0, False
+    if row[0] is not None:
+        return 0, True
+    return int(row[1]), False

@@ -456,6 +456,10 @@ class TokenLimits:
             return self._state(account, tokens, policy, now, [0, 0, 0], counted=False)
         return self._state(account, tokens, policy, now, [int(v or 0) for v in values])
 
+    def unknown_state(self, account: str, tokens: int, policy: LimitPolicy, now: datetime) -> LimitState:
+        """The windows when the counters could not be read: zeros, ``counted`` False, no refusal."""
+        return self._state(account, tokens, policy, now, [0, 0, 0], counted=False)
+
     def _state(
         self,
         account: str,
