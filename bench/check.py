@@ -94,12 +94,19 @@ class Client:
     host: str
     port: int
     headers: dict[str, str]
+    per_connection: int = 0  # requests before the connection is closed (0: kept open)
     conn: http.client.HTTPConnection | None = None
+    used: int = 0
 
     def request(self, method: str, path: str, body: bytes | None) -> tuple[int, bytes]:
+        if self.conn is not None and self.per_connection and self.used >= self.per_connection:
+            self.conn.close()
+            self.conn = None
         for attempt in (1, 2):
             if self.conn is None:
                 self.conn = http.client.HTTPConnection(self.host, self.port, timeout=30)
+                self.used = 0
+            self.used += 1
             try:
                 self.conn.request(method, path, body=body, headers=self.headers)
                 response = self.conn.getresponse()
@@ -120,7 +127,13 @@ Job = Callable[[Client, float], list[Sample]]
 
 
 def run_open_loop(
-    url: str, headers: dict[str, str], jobs: Iterator[Job], interval: float, seconds: float, senders: int
+    url: str,
+    headers: dict[str, str],
+    jobs: Iterator[Job],
+    interval: float,
+    seconds: float,
+    senders: int,
+    per_connection: int = 0,
 ) -> tuple[list[Sample], float]:
     """Due one job every ``interval`` seconds for ``seconds``; returns the samples and the span they took."""
     split = urlsplit(url)
@@ -130,7 +143,7 @@ def run_open_loop(
     lock = threading.Lock()
 
     def sender() -> None:
-        client = Client(split.hostname or "", split.port or 0, headers)
+        client = Client(split.hostname or "", split.port or 0, headers, per_connection)
         mine: list[Sample] = []
         while True:
             item = due_jobs.get()
@@ -245,6 +258,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seconds", type=float, default=30.0, help="measured seconds of each part")
     parser.add_argument("--warmup-seconds", type=float, default=3.0, help="unmeasured seconds before each part")
     parser.add_argument("--senders", type=int, default=16, help="client threads (one keep-alive connection each)")
+    parser.add_argument(
+        "--requests-per-connection",
+        type=int,
+        default=1,
+        help="requests a client connection carries before it is closed (0: kept open). A gunicorn worker keeps "
+        "the connections it accepted: a few long-lived ones can all land on one worker and leave the other idle, "
+        "where many clients would spread over both",
+    )
     parser.add_argument("--accounts", type=int, default=1000, help="funded wallets the requests spread over")
     parser.add_argument("--worker-class", default=web_worker_class(), help="gunicorn --worker-class (the Procfile's)")
     parser.add_argument("--web-workers", type=int, default=2, help="gunicorn --workers (the Procfile's default)")
@@ -297,7 +318,9 @@ def part(
 ) -> dict[str, Any]:
     log(f"{name}: {args.rate:g} requests/s for {args.warmup_seconds:g} + {args.seconds:g} s")
     before = cpu.sample()
-    samples, span = run_open_loop(url, headers, jobs, interval, args.warmup_seconds + args.seconds, args.senders)
+    samples, span = run_open_loop(
+        url, headers, jobs, interval, args.warmup_seconds + args.seconds, args.senders, args.requests_per_connection
+    )
     after = cpu.sample()
     result = summarize(samples, span, warmup=args.warmup_seconds)
     result["cpu"] = CpuMeter.usage(before, after, len(samples), "request")
@@ -389,6 +412,7 @@ def main(argv: list[str] | None = None) -> int:
             "seconds": args.seconds,
             "warmup_seconds": args.warmup_seconds,
             "senders": args.senders,
+            "requests_per_connection": args.requests_per_connection,
             "accounts": args.accounts,
             "worker_class": args.worker_class,
             "web_workers": args.web_workers,

@@ -37,7 +37,7 @@ UNKNOWN = {404: "unknown_account"}
 def get_account(account: str):
     """The balance: available, held and total credits, the negative flag, the profile, the plan and limits."""
     rt = runtime()
-    with rt.session_factory() as session:
+    with rt.read_session_factory() as session:
         balance = read_balance(session, account)
         if balance is None:
             raise UnknownAccount.named(account)

@@ -6,7 +6,7 @@ import logging
 
 from flask import Flask
 
-from billing_core.db.engine import make_engine, make_session_factory
+from billing_core.db.engine import make_engine, make_read_session_factory, make_session_factory
 from billing_core.db.event_writer import EventInbox
 from billing_core.errors import MissingSetting
 from billing_core.pricing.catalog import load_price_table
@@ -42,6 +42,7 @@ def create_app(settings: Settings | None = None, *, enqueue: Enqueue | None = No
         enqueue=enqueue or CelerySender(settings.redis_url or ""),
         webhook_secrets=settings.webhook_secrets(),
         event_inbox=EventInbox(settings.database_url),
+        read_session_factory=make_read_session_factory(engine),
     )
     errors.install(app)
     for blueprint in (webhooks.bp, usage.bp, health.bp, accounts.bp, holds.bp, check.bp, catalog.bp, openapi.bp):

@@ -41,7 +41,7 @@ def current_key() -> ApiKeyView:
 
 
 def _lookup(key: str) -> ApiKeyView | None:
-    with runtime().session_factory() as session:
+    with runtime().read_session_factory() as session:
         return find_api_key(session, key)
 
 

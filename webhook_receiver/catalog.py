@@ -44,7 +44,7 @@ def estimate(body: EstimateBody):
     quote = price_items(runtime().prices.current(), body.items, mode=body.mode)
     if body.account is None:
         return render(EstimateAnswer.of(quote), exclude_none=True)
-    with runtime().session_factory() as session:
+    with runtime().read_session_factory() as session:
         # What a hold placed now could reserve, not the ledger balance: an expired grant the sweeper has not
         # closed yet still counts in the balance but cannot be spent.
         available = spendable_mc(session, body.account, utcnow())
@@ -71,7 +71,7 @@ def packages(query: PackagesQuery):
     checkout sells for each once ``billing stripe sync-products`` ran (or the file pins one)."""
     rt = runtime()
     for_sale = sellable_packages(rt.prices.current(), currency=query.currency)
-    with rt.session_factory() as session:
+    with rt.read_session_factory() as session:
         stored = stored_prices(session)
     return render(
         PackagesAnswer(

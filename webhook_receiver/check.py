@@ -50,7 +50,7 @@ def check(body: CheckBody):
     now = utcnow()
     table = rt.prices.current(now)
     admission = admit(
-        rt.session_factory,
+        rt.read_session_factory,
         table,
         token_limits(),
         account=body.account,

@@ -127,7 +127,7 @@ def check_hold_tokens(account: str, items: Sequence[Any] | None, mode: str = "sy
     is, when it is reported."""
     rt = runtime()
     limits = token_limits()
-    with rt.session_factory() as session:
+    with rt.read_session_factory() as session:
         policy = limits.policies(session, [account], rt.prices.current())[account]
     state = limits.check(account, count_tokens(items or (), mode), policy)
     if state.refusal is not None:

@@ -28,6 +28,8 @@ class Runtime:
     enqueue: Enqueue
     webhook_secrets: list[str]
     event_inbox: EventInbox
+    # One-statement reads in autocommit (billing_core.db.engine.make_read_session_factory).
+    read_session_factory: sessionmaker[Session]
     key_cache: KeyCache = field(default_factory=KeyCache)
 
 
