@@ -33,19 +33,27 @@ def _show(value: int | None) -> str:
     return "unlimited" if value is None else f"{value:,}"
 
 
+def _table_in_effect(settings: Any, session_factory: Any) -> Any:
+    """The catalog version in effect now, as the API prices with it: the file's, or a version loaded with
+    ``billing pricing load`` whose time has come (its plans included)."""
+    from billing_core.pricing.catalog import load_price_table
+    from billing_core.pricing.versions import PriceBook
+
+    return PriceBook(load_price_table(settings.billing_pricing_file), session_factory=session_factory).current()
+
+
 @limits.command("show")
 @click.argument("account")
 def limits_show(account: str) -> None:
     """ACCOUNT's plan, its limits, and the tokens used this hour, day and month."""
     from billing_core.db.wakeups import redis_client
     from billing_core.ledger.wallet_rows import wallet_exists
-    from billing_core.pricing.catalog import load_price_table
     from billing_core.pricing.limits import TokenLimits, policies
 
     settings = settings_or_exit()
-    table = load_price_table(settings.billing_pricing_file)
     url = settings.limits_redis_url or settings.redis_url
     with sessions(settings) as session_factory:
+        table = _table_in_effect(settings, session_factory)
         with session_factory() as session:
             if not wallet_exists(session, account):
                 fail(f"unknown_account: no account {account!r}")
@@ -72,11 +80,11 @@ def limits_set(
     """Set ACCOUNT's plan and limit overrides (creates the account if it is new)."""
     from billing_core.accounts.profile import update_account
     from billing_core.ledger.commands import check_account
-    from billing_core.pricing.catalog import load_price_table
     from billing_core.pricing.limits import check_plan, policies
 
     settings = settings_or_exit()
-    table = load_price_table(settings.billing_pricing_file)
+    with sessions(settings) as session_factory:
+        table = _table_in_effect(settings, session_factory)
     changes: dict[str, Any] = {}
     try:
         account = check_account(account)

@@ -71,6 +71,7 @@ def _with_pricing(metadata: dict[str, object] | None, quote: Quote | None) -> di
         404: "unknown_account",
         409: "idempotency_conflict",
         429: "rate_limited",
+        503: "limits_unavailable (token limits failing closed)",
     },
 )
 def place_hold(body: PlaceHoldBody):

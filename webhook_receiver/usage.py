@@ -36,6 +36,7 @@ MAX_USAGE_BYTES = 8 * 1024 * 1024
         422: "invalid_usage (problems: index, field, code, message)",
         402: "quota_exceeded",
         429: "rate_limited",
+        503: "limits_unavailable (token limits failing closed) · store_unavailable",
     },
 )
 def post_usage():

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any
 
+import orjson
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from billing_core.errors import BillingError, error_field, error_message
@@ -63,7 +64,6 @@ class UsageBatch(BaseModel):
 _REPORT = TypeAdapter(UsageReport)
 # Built once: ``json.dumps`` with arguments builds an encoder per call.
 _CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"))
-_COMPACT = json.JSONEncoder(separators=(",", ":"))
 
 
 class InvalidUsage(BillingError):
@@ -161,7 +161,8 @@ def accept_reports(payload: object, table: PriceTable) -> list[AcceptedReport]:
         # effect is a duplicate (the first pricing stands), not a conflict. Spliced into the canonical text
         # rather than dumped again: one serialisation of the report, on the intake's hot path.
         # The items are stored beside it: each line records the catalog's prices only (breakdown[i] prices items[i]).
-        pricing = _COMPACT.encode(quote.as_metadata(with_usage=False))
+        # orjson: the pricing is not fingerprinted, so its bytes need not be the standard library's.
+        pricing = orjson.dumps(quote.as_metadata(with_usage=False)).decode()
         stored = f'{canonical[:-1]},"pricing":{pricing}}}'
 
         key = report.idempotency_key

@@ -14,7 +14,7 @@ The file is plain JSON (``price_table.json`` next to this module by default, or 
           "<bundled model>": {"scheme": "token_bundle"}}},
       "token_bundle": {"tokens_per_credit": 1000},
       "tiers":  {"tier1b": {"name": "Tier 1b", "fee": "50", "unit": "experiment", "requires_system_credits": true}},
-      "fees":   {"<code>": "<credits>"},
+      "fees":   {"<code>": "<credits>" | {"credits": "<credits>", "tier": "<tier>"}},
       "agents": {"<code>": {"name": "Profile my data", "credits": "20", "description": "..."}},
       "packages": [...], "plans": {...}, "default_plan": "free"
     }
@@ -183,6 +183,20 @@ Models = Annotated[dict[Name, ModelEntry], BeforeValidator(_drop_comments)]
 Codes = Annotated[dict[Name, Price], BeforeValidator(_drop_comments)]
 
 
+class FeeSpec(_Spec):
+    """A fee that belongs to a tier: it follows the tier's key-mode rule (``requires_system_credits``)."""
+
+    credits: Price
+    tier: Name
+
+
+FeeEntry = Annotated[
+    Annotated[Price, Tag("price")] | Annotated[FeeSpec, Tag("tiered")],
+    Discriminator(lambda data: "tiered" if isinstance(data, (dict, FeeSpec)) else "price"),
+]
+Fees = Annotated[dict[Name, FeeEntry], BeforeValidator(_drop_comments)]
+
+
 class CreditSpec(_Spec):
     """What a credit is worth, and the markup applied to the providers' prices."""
 
@@ -224,7 +238,7 @@ class PriceFile(_Spec):
     llm_tokens: Annotated[dict[Name, Models], BeforeValidator(_drop_comments)]
     token_bundle: TokenBundleSpec = TokenBundleSpec()
     tiers: Annotated[dict[Name, TierSpec], BeforeValidator(_drop_comments)] = {}
-    fees: Codes
+    fees: Fees
     agents: Annotated[dict[Name, AgentSpec], BeforeValidator(_drop_comments)]
     packages: list[PackageSpec]
     # Plans and their token limits (``plans.py``); an account without a plan is on ``default_plan``.
@@ -247,7 +261,11 @@ def _path(loc: tuple[int | str, ...]) -> str:
     out = ""
     for i, part in enumerate(loc):
         # pydantic's own steps, not the file's: a dict key's marker, and the tag of a model entry's kind.
-        if part == "[key]" or (i == 3 and loc[0] == "llm_tokens" and part in _ENTRY_TAGS):
+        if (
+            part == "[key]"
+            or (i == 3 and loc[0] == "llm_tokens" and part in _ENTRY_TAGS)
+            or (i == 2 and loc[0] == "fees" and part in ("price", "tiered"))
+        ):
             continue
         out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
     return out
@@ -345,6 +363,7 @@ class PriceTable:
         "_agents",
         "_catalog",
         "_effective_at",
+        "_fee_tiers",
         "_fees",
         "_models",
         "_packages",
@@ -359,6 +378,7 @@ class PriceTable:
     _fees: Mapping[str, Decimal]
     _agents: Mapping[str, Agent]
     _tiers: Mapping[str, Tier]
+    _fee_tiers: Mapping[str, str]
     _packages: tuple[Package, ...]
     _packages_by_id: Mapping[str, Package]
     _version: str | None
@@ -380,6 +400,9 @@ class PriceTable:
             if package.id in seen:
                 raise ValueError(f"packages[{i}].id: duplicate package id {package.id!r}")
             seen.add(package.id)
+        for code, fee in spec.fees.items():
+            if isinstance(fee, FeeSpec) and fee.tier not in spec.tiers:
+                raise ValueError(f"fees.{code}.tier: not a tier of the catalog: {fee.tier!r}")
         # The catalog as JSON (the version's content, stored by ``billing pricing load``): its effective time
         # is not part of it, so the same prices scheduled at another time are the same content.
         catalog = _jsonable({k: v for k, v in data.items() if k != "effective_at"})
@@ -389,7 +412,8 @@ class PriceTable:
             "_version": spec.version,
             "_effective_at": spec.effective_at,
             "_models": MappingProxyType({p: _resolve(p, models, spec) for p, models in spec.llm_tokens.items()}),
-            "_fees": MappingProxyType(dict(spec.fees)),
+            "_fees": MappingProxyType({c: f.credits if isinstance(f, FeeSpec) else f for c, f in spec.fees.items()}),
+            "_fee_tiers": MappingProxyType({c: f.tier for c, f in spec.fees.items() if isinstance(f, FeeSpec)}),
             "_agents": MappingProxyType(
                 {c: Agent(c, a.name, a.credits, a.description) for c, a in spec.agents.items()}
             ),
@@ -575,6 +599,11 @@ class PriceTable:
         if price is None:
             raise UnknownPriceCode(f"unknown fee code {code!r}", kind="fee", code=code, field=field)
         return price
+
+    def fee_tier(self, code: str) -> Tier | None:
+        """The tier a fee belongs to (``{"credits": ..., "tier": ...}`` in the file), or None."""
+        tier = self._fee_tiers.get(code)
+        return None if tier is None else self._tiers[tier]
 
     def agent(self, code: str, *, field: str = "code") -> Decimal:
         """Credits of one agent run, or ``UnknownPriceCode``."""

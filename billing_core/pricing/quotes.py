@@ -29,7 +29,7 @@ from types import MappingProxyType
 from typing import Any, Final
 
 from billing_core.errors import InvalidAmount, InvalidCommand, KeyModeNotAllowed
-from billing_core.pricing.catalog import TOKEN_BUNDLE, PriceTable, plain
+from billing_core.pricing.catalog import TOKEN_BUNDLE, PriceTable, Tier, plain
 from billing_core.pricing.items import (
     AgentItem,
     CreditsItem,
@@ -161,14 +161,7 @@ def _price_one(table: PriceTable, index: int, item: Item, charge_tokens: bool) -
         description = f"{item.tokens} tokens at {tpc} tokens per credit" + ("" if charge_tokens else _NOT_CHARGED)
     elif isinstance(item, TierItem):
         tier = table.tier(item.tier, field=f"{base}.tier")
-        if tier.requires_system_credits and not charge_tokens:
-            raise KeyModeNotAllowed(
-                f"{tier.name} requires system credits: work done with your own provider key (mode 'own') is "
-                "not allowed on it",
-                field=f"{base}.tier",
-                tier=tier.code,
-                mode=OWN,
-            )
+        _system_credits_only(tier, charge_tokens, f"{base}.tier")
         amount = _units_mc(tier.fee, item.quantity)
         prices = tier.prices
         description = f"{tier.name} base fee" + (
@@ -176,6 +169,9 @@ def _price_one(table: PriceTable, index: int, item: Item, charge_tokens: bool) -
         )
     elif isinstance(item, FeeItem):
         unit = table.fee(item.code, field=f"{base}.code")
+        fee_tier = table.fee_tier(item.code)
+        if fee_tier is not None:  # a tier's fee by its code: the tier's key-mode rule holds as for a tier item
+            _system_credits_only(fee_tier, charge_tokens, f"{base}.code")
         amount = _units_mc(unit, item.quantity)
         prices = {"unit_credits": plain(unit)}
         description = f"fee {item.code}" + (f" x {item.quantity}" if item.quantity != 1 else "")
@@ -192,6 +188,17 @@ def _price_one(table: PriceTable, index: int, item: Item, charge_tokens: bool) -
 
 
 _NO_PRICES: Mapping[str, Any] = MappingProxyType({})
+
+
+def _system_credits_only(tier: Tier, charge_tokens: bool, field: str) -> None:
+    if tier.requires_system_credits and not charge_tokens:
+        raise KeyModeNotAllowed(
+            f"{tier.name} requires system credits: work done with your own provider key (mode 'own') is "
+            "not allowed on it",
+            field=field,
+            tier=tier.code,
+            mode=OWN,
+        )
 
 
 def _bundle_mc(tokens: int, tokens_per_credit: int) -> int:

@@ -108,7 +108,7 @@ def test_a_monthly_quota_refuses_with_seed_002s_shape(api, probe, key, funded):
     assert (body["allowed"], body["reason_code"]) == (False, "quota_exceeded")
     details = body["details"]
     assert (details["metric"], details["current"], details["limit"], details["upgrade_url"]) == (
-        "tokens",
+        "tokens_month",
         0,
         1_000,
         "/billing/upgrade",

@@ -281,6 +281,9 @@ _models = st.sampled_from([(p, m) for p, m, _ in BASE.priced_models()])
 _small = st.integers(0, 200_000)
 
 
+OWN_FEES = [c for c in BASE.fee_codes if not ((tier := BASE.fee_tier(c)) and tier.requires_system_credits)]
+
+
 @st.composite
 def usage_items(draw) -> dict[str, Any]:
     kind = draw(st.sampled_from(["llm_tokens", "tokens", "agent", "fee", "tier"]))
@@ -298,7 +301,8 @@ def usage_items(draw) -> dict[str, Any]:
         return {"type": kind, "tokens": draw(_small)}
     if kind == "tier":
         return {"type": kind, "tier": "tier2", "quantity": draw(st.integers(1, 5))}
-    codes = BASE.agent_codes if kind == "agent" else BASE.fee_codes
+    # Like the tiers above, only fees that own keys may pay: the property compares prices, not refusals.
+    codes = BASE.agent_codes if kind == "agent" else OWN_FEES
     return {"type": kind, "code": draw(st.sampled_from(codes)), "quantity": draw(st.integers(1, 3))}
 
 

@@ -112,7 +112,7 @@ def test_the_monthly_quota_resets_on_the_first_of_the_month_and_answers_402s_sha
         with pytest.raises(QuotaExceeded) as refused:
             limits.admit({"acme": 1_001}, {"acme": MONTHLY})
         assert {k: refused.value.details[k] for k in ("metric", "current", "limit", "percentage", "upgrade_url")} == {
-            "metric": "tokens",
+            "metric": "tokens_month",
             "current": 99_000,
             "limit": 100_000,
             "percentage": 99.0,
@@ -353,7 +353,7 @@ def test_a_hold_over_the_monthly_quota_is_refused_with_402_in_seed_002s_shape(ap
     error = response.get_json()["error"]
     assert {k: error[k] for k in ("code", "metric", "current", "limit", "percentage", "upgrade_url")} == {
         "code": "quota_exceeded",
-        "metric": "tokens",
+        "metric": "tokens_month",
         "current": 99_000,
         "limit": 100_000,
         "percentage": 99.0,

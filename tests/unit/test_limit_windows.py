@@ -153,7 +153,7 @@ def test_a_quota_refusal_has_seed_002s_shape():
     assert refusal.as_dict() | {"message": None} == {
         "code": "quota_exceeded",
         "message": None,
-        "metric": "tokens",
+        "metric": "tokens_month",
         "current": 101_000,
         "limit": 100_000,
         "percentage": 101.0,

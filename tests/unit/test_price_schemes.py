@@ -112,21 +112,21 @@ MIXED = [
     GPT4O,  # 1200 * 2.5 + 300 * 10 mc = 6 credits in system mode
     {"type": "tokens", "tokens": 5000},  # 5 credits in system mode
     {"type": "agent", "code": "clean_my_data"},  # 40 credits
-    {"type": "fee", "code": "tier1a_scenario"},  # 10 credits
-    {"type": "tier", "tier": "tier2"},  # 0
+    {"type": "agent", "code": "profile_my_data"},  # 20 credits
+    {"type": "fee", "code": "tier2_analysis"},  # 0, tier 2's fee: own keys allowed
 ]
 
 
 def test_system_mode_charges_tokens_and_base_fees():
     quote = price_items(TABLE, MIXED, mode="system")
-    assert [line.amount_mc for line in quote.lines] == [6000, 5000, 40_000, 10_000, 0]
-    assert (quote.total_mc, quote.mode) == (61_000, "system")
+    assert [line.amount_mc for line in quote.lines] == [6000, 5000, 40_000, 20_000, 0]
+    assert (quote.total_mc, quote.mode) == (71_000, "system")
 
 
 def test_own_mode_charges_base_fees_only():
     quote = price_items(TABLE, MIXED, mode="own")
-    assert [line.amount_mc for line in quote.lines] == [0, 0, 40_000, 10_000, 0]
-    assert (quote.total_mc, quote.mode) == (50_000, "own")
+    assert [line.amount_mc for line in quote.lines] == [0, 0, 40_000, 20_000, 0]
+    assert (quote.total_mc, quote.mode) == (60_000, "own")
     # the token line still says what was used and at which price, though it was not charged
     assert quote.lines[0].breakdown["input_per_1m"] == "2500"
     assert "not charged" in quote.lines[0].description
@@ -141,6 +141,24 @@ def test_own_mode_is_refused_on_tiers_that_require_system_credits(tier):
     assert err.value.details == {"field": "items[1].tier", "tier": tier, "mode": "own"}
     # the same in system mode is fine
     assert price_items(TABLE, [GPT4O, {"type": "tier", "tier": tier}]).total_mc > 0
+
+
+@pytest.mark.parametrize(("code", "tier"), [("tier1a_scenario", "tier1a"), ("tier1b_experiment", "tier1b")])
+def test_a_tiers_fee_by_its_fee_code_follows_the_tiers_key_mode_rule(code, tier):
+    # The shipped catalog binds the seed's fee codes to their tiers: a fee item cannot go round the rule.
+    table = PriceTable.default()
+    with pytest.raises(KeyModeNotAllowed) as err:
+        price_items(table, [{"type": "fee", "code": code}], mode="own")
+    assert err.value.details == {"field": "items[0].code", "tier": tier, "mode": "own"}
+    assert price_items(table, [{"type": "fee", "code": code}]).total_mc == table.tier(tier).fee * 1000
+    # tier 2 allows own keys, and a plain fee (no tier) is charged in either mode
+    assert price_items(table, [{"type": "fee", "code": "tier2_analysis"}], mode="own").total_mc == 0
+
+
+def test_a_fee_naming_a_tier_the_catalog_lacks_is_refused_at_load():
+    data = {**PriceTable.default().catalog, "fees": {"setup": {"credits": "5", "tier": "tier9"}}}
+    with pytest.raises(ValueError, match=r"fees\.setup\.tier: not a tier of the catalog: 'tier9'"):
+        PriceTable(data)
 
 
 def test_own_mode_still_refuses_an_unknown_model():
