@@ -45,9 +45,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import (
     AwareDatetime,
-    BaseModel,
     BeforeValidator,
-    ConfigDict,
     Discriminator,
     Field,
     StrictBool,
@@ -60,6 +58,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from billing_core.errors import UnknownModel, UnknownPackage, UnknownPriceCode
+from billing_core.pricing.file_spec import FileSpec, drop_comments
 from billing_core.pricing.packages import Package, PackageSpec
 from billing_core.pricing.plans import PlanSpec
 from billing_core.types import (
@@ -133,22 +132,7 @@ def _version_id(value: object) -> object:
 VersionId = Annotated[StrictStr, BeforeValidator(_version_id), Field(pattern=VERSION_PATTERN)]
 
 
-def _drop_comments(data: Any) -> Any:
-    if isinstance(data, dict):
-        return {key: value for key, value in data.items() if not (isinstance(key, str) and key.startswith("_"))}
-    return data
-
-
-class _Spec(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _comments(cls, data: Any) -> Any:
-        return _drop_comments(data)
-
-
-class ModelPriceSpec(_Spec):
+class ModelPriceSpec(FileSpec):
     """The provider's list price, USD per 1,000,000 tokens, as of the date it was taken from its public list."""
 
     input_usd_per_1m: Price
@@ -157,7 +141,7 @@ class ModelPriceSpec(_Spec):
     as_of: date
 
 
-class BundleSpec(_Spec):
+class BundleSpec(FileSpec):
     """A model priced by the token-bundle scheme: ``token_bundle.tokens_per_credit`` tokens of any kind per
     credit, whatever the model."""
 
@@ -165,7 +149,7 @@ class BundleSpec(_Spec):
     as_of: date | None = None
 
 
-class AliasSpec(_Spec):
+class AliasSpec(FileSpec):
     alias_of: Name
 
 
@@ -179,11 +163,11 @@ ModelEntry = Annotated[
     Annotated[ModelPriceSpec, Tag("price")] | Annotated[AliasSpec, Tag("alias")] | Annotated[BundleSpec, Tag("bundle")],
     Discriminator(_entry_kind),
 ]
-Models = Annotated[dict[Name, ModelEntry], BeforeValidator(_drop_comments)]
-Codes = Annotated[dict[Name, Price], BeforeValidator(_drop_comments)]
+Models = Annotated[dict[Name, ModelEntry], BeforeValidator(drop_comments)]
+Codes = Annotated[dict[Name, Price], BeforeValidator(drop_comments)]
 
 
-class FeeSpec(_Spec):
+class FeeSpec(FileSpec):
     """A fee that belongs to a tier: it follows the tier's key-mode rule (``requires_system_credits``)."""
 
     credits: Price
@@ -194,21 +178,21 @@ FeeEntry = Annotated[
     Annotated[Price, Tag("price")] | Annotated[FeeSpec, Tag("tiered")],
     Discriminator(lambda data: "tiered" if isinstance(data, (dict, FeeSpec)) else "price"),
 ]
-Fees = Annotated[dict[Name, FeeEntry], BeforeValidator(_drop_comments)]
+Fees = Annotated[dict[Name, FeeEntry], BeforeValidator(drop_comments)]
 
 
-class CreditSpec(_Spec):
+class CreditSpec(FileSpec):
     """What a credit is worth, and the markup applied to the providers' prices."""
 
     usd_per_credit: PositivePrice = Decimal("0.001")
     markup: PositivePrice = Decimal(1)
 
 
-class TokenBundleSpec(_Spec):
+class TokenBundleSpec(FileSpec):
     tokens_per_credit: StrictInt = Field(DEFAULT_TOKENS_PER_CREDIT, ge=1, le=10**9)
 
 
-class TierSpec(_Spec):
+class TierSpec(FileSpec):
     """A product tier's base fee per ``unit`` (a scenario, an experiment...); a tier that requires system
     credits refuses work done with the customer's own provider key (``mode: own``)."""
 
@@ -221,7 +205,7 @@ class TierSpec(_Spec):
 Text = Annotated[StrictStr, Field(max_length=MAX_TEXT_LEN)]
 
 
-class AgentSpec(_Spec):
+class AgentSpec(FileSpec):
     """A flat cost per run of one agent."""
 
     name: DisplayName
@@ -229,20 +213,20 @@ class AgentSpec(_Spec):
     description: Text | None = None
 
 
-class PriceFile(_Spec):
+class PriceFile(FileSpec):
     """The price file as a whole."""
 
     version: VersionId | None = None
     effective_at: AwareDatetime | None = None
     credit: CreditSpec = CreditSpec()
-    llm_tokens: Annotated[dict[Name, Models], BeforeValidator(_drop_comments)]
+    llm_tokens: Annotated[dict[Name, Models], BeforeValidator(drop_comments)]
     token_bundle: TokenBundleSpec = TokenBundleSpec()
-    tiers: Annotated[dict[Name, TierSpec], BeforeValidator(_drop_comments)] = {}
+    tiers: Annotated[dict[Name, TierSpec], BeforeValidator(drop_comments)] = {}
     fees: Fees
-    agents: Annotated[dict[Name, AgentSpec], BeforeValidator(_drop_comments)]
+    agents: Annotated[dict[Name, AgentSpec], BeforeValidator(drop_comments)]
     packages: list[PackageSpec]
     # Plans and their token limits (``plans.py``); an account without a plan is on ``default_plan``.
-    plans: Annotated[dict[Name, PlanSpec], BeforeValidator(_drop_comments)] = {"free": PlanSpec(name="Free")}
+    plans: Annotated[dict[Name, PlanSpec], BeforeValidator(drop_comments)] = {"free": PlanSpec(name="Free")}
     default_plan: Name = "free"
 
     @model_validator(mode="after")

@@ -16,11 +16,12 @@ Price id in the file; it wins over the one ``billing stripe sync-products`` stor
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictStr, model_validator
+from pydantic import Field, StrictStr, model_validator
 from pydantic_core import PydanticCustomError
 
+from billing_core.pricing.file_spec import FileSpec
 from billing_core.types import CreditsNonNegative, CreditsPositive, Currency, DisplayName, PackageId, UnitAmount
 
 if TYPE_CHECKING:
@@ -36,10 +37,8 @@ STRIPE_PRICE_PATTERN = r"^price_[A-Za-z0-9_]{1,250}$"
 StripePriceId = Annotated[StrictStr, Field(pattern=STRIPE_PRICE_PATTERN, description="a Stripe Price id (price_...)")]
 
 
-class PackageSpec(BaseModel):
+class PackageSpec(FileSpec):
     """One entry of the price file's ``packages`` list."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     id: PackageId
     name: DisplayName
@@ -50,14 +49,6 @@ class PackageSpec(BaseModel):
     payment_methods: tuple[PaymentMethod, ...] = Field(("card",), min_length=1, max_length=6)
     description: DisplayName | None = None
     stripe_price: StripePriceId | None = None
-
-    @model_validator(mode="before")
-    @classmethod
-    def _comments(cls, data: Any) -> Any:
-        # As the rest of the price file: keys starting with ``_`` are comments.
-        if isinstance(data, dict):
-            return {k: v for k, v in data.items() if not (isinstance(k, str) and k.startswith("_"))}
-        return data
 
     @model_validator(mode="after")
     def _methods_fit_the_currency(self) -> PackageSpec:

@@ -5,28 +5,16 @@ A plan names its token limits: hourly and daily rate limits and a monthly quota;
 
 from __future__ import annotations
 
-from typing import Any
+from pydantic import Field
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
-
+from billing_core.pricing.file_spec import FileSpec
 from billing_core.types import DisplayName
 
 DEFAULT_HOURLY_TOKENS = 500_000
 DEFAULT_DAILY_TOKENS = 2_000_000
 
 
-class _Spec(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _comments(cls, data: Any) -> Any:
-        if isinstance(data, dict):
-            return {k: v for k, v in data.items() if not (isinstance(k, str) and k.startswith("_"))}
-        return data
-
-
-class PlanSpec(_Spec):
+class PlanSpec(FileSpec):
     name: DisplayName
     hourly_tokens: int | None = Field(DEFAULT_HOURLY_TOKENS, ge=0)
     daily_tokens: int | None = Field(DEFAULT_DAILY_TOKENS, ge=0)
@@ -40,7 +28,7 @@ LIMIT_FIELDS = ("hourly_tokens", "daily_tokens", "monthly_tokens")
 MAX_LIMIT_TOKENS = 10**15
 
 
-class LimitOverrides(_Spec):
+class LimitOverrides(FileSpec):
     """Per-account overrides of the plan's limits: a field given overrides (``null`` = unlimited), a field
     left out keeps the plan's."""
 
