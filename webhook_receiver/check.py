@@ -74,7 +74,8 @@ def _reserve(body: CheckBody, admission: Admission, version: str | None):
         amount_mc=admission.estimate_mc,
         idempotency_key=ledger_key(HOLD_KEY_PREFIX, body.idempotency_key),
         ttl_seconds=body.ttl_seconds or DEFAULT_TTL_SECONDS,
-        metadata={**(body.metadata or {}), **pricing},
+        metadata=body.metadata or {},
+        pricing=pricing,
     )
     try:
         receipt = execute(runtime().session_factory, cmd)

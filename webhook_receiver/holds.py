@@ -55,11 +55,6 @@ def _amount_mc(
     return amount, quote
 
 
-def _with_pricing(metadata: dict[str, object] | None, quote: Quote | None) -> dict[str, object]:
-    # The entry records how its amount was priced (price_version, mode, breakdown), as a usage entry does.
-    return {**(metadata or {}), **(quote.as_metadata() if quote is not None else {})}
-
-
 @bp.post("/v1/holds")
 @require("holds:write")
 @endpoint(
@@ -84,7 +79,8 @@ def place_hold(body: PlaceHoldBody):
         amount_mc=amount,
         idempotency_key=ledger_key(HOLD_KEY_PREFIX, body.idempotency_key),
         ttl_seconds=body.ttl_seconds or DEFAULT_TTL_SECONDS,
-        metadata=_with_pricing(body.metadata, quote),
+        metadata=body.metadata or {},
+        pricing=quote.as_metadata() if quote is not None else {},
     )
     return render(HoldAnswer.of(execute(runtime().session_factory, cmd)), status=201)
 
@@ -100,7 +96,8 @@ def capture_hold(hold_id: str, body: CaptureBody):
         hold_id=hold_id,
         amount_mc=amount,
         idempotency_key=ledger_key(CAPTURE_KEY_PREFIX, body.idempotency_key or hold_id),
-        metadata=_with_pricing(body.metadata, quote),
+        metadata=body.metadata or {},
+        pricing=quote.as_metadata() if quote is not None else {},
     )
     return render(HoldAnswer.of(execute(runtime().session_factory, cmd)))
 

@@ -60,6 +60,9 @@ def _adapter(cls: type) -> TypeAdapter[Any]:
     return TypeAdapter(cls)
 
 
+_NOT_FINGERPRINTED = frozenset({"idempotency_key", "pricing"})
+
+
 class Command:
     """Shared parts: the fingerprint body, and validated construction."""
 
@@ -78,9 +81,11 @@ class Command:
         return command
 
     def body(self) -> dict[str, Any]:
-        """The request as fingerprinted: every field but the key. Shallow on purpose: ``dataclasses.asdict``
-        deep-copies metadata, and that copy was a third of the batch path's Python time."""
-        return {name: getattr(self, name) for name in self.__dataclass_fields__ if name != "idempotency_key"}  # type: ignore[attr-defined]
+        """The request as fingerprinted: every field but the key and ``pricing`` (how the amount was priced is
+        recorded, not compared: a hold retried after a new price version took effect, at the same amount, is
+        the same hold). Shallow on purpose: ``dataclasses.asdict`` deep-copies metadata, and that copy was a
+        third of the batch path's Python time."""
+        return {name: getattr(self, name) for name in self.__dataclass_fields__ if name not in _NOT_FINGERPRINTED}  # type: ignore[attr-defined]
 
 
 @dataclass(frozen=True)
@@ -131,6 +136,8 @@ class PlaceHold(Command):
     idempotency_key: IdempotencyKey
     ttl_seconds: TtlSeconds = 900
     metadata: Metadata = field(default_factory=dict)
+    # How ``amount_mc`` was priced (price_version, mode, breakdown): recorded in the entry's metadata.
+    pricing: Metadata = field(default_factory=dict)
     kind: ClassVar[str] = "hold"
 
 
@@ -142,6 +149,7 @@ class CaptureHold(Command):
     amount_mc: MillicreditsNonNegative
     idempotency_key: IdempotencyKey
     metadata: Metadata = field(default_factory=dict)
+    pricing: Metadata = field(default_factory=dict)  # as PlaceHold's
     kind: ClassVar[str] = "capture"
 
 

@@ -214,7 +214,7 @@ def place_hold(book: Book, cmd: PlaceHold) -> Receipt:
             account=cmd.account,
         )
     _require_spendable(book, wallet, cmd.amount_mc)
-    entry = book.entry("hold", cmd.idempotency_key, fp, metadata=cmd.metadata)
+    entry = book.entry("hold", cmd.idempotency_key, fp, metadata={**cmd.metadata, **cmd.pricing})
     draws, _ = book.draw(entry, wallet, cmd.amount_mc)
     for lot, take in draws:  # the held side keeps each grant's provenance, for capture and release
         book.post(entry, wallet.held_account_id, take, lot)
@@ -291,7 +291,7 @@ def capture_hold(book: Book, cmd: CaptureHold) -> Receipt:
         return replay
     hold = _lock_hold(book, cmd.hold_id)
     _capturable(book, hold)
-    entry = book.entry("capture", cmd.idempotency_key, fp, metadata={**cmd.metadata, "hold_id": hold.id})
+    entry = book.entry("capture", cmd.idempotency_key, fp, metadata={**cmd.metadata, **cmd.pricing, "hold_id": hold.id})
     _settle_hold(book, entry, hold, cmd.amount_mc)
     return _finish(book, cmd, entry, hold=_close_hold(book, hold, entry, "captured", cmd.amount_mc))
 

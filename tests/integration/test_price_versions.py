@@ -176,6 +176,22 @@ def test_a_hold_and_its_capture_record_their_pricing(api, probe):
     assert rows[0].metadata["breakdown"][1]["tier"] == "tier1b"
 
 
+def test_a_hold_retried_under_a_new_price_version_at_the_same_amount_is_the_same_hold(probe):
+    # The pricing is recorded, not fingerprinted: a client retrying its hold after a version switch gets it back.
+    from billing_core.errors import IdempotencyConflict
+    from billing_core.ledger.commands import PlaceHold
+
+    probe.run(PurchaseCredits("acme", 100_000, "buy-1"))
+    first = probe.run(PlaceHold("acme", 3_500, "hold:h1", pricing={"price_version": "2026-12-01"}))
+    again = probe.run(PlaceHold("acme", 3_500, "hold:h1", pricing={"price_version": "2027-01-01"}))
+    assert (again.replayed, again.hold.id) == (True, first.hold.id)
+    meta = probe.scalar("SELECT metadata FROM ledger_entries WHERE idempotency_key = 'hold:h1'")
+    assert meta == {"price_version": "2026-12-01"}  # the first pricing stands
+    with pytest.raises(IdempotencyConflict):  # another amount is another request
+        probe.run(PlaceHold("acme", 3_600, "hold:h1", pricing={"price_version": "2027-01-01"}))
+    assert probe.wallet("acme").held_mc == 3_500
+
+
 # ------------------------------------------------------------------------------------------ HTTP refusals
 def error(response) -> dict[str, Any]:
     return response.get_json()["error"]
