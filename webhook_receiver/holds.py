@@ -19,7 +19,7 @@ from billing_core.pricing.items import Item
 from billing_core.pricing.quotes import Quote, price_items
 from billing_core.types import HOLD_ID_RE
 from webhook_receiver.auth import require
-from webhook_receiver.rate_limits import check_hold_tokens
+from webhook_receiver.rate_limits import check_hold_tokens, record_captured_tokens
 from webhook_receiver.rendering import render
 from webhook_receiver.runtime import runtime
 from webhook_receiver.schemas import DEFAULT_TTL_SECONDS, CaptureBody, HoldAnswer, PlaceHoldBody, ReleaseBody
@@ -99,7 +99,11 @@ def capture_hold(hold_id: str, body: CaptureBody):
         metadata=body.metadata or {},
         pricing=quote.as_metadata() if quote is not None else {},
     )
-    return render(HoldAnswer.of(execute(runtime().session_factory, cmd)))
+    receipt = execute(runtime().session_factory, cmd)
+    if not receipt.replayed:  # counted once, when the capture is first written
+        assert receipt.hold is not None
+        record_captured_tokens(receipt.hold.account, body.items, body.mode)
+    return render(HoldAnswer.of(receipt))
 
 
 @bp.post("/v1/holds/<hold_id>/release")

@@ -25,7 +25,7 @@ from flask_limiter import Limiter
 from flask_limiter.errors import RateLimitExceeded
 
 from billing_core.db.wakeups import redis_client
-from billing_core.errors import RateLimited
+from billing_core.errors import LimitsUnavailable, RateLimited
 from billing_core.pricing.limits import TokenLimits, UsageGate, count_tokens
 from billing_core.settings import Settings
 from webhook_receiver.auth import current_key
@@ -137,6 +137,18 @@ def check_hold_tokens(account: str, items: Sequence[Any] | None, mode: str = "sy
     state = limits.check(account, count_tokens(items or (), mode), policy)
     if state.refusal is not None:
         raise state.refusal
+
+
+def record_captured_tokens(account: str, items: Sequence[Any] | None, mode: str = "system") -> None:
+    """Count the tokens of a hold captured over HTTP (``POST /v1/holds/<id>/capture`` with items): usage that
+    never comes as a usage report must still count against the account's windows. Never refused (the hold
+    was admitted), and never an error once the capture is committed: Redis down only leaves it uncounted."""
+    tokens = count_tokens(items or (), mode)
+    if tokens:
+        try:
+            token_limits().record({account: tokens})
+        except LimitsUnavailable:  # failing closed refuses new work; work already done is not refused
+            log.warning("token limits: a capture's %s tokens were not counted (Redis unreachable)", tokens)
 
 
 def usage_gate() -> UsageGate:

@@ -552,3 +552,17 @@ def test_the_cli_sets_a_plan_and_overrides_and_shows_usage(database_url, probe, 
     cleared = billing(database_url, "limits", "set", "acme", "--plan", "default", "--clear-overrides")
     assert cleared.returncode == 0 and "plan payg" in cleared.stdout
     assert probe.rows("SELECT plan, limit_overrides FROM wallets WHERE account = 'acme'") == [(None, {})]
+
+
+def test_a_hold_captured_over_http_counts_its_tokens_once(api, receiver_app, probe, funded):
+    # Apps that settle holds over HTTP, not with usage reports, still use up their windows.
+    key = api.key("holds:write")
+    hold = api.post("/v1/holds", key=key, json={"account": "acme", "idempotency_key": "h1", "items": [GPT4O]})
+    assert hold.status_code == 201
+    assert current(app_limits(receiver_app), "acme")[0] == 0  # a hold checks, it does not count
+    capture = {"items": [GPT4O, GPT4O]}
+    assert api.post(f"/v1/holds/{hold.json['id']}/capture", key=key, json=capture).status_code == 200
+    assert current(app_limits(receiver_app), "acme") == [2 * GPT4O_TOKENS] * 3
+    replay = api.post(f"/v1/holds/{hold.json['id']}/capture", key=key, json=capture)
+    assert replay.status_code == 200 and replay.json["replayed"] is True
+    assert current(app_limits(receiver_app), "acme")[0] == 2 * GPT4O_TOKENS  # not counted again
