@@ -34,9 +34,20 @@ class ConcurrentDuplicate(Exception):
 
 NON_STR_KEYS = orjson.OPT_NON_STR_KEYS  # as json.dumps, which writes {1: x} as {"1": x}
 
-_LOCK_HOLD_WALLET = text(
-    "SELECT w.id, w.account, w.available_account_id, w.held_account_id, w.negative_since, w.stripe_customer_id "
-    "FROM holds h JOIN wallets w ON w.id = h.wallet_id WHERE h.id = :h FOR UPDATE OF w"
+# A wallet locked together with the entry of an idempotency key, if any (one round trip where a replay check
+# and a lock were two). The entry is read from the statement's snapshot: one committed by a concurrent first
+# attempt while this statement waited for the lock is not seen, and the flush's insert then finds the key taken
+# (``ConcurrentDuplicate``): the command is retried and replays.
+_WALLET_COLUMNS = "w.id, w.account, w.available_account_id, w.held_account_id, w.negative_since, w.stripe_customer_id"
+_LOCK_WALLET_FINDING = text(
+    f"SELECT {_WALLET_COLUMNS}, e.id AS entry_id, e.kind AS entry_kind, e.fingerprint AS entry_fp, "
+    "e.created_at AS entry_created_at FROM wallets w LEFT JOIN ledger_entries e ON e.idempotency_key = :key "
+    "WHERE w.account = :account FOR UPDATE OF w"
+)
+_LOCK_HOLD_WALLET_FINDING = text(
+    f"SELECT {_WALLET_COLUMNS}, e.id AS entry_id, e.kind AS entry_kind, e.fingerprint AS entry_fp, "
+    "e.created_at AS entry_created_at FROM holds h JOIN wallets w ON w.id = h.wallet_id "
+    "LEFT JOIN ledger_entries e ON e.idempotency_key = :key WHERE h.id = :h FOR UPDATE OF w"
 )
 # The entries of a flush, in idempotency-key order (the unique index is a lock: one order for everyone).
 _ENTRY_ROWS = """
@@ -243,12 +254,34 @@ class Book:
     def lock_wallet(self, account: str, *, create: bool = False) -> WalletState:
         return self.lock_wallets([account], create=create)[account]
 
-    def lock_wallet_of_hold(self, hold_id: str) -> WalletState | None:
+    def lock_wallet_finding(self, account: str, key: str, fp: str) -> tuple[WalletState | None, ExistingEntry | None]:
+        """Lock ``account``'s wallet and find the entry of ``key`` in one statement: (the wallet or None when
+        the account has none, the entry when the command is a replay). A replay with another body raises
+        ``IdempotencyConflict``, as ``find_entry`` does."""
+        row = self.session.execute(_LOCK_WALLET_FINDING, {"account": account, "key": key}).first()
+        if row is None:  # no wallet: the key may still be another account's (a conflict, not a 404)
+            return None, self.find_entry(key, fp)
+        return self._locked(row), self._existing(row, key, fp)
+
+    def lock_wallet_of_hold(
+        self, hold_id: str, key: str | None = None, fp: str = ""
+    ) -> tuple[WalletState | None, ExistingEntry | None]:
         """Lock the wallet a hold belongs to, found through the hold in the same statement (a hold never
-        changes wallets); None for an unknown hold."""
-        row = self.session.execute(_LOCK_HOLD_WALLET, {"h": hold_id}).first()
+        changes wallets), and the entry of ``key`` if given: (None, ...) for an unknown hold."""
+        row = self.session.execute(_LOCK_HOLD_WALLET_FINDING, {"h": hold_id, "key": key or ""}).first()
         if row is None:
+            return None, (self.find_entry(key, fp) if key else None)
+        return self._locked(row), (self._existing(row, key, fp) if key else None)
+
+    @staticmethod
+    def _existing(row: Any, key: str, fp: str) -> ExistingEntry | None:
+        if row.entry_id is None:
             return None
+        if row.entry_fp != fp:
+            raise IdempotencyConflict("idempotency key already used with a different request", idempotency_key=key)
+        return ExistingEntry(row.entry_id, row.entry_kind, row.entry_fp, row.entry_created_at)
+
+    def _locked(self, row: Any) -> WalletState:
         known = self.wallets.get(row.account)
         if known is not None:
             return known

@@ -204,10 +204,13 @@ def transfer_credits(book: Book, cmd: TransferCredits) -> Receipt:
 
 # -- holds --------------------------------------------------------------------------------------------
 def place_hold(book: Book, cmd: PlaceHold) -> Receipt:
-    fp, replay = _replay(book, cmd)
-    if replay:
-        return replay
-    wallet = book.lock_wallet(cmd.account)
+    fp = fingerprint(cmd.kind, cmd.body())
+    # The lock and the replay check in one round trip (the API's hottest write).
+    wallet, existing = book.lock_wallet_finding(cmd.account, cmd.idempotency_key, fp)
+    if existing is not None:
+        return _receipt(book, cmd, existing, replayed=True)
+    if wallet is None:
+        raise UnknownAccount.named(cmd.account)
     if wallet.negative_since is not None:
         raise AccountFlagged(
             f"account {cmd.account!r} has a negative balance; new holds wait until it is settled",
@@ -240,12 +243,24 @@ class _LockedHold:
 
 
 def _lock_hold(book: Book, hold_id: str) -> _LockedHold:
-    wallet = book.lock_wallet_of_hold(hold_id)
+    hold, _ = _lock_hold_finding(book, hold_id, None, "")
+    assert hold is not None  # an unknown hold raised
+    return hold
+
+
+def _lock_hold_finding(
+    book: Book, hold_id: str, key: str | None, fp: str
+) -> tuple[_LockedHold | None, ExistingEntry | None]:
+    """Lock the hold's wallet, and with ``key`` find its entry in the same statement: a replay answers with
+    the entry (and no hold read); otherwise the hold, read under the lock."""
+    wallet, existing = book.lock_wallet_of_hold(hold_id, key, fp)
+    if existing is not None:
+        return None, existing
     if wallet is None:
         raise UnknownHold(f"no hold {hold_id!r}", hold_id=hold_id)
     # Read under the wallet lock: a concurrent capture or release has committed or not, never half.
     row, allocations = hold_rows.read_hold_with_allocations(book.session, hold_id, wallet.held_account_id)
-    return _LockedHold(hold_id, wallet, row.amount_mc, row.status, row.expires_at, allocations)
+    return _LockedHold(hold_id, wallet, row.amount_mc, row.status, row.expires_at, allocations), None
 
 
 def _settle_hold(book: Book, entry: EntryDraft, hold: _LockedHold, capture_mc: int) -> None:
@@ -286,10 +301,11 @@ def _capturable(book: Book, hold: _LockedHold) -> None:
 
 
 def capture_hold(book: Book, cmd: CaptureHold) -> Receipt:
-    fp, replay = _replay(book, cmd)
-    if replay:
-        return replay
-    hold = _lock_hold(book, cmd.hold_id)
+    fp = fingerprint(cmd.kind, cmd.body())
+    hold, existing = _lock_hold_finding(book, cmd.hold_id, cmd.idempotency_key, fp)
+    if existing is not None:
+        return _receipt(book, cmd, existing, replayed=True)
+    assert hold is not None  # an unknown hold raised
     _capturable(book, hold)
     entry = book.entry("capture", cmd.idempotency_key, fp, metadata={**cmd.metadata, **cmd.pricing, "hold_id": hold.id})
     _settle_hold(book, entry, hold, cmd.amount_mc)
