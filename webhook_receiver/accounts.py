@@ -80,7 +80,7 @@ def put_account(account: str, body: AccountLimitsUpdateBody):
 def get_usage_view(account: str):
     """Tokens used this hour, day and month against the account's limits and quota (seed 002's usage view)."""
     rt = runtime()
-    with rt.session_factory() as session:
+    with rt.read_session_factory() as session:
         if not wallet_exists(session, account):
             raise UnknownAccount.named(account)
         policy = policies(session, [account], rt.prices.current())[account]

@@ -11,15 +11,15 @@ from flask import Blueprint, g
 
 from billing_core.db.unit_of_work import utcnow
 from billing_core.errors import AccountFlagged, InsufficientCredits, InvalidAmount, InvalidCommand
-from billing_core.ledger.commands import HOLD_KEY_PREFIX, PlaceHold, ledger_key
 from billing_core.ledger.handlers import execute
 from billing_core.pricing.admission import Admission, admit
 from webhook_receiver.auth import require
 from webhook_receiver.errors import ApiError
+from webhook_receiver.holds import hold_command
 from webhook_receiver.rate_limits import token_limits
 from webhook_receiver.rendering import render
 from webhook_receiver.runtime import runtime
-from webhook_receiver.schemas import DEFAULT_TTL_SECONDS, CheckAnswer, CheckBody, HoldAnswer
+from webhook_receiver.schemas import CheckAnswer, CheckBody, HoldAnswer
 from webhook_receiver.spec import endpoint
 
 bp = Blueprint("check", __name__)
@@ -68,14 +68,8 @@ def _reserve(body: CheckBody, admission: Admission, version: str | None):
     assert body.idempotency_key is not None and admission.estimate_mc is not None  # checked, and allowed
     if admission.estimate_mc == 0:
         raise InvalidAmount("items must come to a positive amount of credits to reserve", field="items")
-    pricing = admission.quote.as_metadata() if admission.quote is not None else {}
-    cmd = PlaceHold(
-        account=body.account,
-        amount_mc=admission.estimate_mc,
-        idempotency_key=ledger_key(HOLD_KEY_PREFIX, body.idempotency_key),
-        ttl_seconds=body.ttl_seconds or DEFAULT_TTL_SECONDS,
-        metadata=body.metadata or {},
-        pricing=pricing,
+    cmd = hold_command(
+        body.account, admission.estimate_mc, admission.quote, body.idempotency_key, body.ttl_seconds, body.metadata
     )
     try:
         receipt = execute(runtime().session_factory, cmd)

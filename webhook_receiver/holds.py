@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from flask import Blueprint
 
 from billing_core.errors import InvalidAmount, InvalidCommand, UnknownHold
@@ -74,15 +76,28 @@ def place_hold(body: PlaceHoldBody):
     amount, quote = _amount_mc(body.credits, body.items, mode=body.mode, allow_zero=False)
     # Token limits next (429 rate_limited · 402 quota_exceeded): a refused hold reserves nothing.
     check_hold_tokens(body.account, body.items, body.mode)
-    cmd = PlaceHold(
-        account=body.account,
-        amount_mc=amount,
-        idempotency_key=ledger_key(HOLD_KEY_PREFIX, body.idempotency_key),
-        ttl_seconds=body.ttl_seconds or DEFAULT_TTL_SECONDS,
-        metadata=body.metadata or {},
+    cmd = hold_command(body.account, amount, quote, body.idempotency_key, body.ttl_seconds, body.metadata)
+    return render(HoldAnswer.of(execute(runtime().session_factory, cmd)), status=201)
+
+
+def hold_command(
+    account: str,
+    amount_mc: int,
+    quote: Quote | None,
+    idempotency_key: str,
+    ttl_seconds: int | None,
+    metadata: dict[str, Any] | None,
+) -> PlaceHold:
+    """The ledger command of a hold placed over HTTP (``POST /v1/holds``, and ``POST /v1/check`` reserving):
+    the client's key namespaced, the default TTL, the pricing recorded beside the client's metadata."""
+    return PlaceHold(
+        account=account,
+        amount_mc=amount_mc,
+        idempotency_key=ledger_key(HOLD_KEY_PREFIX, idempotency_key),
+        ttl_seconds=ttl_seconds or DEFAULT_TTL_SECONDS,
+        metadata=metadata or {},
         pricing=quote.as_metadata() if quote is not None else {},
     )
-    return render(HoldAnswer.of(execute(runtime().session_factory, cmd)), status=201)
 
 
 @bp.post("/v1/holds/<hold_id>/capture")
