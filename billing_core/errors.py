@@ -203,7 +203,7 @@ class InvalidSetting(BillingError):
 # -- limits (pricing/limits.py) -----------------------------------------------------------------------------
 class RateLimited(BillingError):
     """An hourly or daily token limit would be exceeded (details: account, window, limit, current, requested,
-    retry_after: seconds until the window resets)."""
+    retry_after: seconds until the window resets), or the API key's request limit (details: limit, retry_after)."""
 
     code = "rate_limited"
 

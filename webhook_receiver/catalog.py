@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from flask import Blueprint
 
+from billing_core.db.engine import raw_read
 from billing_core.db.unit_of_work import utcnow
 from billing_core.ledger.balances import spendable_mc
 from billing_core.pricing.packages import find_package, sellable_packages
@@ -44,10 +45,10 @@ def estimate(body: EstimateBody):
     quote = price_items(runtime().prices.current(), body.items, mode=body.mode)
     if body.account is None:
         return render(EstimateAnswer.of(quote), exclude_none=True)
-    with runtime().read_session_factory() as session:
+    with raw_read(runtime().engine) as conn:
         # What a hold placed now could reserve, not the ledger balance: an expired grant the sweeper has not
         # closed yet still counts in the balance but cannot be spent.
-        available = spendable_mc(session, body.account, utcnow())
+        available = spendable_mc(conn, body.account, utcnow())
     return render(EstimateAnswer.of(quote, available_mc=available))
 
 

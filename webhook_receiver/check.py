@@ -16,7 +16,7 @@ from billing_core.pricing.admission import Admission, admit
 from webhook_receiver.auth import require
 from webhook_receiver.errors import ApiError
 from webhook_receiver.holds import hold_command
-from webhook_receiver.rate_limits import token_limits
+from webhook_receiver.rate_limits import request_windows, token_limits
 from webhook_receiver.rendering import render
 from webhook_receiver.runtime import runtime
 from webhook_receiver.schemas import CheckAnswer, CheckBody, HoldAnswer
@@ -34,6 +34,7 @@ bp = Blueprint("check", __name__)
         403: "insufficient_scope (reserve needs holds:write)",
         409: "idempotency_conflict",
         422: "invalid_request · invalid_amount · unknown_model · unknown_price_code",
+        429: "rate_limited (the API key's request limit)",
     },
 )
 def check(body: CheckBody):
@@ -50,6 +51,7 @@ def check(body: CheckBody):
     now = utcnow()
     table = rt.prices.current(now)
     admission = admit(
+        rt.engine,
         rt.read_session_factory,
         table,
         token_limits(),
@@ -58,6 +60,7 @@ def check(body: CheckBody):
         credits_mc=body.credits,
         mode=body.mode,
         now=now,
+        requests=request_windows(),
     )
     if not (body.reserve and admission.allowed):
         return render(CheckAnswer.of(admission, version=table.version))

@@ -7,6 +7,14 @@ document. Over the limit: 429 ``rate_limited`` with ``retry_after`` and ``limit`
 Redis unreachable: flask-limiter falls back to counting in this process's memory (one warning in the log) and
 goes back to Redis when it answers again.
 
+``POST /v1/check`` and ``POST /v1/holds`` read the account's token windows on Redis anyway: they count the
+request on the same key flask-limiter uses (``request_windows``), in that same round trip, and flask-limiter
+skips them (its own work was about a quarter of a check: resolving limits, then a call of its own). The
+counter, the window and the 429 are flask-limiter's; what differs is when Redis is down (these two fail open
+uncounted, as their token limits do, rather than counting in memory) and that a request refused by
+validation before any read is not counted. When the token counters live on another Redis
+(``BILLING_LIMITS_REDIS_URL``), flask-limiter counts these endpoints too.
+
 Token limits (``billing_core.pricing.limits``): ``install`` builds the process's ``TokenLimits``;
 ``check_hold_tokens`` is what ``POST /v1/holds`` calls, ``usage_gate`` what ``POST /v1/usage`` hands to
 ``store_usage``.
@@ -23,10 +31,11 @@ from typing import Any
 from flask import Flask, current_app, g, request
 from flask_limiter import Limiter
 from flask_limiter.errors import RateLimitExceeded
+from limits import RateLimitItem, parse_many
 
 from billing_core.db.wakeups import redis_client
 from billing_core.errors import LimitsUnavailable, RateLimited
-from billing_core.pricing.limits import TokenLimits, UsageGate, count_tokens
+from billing_core.pricing.limits import RequestWindow, TokenLimits, UsageGate, count_tokens
 from billing_core.settings import Settings
 from webhook_receiver.auth import current_key
 from webhook_receiver.errors import ApiError, error_response, status_for
@@ -37,6 +46,11 @@ log = logging.getLogger(__name__)
 # Not counted per key: Stripe signs its own requests, and probes and documents carry no key.
 EXEMPT_BLUEPRINTS = frozenset({"webhooks", "health", "reference"})
 EXTENSION = "billing_limits"
+REQUESTS_EXTENSION = "billing_request_limits"
+# Endpoints that count their request with their token check (``request_windows``); flask-limiter skips them.
+SELF_COUNTED = frozenset({"check.check", "holds.place_hold"})
+# flask-limiter's scope of application-wide limits: part of its counter's key.
+_APPLICATION_SCOPE = "global"
 _NO_KEY = ""
 
 
@@ -56,6 +70,19 @@ def _exempt() -> bool:
     return request.blueprint in EXEMPT_BLUEPRINTS or request.endpoint is None or _key_id() == _NO_KEY
 
 
+def request_windows() -> list[RequestWindow]:
+    """The request's API key counters as flask-limiter keeps them (same keys, windows and limits), for an
+    endpoint of ``SELF_COUNTED`` to take in its token check; none without a valid key."""
+    prefix, items = current_app.extensions[REQUESTS_EXTENSION]
+    key_id = _key_id()
+    if key_id == _NO_KEY:
+        return []
+    return [
+        RequestWindow(f"{prefix}:{item.key_for(key_id, _APPLICATION_SCOPE)}", item.get_expiry(), item.amount, str(item))
+        for item in items
+    ]
+
+
 def token_limits() -> TokenLimits:
     """The receiver process's token limits."""
     limits: TokenLimits = current_app.extensions[EXTENSION]
@@ -71,6 +98,11 @@ def install(app: Flask, settings: Settings) -> Limiter:
         prefix=settings.limits_prefix,
         policy_cache_seconds=settings.limits_policy_cache_seconds,
     )
+    api_prefix = f"{settings.limits_prefix}:api"
+    # Self-counting needs the token counters on the Redis flask-limiter uses; otherwise flask-limiter counts all.
+    self_counted = SELF_COUNTED if redis_url == (settings.redis_url or "") else frozenset()
+    items: list[RateLimitItem] = parse_many(settings.api_rate_limit)
+    app.extensions[REQUESTS_EXTENSION] = (api_prefix, items)
     limiter = Limiter(
         key_func=_key_id,
         app=app,
@@ -82,7 +114,7 @@ def install(app: Flask, settings: Settings) -> Limiter:
         storage_options={
             "socket_connect_timeout": 1,
             "socket_timeout": 1,
-            "key_prefix": f"{settings.limits_prefix}:api",
+            "key_prefix": api_prefix,
         },
         strategy="fixed-window",
         swallow_errors=True,
@@ -93,7 +125,7 @@ def install(app: Flask, settings: Settings) -> Limiter:
     # Checked before flask-limiter resolves any limit: a Stripe webhook (the receiver's busiest path) pays a set
     # lookup, not the ~0.3 ms of resolving and exempting limits it found per request (bench.ingest's webhook
     # ratio fell from ~0.53 to ~0.41 of the bare endpoint without it).
-    limiter.request_filter(lambda: request.blueprint in EXEMPT_BLUEPRINTS)
+    limiter.request_filter(lambda: request.blueprint in EXEMPT_BLUEPRINTS or request.endpoint in self_counted)
 
     @app.errorhandler(RateLimitExceeded)
     def _too_many_requests(exc: RateLimitExceeded) -> Any:
@@ -134,7 +166,7 @@ def check_hold_tokens(account: str, items: Sequence[Any] | None, mode: str = "sy
     limits = token_limits()
     with rt.read_session_factory() as session:
         policy = limits.policies(session, [account], rt.prices.current())[account]
-    state = limits.check(account, count_tokens(items or (), mode), policy)
+    state = limits.check(account, count_tokens(items or (), mode), policy, requests=request_windows())
     if state.refusal is not None:
         raise state.refusal
 

@@ -12,10 +12,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, DateTime, Table, and_, bindparam, func, or_, select
+import psycopg
+from sqlalchemy import ColumnElement, Connection, DateTime, Table, and_, bindparam, func, literal_column, or_, select
 from sqlalchemy.orm import Session
 
+from billing_core.db.engine import compiled_sql
 from billing_core.db.tables import Grant, LedgerAccount, Wallet
 from billing_core.ledger.grant_rows import DEBT, ZERO
 
@@ -81,7 +84,7 @@ _BALANCE = (
     .where(wallets.account == bindparam("account"))
 )
 _SPENDABLE = (
-    select(wallets.negative_since, func.coalesce(func.sum(grants.remaining_mc), 0))
+    select(wallets.negative_since, func.coalesce(func.sum(grants.remaining_mc), literal_column("0")))
     .select_from(
         _WALLETS.outerjoin(
             _GRANTS,
@@ -91,6 +94,8 @@ _SPENDABLE = (
     .where(wallets.account == bindparam("account"))
     .group_by(wallets.id)
 )
+# Run on the driver's connection (``db.engine.raw_read``): the read of every ``POST /v1/check``.
+_SPENDABLE_SQL = compiled_sql(_SPENDABLE)
 
 
 def read_balance(db: Session | Connection, account: str) -> AccountBalance | None:
@@ -99,16 +104,17 @@ def read_balance(db: Session | Connection, account: str) -> AccountBalance | Non
     return None if row is None else AccountBalance(*row)
 
 
-def spendable_mc(db: Session | Connection, account: str, now: datetime) -> int:
+def spendable_mc(conn: psycopg.Connection[Any], account: str, now: datetime) -> int:
     """Credits a hold placed at ``now`` could reserve: 0 for an unknown or flagged (negative) account.
     Mirrors the flag check of ``handlers.place_hold``."""
-    return spendable_state(db, account, now)[0]
+    return spendable_state(conn, account, now)[0]
 
 
-def spendable_state(db: Session | Connection, account: str, now: datetime) -> tuple[int, bool]:
+def spendable_state(conn: psycopg.Connection[Any], account: str, now: datetime) -> tuple[int, bool]:
     """``(spendable_mc(...), flagged)``: the credits a hold placed at ``now`` could reserve, and whether the
-    account is flagged negative (it then can reserve nothing). An unknown account: ``(0, False)``."""
-    row = db.execute(_SPENDABLE, {"account": account, "now": now}).first()
+    account is flagged negative (it then can reserve nothing). An unknown account: ``(0, False)``. On a
+    driver connection (``db.engine.raw_read``)."""
+    row = conn.execute(_SPENDABLE_SQL, {"account": account, "now": now}).fetchone()
     if row is None:
         return 0, False
     if row[0] is not None:

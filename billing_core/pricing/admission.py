@@ -2,9 +2,10 @@
 
 Everything that would refuse the work, read in one pass and without a side effect: the price of the items in
 the key mode (the same ``price_items`` as estimates, holds and charges), what the wallet could reserve now and
-whether it is flagged negative (one query), and the account's token windows (one Redis round trip; the plan
-and overrides come from the per-process policy cache). A refusal is an answer here, not an error: the caller
-asked a question, and ``reason`` says why not, with the same codes the hold and usage endpoints raise.
+whether it is flagged negative (one query, on the driver's connection), and the account's token windows with
+the API key's request counter (one Redis round trip; the plan and overrides come from the per-process policy
+cache). A refusal is an answer here, not an error: the caller asked a question, and ``reason`` says why not,
+with the same codes the hold and usage endpoints raise.
 
 Reasons are checked in the order a caller can act on them: the key mode (the request itself cannot be
 served), the account's negative flag, the token limits (``limits_unavailable`` when they fail closed and Redis
@@ -17,8 +18,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
+from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from billing_core.db.engine import raw_read
 from billing_core.errors import (
     AccountFlagged,
     BillingError,
@@ -29,7 +32,7 @@ from billing_core.errors import (
 from billing_core.ledger.balances import spendable_state
 from billing_core.pricing.catalog import PriceTable
 from billing_core.pricing.items import Item
-from billing_core.pricing.limits import LimitPolicy, LimitState, TokenLimits, count_tokens
+from billing_core.pricing.limits import LimitPolicy, LimitState, RequestWindow, TokenLimits, count_tokens
 from billing_core.pricing.quotes import Quote, price_items
 
 
@@ -57,6 +60,7 @@ class Admission:
 
 
 def admit(
+    engine: Engine,
     session_factory: sessionmaker[Session],
     table: PriceTable,
     limits: TokenLimits,
@@ -66,11 +70,13 @@ def admit(
     credits_mc: int | None,
     mode: str,
     now: datetime,
+    requests: Sequence[RequestWindow] = (),
 ) -> Admission:
     """May ``account`` run work priced by ``items`` (or costing ``credits_mc``) in key ``mode`` at ``now``?
 
     Malformed or unpriceable items raise as they do everywhere (``InvalidCommand``, ``UnknownModel``,
-    ``UnknownPriceCode``, ``InvalidAmount``); every other refusal is the ``reason`` of the answer."""
+    ``UnknownPriceCode``, ``InvalidAmount``), and so does a ``requests`` counter over its limit (the API
+    key's, counted in the same round trip as the token windows); every other refusal is the ``reason``."""
     reason: BillingError | None = None
     quote: Quote | None = None
     estimate: int | None = credits_mc
@@ -81,11 +87,12 @@ def admit(
         except KeyModeNotAllowed as exc:
             reason, estimate = exc, None
     tokens = count_tokens(items or (), mode)
-    with session_factory() as session:
-        available, flagged = spendable_state(session, account, now)
+    with raw_read(engine) as conn:
+        available, flagged = spendable_state(conn, account, now)
+    with session_factory() as session:  # used on a policy cache miss only
         policy = limits.policies(session, [account], table)[account]
     try:
-        state = limits.check(account, tokens, policy, now)
+        state = limits.check(account, tokens, policy, now, requests=requests)
     except LimitsUnavailable as exc:
         state = limits.unknown_state(account, tokens, policy, now)
         reason = reason or exc

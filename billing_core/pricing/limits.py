@@ -370,6 +370,39 @@ return removed
 """
 
 
+# KEYS: the account's three counters (hour, day, month), then request counters; ARGV: each request counter's
+# window in seconds and its limit. Reads the token windows and takes one request from each request counter in
+# one round trip (``TokenLimits.check`` with ``requests``): the HTTP API's per-key counter of the endpoints
+# that read the token windows anyway, kept as flask-limiter keeps it for the others (INCRBY, EXPIRE when new).
+# Returns the three windows, then 0, or the 1-based request counter over its limit and its PTTL.
+CHECK_LUA = r"""
+local out = {}
+for w = 1, 3 do out[w] = tonumber(redis.call('GET', KEYS[w]) or 0) end
+for i = 4, #KEYS do
+  local n = redis.call('INCRBY', KEYS[i], 1)
+  local j = (i - 4) * 2
+  if n == 1 then redis.call('EXPIRE', KEYS[i], ARGV[j + 1]) end
+  if n > tonumber(ARGV[j + 2]) then
+    out[4], out[5] = i - 3, redis.call('PTTL', KEYS[i])
+    return out
+  end
+end
+out[4] = 0
+return out
+"""
+
+
+@dataclass(frozen=True)
+class RequestWindow:
+    """A fixed-window request counter taken in the same round trip as a token check: ``key`` is counted
+    once per call, expiring ``seconds`` after it was created; above ``limit`` the call is refused."""
+
+    key: str
+    seconds: int
+    limit: int
+    label: str  # the limit as the 429 names it ("1000 per 1 second")
+
+
 class ReportLike(Protocol):
     """What the gate reads of an accepted usage report."""
 
@@ -405,6 +438,7 @@ class TokenLimits:
         self.policy_cache_seconds = policy_cache_seconds
         self._clock = clock
         self._admit = client.register_script(ADMIT_LUA)  # EVALSHA, loading the script when Redis lacks it
+        self._check = client.register_script(CHECK_LUA)
         self._release = client.register_script(RELEASE_LUA)
         self._forget = client.register_script(FORGET_FLUSHED_LUA)
         self._cache: dict[str, tuple[float, str | None, dict[str, Any]]] = {}
@@ -464,16 +498,37 @@ class TokenLimits:
     def _keys(self, account: str, now: datetime) -> list[str]:
         return [stem + account for stem in self._stems(now)]
 
-    def check(self, account: str, tokens: int, policy: LimitPolicy, now: datetime | None = None) -> LimitState:
-        """The three windows of ``account`` and the refusal admitting ``tokens`` would raise; read-only, one
-        round trip. Redis down: no refusal (fail open) or ``LimitsUnavailable`` (fail closed)."""
+    def check(
+        self,
+        account: str,
+        tokens: int,
+        policy: LimitPolicy,
+        now: datetime | None = None,
+        *,
+        requests: Sequence[RequestWindow] = (),
+    ) -> LimitState:
+        """The three windows of ``account`` and the refusal admitting ``tokens`` would raise; one round trip
+        that writes nothing but the ``requests`` counters it takes one from (``RateLimited`` at once when one
+        is over its limit). Redis down: no refusal and nothing counted (fail open), or ``LimitsUnavailable``
+        (fail closed)."""
         now = now or datetime.now(UTC)
+        keys = self._keys(account, now)
         try:
-            values = self.client.mget(self._keys(account, now))
+            if requests:
+                args = [v for r in requests for v in (r.seconds, r.limit)]
+                values = self._check(keys=[*keys, *(r.key for r in requests)], args=args)
+            else:
+                values = self.client.mget(keys)
         except _REDIS_DOWN as exc:
             self._unreachable(exc)
             return self._state(account, tokens, policy, now, [0, 0, 0], counted=False)
-        return self._state(account, tokens, policy, now, [int(v or 0) for v in values])
+        if requests and values[3]:
+            over = requests[int(values[3]) - 1]
+            retry_after = max(1, math.ceil(int(values[4]) / 1000))
+            raise RateLimited(
+                f"too many requests with this API key (limit {over.label})", retry_after=retry_after, limit=over.label
+            )
+        return self._state(account, tokens, policy, now, [int(v or 0) for v in values[:3]])
 
     def unknown_state(self, account: str, tokens: int, policy: LimitPolicy, now: datetime) -> LimitState:
         """The windows when the counters could not be read: zeros, ``counted`` False, no refusal."""

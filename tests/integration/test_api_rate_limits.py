@@ -72,3 +72,25 @@ def test_redis_down_the_request_limit_fails_open_and_answers(database_url, sessi
         answers = [api.get("/v1/accounts/acme", key=key).status_code for _ in range(3)]
     assert answers == [404, 404, 404]
     assert any("fall" in r.getMessage().lower() or "rate limit" in r.getMessage().lower() for r in caplog.records)
+
+
+def test_check_and_holds_count_on_the_keys_counter_once_each(low_limit_app, session_factory):
+    # They count in their token check's Redis call, not through flask-limiter: the same counter, once each.
+    api = ApiClient(low_limit_app.test_client(), session_factory)
+    key = api.key("accounts:read", "holds:write")
+    assert api.post("/v1/check", json={"account": "acme", "credits": "1"}, key=key).status_code == 200
+    hold = {"account": "acme", "idempotency_key": "h-1", "credits": "1"}
+    assert api.post("/v1/holds", json=hold, key=key).status_code == 404  # unknown account: counted all the same
+    assert api.get("/v1/accounts/acme", key=key).status_code == 404  # the third request of the minute
+    for refused in (
+        api.post("/v1/check", json={"account": "acme", "credits": "1"}, key=key),
+        api.post("/v1/holds", json=hold, key=key),
+        api.get("/v1/accounts/acme", key=key),
+    ):
+        assert refused.status_code == 429
+        error = refused.get_json()["error"]
+        assert error["code"] == "rate_limited" and error["limit"] == "3 per 1 minute"
+        assert 1 <= error["retry_after"] <= 61
+        assert refused.headers["Retry-After"] == str(error["retry_after"])
+    # a check refused at the key's limit reads and writes nothing else: no hold was placed
+    assert api.get("/v1/accounts/acme", key=api.key("accounts:read")).status_code == 404
