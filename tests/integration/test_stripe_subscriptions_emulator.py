@@ -115,7 +115,7 @@ def add_months(ts: int, months: int) -> int:
     return int(start.replace(year=start.year + year, month=month + 1, day=day).timestamp())
 
 
-# -- checkout ----------------------------------------------------------------------------------------------------
+# -- checkout ------------------------------------------------------------------------------------------------------
 
 
 def test_subscription_checkout_paid_starts_a_subscription_with_a_paid_invoice(
@@ -193,7 +193,7 @@ def test_subscription_mode_refuses_a_one_time_price(emulator: Emulator) -> None:
     assert response.json()["error"]["param"] == "line_items[0][price]"
 
 
-# -- renewals ----------------------------------------------------------------------------------------------------
+# -- renewals ------------------------------------------------------------------------------------------------------
 
 
 def test_a_year_of_monthly_renewals_on_a_test_clock(gateway: StripeGateway, emulator: Emulator) -> None:
@@ -332,7 +332,7 @@ def test_authentication_required_renewal_asks_for_action(gateway: StripeGateway,
     assert gateway.retrieve_payment_intent(invoice["payment_intent"])["status"] == "requires_action"
 
 
-# -- changes -----------------------------------------------------------------------------------------------------
+# -- changes -------------------------------------------------------------------------------------------------------
 
 
 def test_cancel_at_period_end_ends_the_subscription_without_an_invoice(
@@ -456,7 +456,7 @@ def test_downgrade_without_proration_takes_effect_at_renewal(gateway: StripeGate
     assert [s["id"] for s in by_price] == [sub["id"]]
 
 
-# -- off-session payments -------------------------------------------------------------------------------------------
+# -- off-session payments ------------------------------------------------------------------------------------------
 
 
 def test_off_session_payment_intent_succeeds_and_can_be_refunded(gateway: StripeGateway, emulator: Emulator) -> None:
@@ -536,7 +536,7 @@ def test_off_session_payment_intent_needing_authentication(gateway: StripeGatewa
     ]
 
 
-# -- portal and invoice lists ------------------------------------------------------------------------------------------
+# -- portal and invoice lists --------------------------------------------------------------------------------------
 
 
 def test_billing_portal_session_page(gateway: StripeGateway, emulator: Emulator) -> None:
@@ -573,7 +573,7 @@ def test_invoices_are_listed_newest_first_page_by_page(gateway: StripeGateway, e
     assert emulator.api("GET", "/v1/invoices", params={"status": "open"}).json()["data"] == []
 
 
-# -- without a test clock, and created through the API -------------------------------------------------------------------
+# -- without a test clock, and created through the API -------------------------------------------------------------
 
 
 def test_the_emulator_clock_renews_subscriptions_without_a_test_clock(
