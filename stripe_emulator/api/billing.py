@@ -106,3 +106,11 @@ def create_billing_portal_session(params: dict[str, Any], req: RequestMeta) -> d
 @stripe_endpoint(billing, "POST", rule="/v1/payment_intents")
 def create_payment_intent(params: dict[str, Any], req: RequestMeta) -> dict[str, Any]:
     return state().cards.create_payment_intent(params, req)
+
+
+@stripe_endpoint(billing, "GET", rule="/v1/customers/<customer_id>/payment_methods")
+def list_customer_payment_methods(params: dict[str, Any], req: RequestMeta, customer_id: str) -> dict[str, Any]:
+    state().get("customer", customer_id, param="customer")
+    query = list_query(params, "type")
+    query.equals["customer"] = customer_id
+    return state().list_objects("payment_method", query, f"/v1/customers/{customer_id}/payment_methods")

@@ -35,7 +35,8 @@ class Customers:
                 **{name: get_str(params, name) for name in self.FIELDS},
             )
             self.store.add("customer", customer)
-            self.store.record_event("customer.created", customer, req=req)
+            with self.store.at(clock["frozen_time"] if clock else None):
+                self.store.record_event("customer.created", customer, req=req)
             return customer
 
     def update(self, customer_id: str, params: Mapping[str, Any], req: RequestMeta | None = None) -> dict[str, Any]:

@@ -96,6 +96,11 @@ class Invoices:
             line["invoice"] = invoice_id
         invoice = template("invoice")
         invoice["automatic_tax"]["liability"] = None
+        invoice["payment_settings"] = {
+            "default_mandate": None,
+            "payment_method_options": None,
+            "payment_method_types": None,
+        }
         invoice.update(
             id=invoice_id,
             created=now,
@@ -173,7 +178,6 @@ class Invoices:
             number=f"{customer.get('invoice_prefix') or 'EMU'}-{count:04d}",
             effective_at=now,
             hosted_invoice_url=f"{self.store.base_url}/_emulator/invoices/{invoice['id']}",
-            invoice_pdf=f"{self.store.base_url}/_emulator/invoices/{invoice['id']}?format=pdf",
         )
         invoice["status_transitions"]["finalized_at"] = now
 

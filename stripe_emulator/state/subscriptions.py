@@ -211,7 +211,12 @@ class Subscriptions:
             plan=self._plan(price),
             quantity=quantity,
         )
-        sub["payment_settings"]["save_default_payment_method"] = "off"
+        sub["payment_settings"] = {
+            "payment_method_options": None,
+            "payment_method_types": None,
+            "save_default_payment_method": "off",
+        }
+        sub["billing_mode"] = {"type": "classic"}
         end = trial_end or add_intervals(now, price["recurring"]["interval"], price["recurring"]["interval_count"], 1)
         self._set_period(sub, now, end)
         self.store.add("subscription", sub)

@@ -447,7 +447,9 @@ def test_downgrade_without_proration_takes_effect_at_renewal(gateway: StripeGate
 
     gateway.update_subscription(sub["id"], items=[{"price": smaller["id"]}], proration_behavior="none")
     assert len(gateway.list_invoices(subscription=sub["id"])["data"]) == 1
-    gateway.advance_test_clock(clock["id"], sub["current_period_end"] + 60)
+    assert sub["current_period_end"] == START + 28 * DAY  # Jan 31 -> Feb 28
+    moved = emulator.control(f"test_clocks/{clock['id']}/advance", days=28, seconds=60)
+    assert moved["frozen_time"] == sub["current_period_end"] + 60
 
     renewal = gateway.retrieve_invoice(gateway.retrieve_subscription(sub["id"])["latest_invoice"])
     assert renewal["amount_paid"] == 1000
