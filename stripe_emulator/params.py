@@ -25,8 +25,10 @@ class StripeError(Exception):
         code: str | None = None,
         param: str | None = None,
         type: str = "invalid_request_error",
+        extra: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(message)
+        self.extra = extra or {}  # more fields of the error: a card error's ``decline_code``, ``payment_intent``
         self.status = status
         self.message = message
         self.code = code
@@ -40,6 +42,7 @@ class StripeError(Exception):
             error["doc_url"] = f"https://stripe.com/docs/error-codes/{self.code.replace('_', '-')}"
         if self.param:
             error["param"] = self.param
+        error.update(self.extra)
         return {"error": error}
 
 

@@ -114,13 +114,22 @@ class StripeGateway:
     # -- customers -----------------------------------------------------------------------------------------
 
     def create_customer(
-        self, *, account: str, email: str | None = None, name: str | None = None, idempotency_key: str | None = None
+        self,
+        *,
+        account: str,
+        email: str | None = None,
+        name: str | None = None,
+        idempotency_key: str | None = None,
+        test_clock: str | None = None,
     ) -> dict[str, Any]:
+        """A customer tied to ``account``; ``test_clock`` puts it on a test clock (tests only)."""
         params: Params = {"metadata": {"account": account}}
         if email is not None:
             params["email"] = email
         if name is not None:
             params["name"] = name
+        if test_clock is not None:
+            params["test_clock"] = test_clock
         return self._call(self._client.v1.customers.create, params=params, options=_options(idempotency_key))
 
     def retrieve_customer(self, customer_id: str) -> dict[str, Any]:
@@ -316,6 +325,154 @@ class StripeGateway:
         if amount is not None:
             params["amount"] = amount
         return self._call(self._client.v1.refunds.create, params=params, options=_options(idempotency_key))
+
+    def create_off_session_payment_intent(
+        self,
+        *,
+        customer: str,
+        amount: int,
+        currency: str,
+        idempotency_key: str,
+        payment_method: str | None = None,
+        metadata: dict[str, str] | None = None,
+    ) -> dict[str, Any]:
+        """Charge the customer's saved card now, without the customer (``off_session``, ``confirm``); the card
+        is ``payment_method`` or else the customer's ``invoice_settings.default_payment_method``.
+
+        Returns the PaymentIntent either way: ``status == "succeeded"`` when paid; on a card error (402:
+        declined, authentication required) the failed PaymentIntent that Stripe sends with the error, with
+        ``status`` ``requires_payment_method`` (or ``requires_action``) and ``last_payment_error`` (``code``,
+        ``decline_code``, ``message``). Other errors raise as usual."""
+        params: Params = {
+            "amount": amount,
+            "currency": currency,
+            "customer": customer,
+            "off_session": True,
+            "confirm": True,
+            "metadata": metadata or {},
+        }
+        if payment_method is not None:
+            params["payment_method"] = payment_method
+        create: Callable[..., Any] = self._client.v1.payment_intents.create
+        try:
+            return self._call(create, params=params, options={"idempotency_key": idempotency_key})
+        except StripeRejected as rejected:
+            cause = rejected.__cause__
+            if isinstance(cause, stripe.CardError) and isinstance(cause.json_body, dict):
+                intent = (cause.json_body.get("error") or {}).get("payment_intent")
+                if isinstance(intent, dict):
+                    failed: dict[str, Any] = _plain(intent)
+                    return failed
+            raise
+
+    # -- subscriptions ---------------------------------------------------------------------------------------
+
+    def create_subscription_checkout_session(
+        self,
+        *,
+        customer: str,
+        price: str,
+        success_url: str,
+        cancel_url: str,
+        client_reference_id: str | None = None,
+        metadata: dict[str, str] | None = None,
+        subscription_metadata: dict[str, str] | None = None,
+        trial_period_days: int | None = None,
+        idempotency_key: str | None = None,
+    ) -> dict[str, Any]:
+        """A hosted Checkout Session subscribing ``customer`` to one recurring ``price``; once paid it names the
+        ``subscription`` (whose ``metadata`` is ``subscription_metadata``) and its first ``invoice``."""
+        subscription_data: Params = {"metadata": subscription_metadata or {}}
+        if trial_period_days is not None:
+            subscription_data["trial_period_days"] = trial_period_days
+        params: Params = {
+            "mode": "subscription",
+            "customer": customer,
+            "line_items": [{"price": price, "quantity": 1}],
+            "success_url": success_url,
+            "cancel_url": cancel_url,
+            "metadata": metadata or {},
+            "subscription_data": subscription_data,
+        }
+        if client_reference_id is not None:
+            params["client_reference_id"] = client_reference_id
+        return self._call(self._client.v1.checkout.sessions.create, params=params, options=_options(idempotency_key))
+
+    def retrieve_subscription(self, subscription_id: str) -> dict[str, Any]:
+        """The subscription, canceled ones included (``status == "canceled"``)."""
+        return self._call(self._client.v1.subscriptions.retrieve, subscription_id)
+
+    def list_subscriptions(
+        self, *, customer: str | None = None, status: str | None = None, limit: int = 10
+    ) -> list[dict[str, Any]]:
+        """The newest ``limit`` (at most 100) subscriptions; without ``status`` every one but the canceled
+        (Stripe's default), ``status="all"`` for all."""
+        params: Params = {"limit": limit}
+        if customer is not None:
+            params["customer"] = customer
+        if status is not None:
+            params["status"] = status
+        return _data(self._call(self._client.v1.subscriptions.list, params=params))
+
+    def update_subscription(self, subscription_id: str, **fields: Any) -> dict[str, Any]:
+        """Change the fields given, as Stripe names them: ``items=[{"id": item_id, "price": price_id}]`` with
+        ``proration_behavior`` (``create_prorations``, ``always_invoice``, ``none``), ``cancel_at_period_end``,
+        ``metadata``, ``default_payment_method``; ``idempotency_key`` is taken out and sent as the key."""
+        key = fields.pop("idempotency_key", None)
+        return self._call(
+            self._client.v1.subscriptions.update, subscription_id, params=dict(fields), options=_options(key)
+        )
+
+    def cancel_subscription(self, subscription_id: str) -> dict[str, Any]:
+        """Cancel at once (``status == "canceled"``); to cancel at the period's end, ``update_subscription``
+        with ``cancel_at_period_end=True``."""
+        return self._call(self._client.v1.subscriptions.cancel, subscription_id)
+
+    def retrieve_invoice(self, invoice_id: str) -> dict[str, Any]:
+        return self._call(self._client.v1.invoices.retrieve, invoice_id)
+
+    def list_invoices(
+        self,
+        *,
+        customer: str | None = None,
+        subscription: str | None = None,
+        limit: int = 10,
+        starting_after: str | None = None,
+    ) -> dict[str, Any]:
+        """One page of invoices, newest first: ``{"data": [...], "has_more": bool}``; the next page starts after
+        the last invoice of this one (``starting_after=page["data"][-1]["id"]``)."""
+        params: Params = {"limit": limit}
+        if customer is not None:
+            params["customer"] = customer
+        if subscription is not None:
+            params["subscription"] = subscription
+        if starting_after is not None:
+            params["starting_after"] = starting_after
+        page = self._call(self._client.v1.invoices.list, params=params)
+        return {"data": _data(page), "has_more": bool(page["has_more"])}
+
+    def create_billing_portal_session(self, *, customer: str, return_url: str) -> dict[str, Any]:
+        """A Billing Portal session: send the customer to its ``url``; the portal links back to ``return_url``."""
+        params: Params = {"customer": customer, "return_url": return_url}
+        return self._call(self._client.v1.billing_portal.sessions.create, params=params)
+
+    # -- test clocks (tests and the offline stack only) -------------------------------------------------------
+
+    def create_test_clock(self, frozen_time: int, name: str | None = None) -> dict[str, Any]:
+        params: Params = {"frozen_time": frozen_time}
+        if name is not None:
+            params["name"] = name
+        return self._call(self._client.v1.test_helpers.test_clocks.create, params=params)
+
+    def advance_test_clock(self, test_clock_id: str, frozen_time: int) -> dict[str, Any]:
+        """Move the clock to ``frozen_time``; the clock comes back ``ready`` from the emulator, Stripe may
+        answer ``advancing`` first (poll ``retrieve_test_clock`` until ``status == "ready"``)."""
+        return self._call(
+            self._client.v1.test_helpers.test_clocks.advance, test_clock_id, params={"frozen_time": frozen_time}
+        )
+
+    def retrieve_test_clock(self, test_clock_id: str) -> dict[str, Any]:
+        return self._call(self._client.v1.test_helpers.test_clocks.retrieve, test_clock_id)
 
     # -- events --------------------------------------------------------------------------------------------
 

@@ -1,6 +1,7 @@
 """``/_emulator/``: the controls that play the buyer, the bank and the network. Form or JSON bodies, JSON answers.
 
-Pay or fail a checkout session, settle a bank debit, open or close a dispute, move the test clock, register
+Pay or fail a checkout session, settle a bank debit, open or close a dispute, set how a customer's saved card
+answers, move the emulator's clock or advance a test clock, register
 webhook endpoints, set delivery faults and wait for deliveries, reset everything.
 """
 
@@ -92,6 +93,26 @@ def open_dispute(charge_id: str) -> Response:
 def close_dispute(dispute_id: str) -> Response:
     status = get_str(control_params(), "status", required=True)
     return json_response(state().disputes.close(dispute_id, str(status)))
+
+
+@control(controls, "/_emulator/customers/<customer_id>/card", "POST")
+def card_outcome(customer_id: str) -> Response:
+    """How the customer's saved card answers later charges: ``succeed``, ``card_declined``,
+    ``authentication_required``."""
+    outcome = get_str(control_params(), "outcome", required=True)
+    return json_response(state().cards.set_outcome(customer_id, str(outcome)))
+
+
+@control(controls, "/_emulator/test_clocks/<clock_id>/advance", "POST")
+def advance_test_clock(clock_id: str) -> Response:
+    """Advance a test clock to ``frozen_time``, or by ``seconds`` and/or ``days``."""
+    params = control_params()
+    state().base_url = request.host_url.rstrip("/")
+    target = get_int(params, "frozen_time")
+    if target is None:
+        seconds = (get_int(params, "seconds", minimum=0) or 0) + (get_int(params, "days", minimum=0) or 0) * 86400
+        target = state().test_clocks.retrieve(clock_id)["frozen_time"] + seconds
+    return json_response(state().test_clocks.advance(clock_id, target))
 
 
 # -- the network: delivery faults, deliveries ------------------------------------------------------------------

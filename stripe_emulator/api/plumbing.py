@@ -106,12 +106,20 @@ def stripe_endpoint(
             fingerprint = json.dumps([request.method, request.path, sorted(pairs)])
             current = state()
             with current.lock:
+                current.base_url = request.host_url.rstrip("/")
                 if idem_key:
                     replay = current.replay(key, idem_key, fingerprint)
                     if replay is not None:
                         headers["Idempotent-Replayed"] = "true"
                         return json_response(replay[1], replay[0], headers)
-                result = handler(params, req, **path)
+                try:
+                    result = handler(params, req, **path)
+                except StripeError as error:
+                    # A card error happens after the request took effect (a failed PaymentIntent, its event):
+                    # Stripe saves that answer for the key like any other; a refused request is not saved.
+                    if idem_key and error.status == 402:
+                        current.remember(key, idem_key, fingerprint, error.status, error.body())
+                    raise
                 status, body = result if isinstance(result, tuple) else (200, result)
                 body = current.expand(json.loads(json.dumps(body)), [str(p) for p in get_list(params, "expand")])
                 if idem_key:

@@ -9,13 +9,18 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+from stripe_emulator.state.billing_portal import BillingPortal
+from stripe_emulator.state.cards import Cards
 from stripe_emulator.state.catalog import Prices, Products
 from stripe_emulator.state.checkout import CheckoutSessions
 from stripe_emulator.state.customers import Customers
 from stripe_emulator.state.disputes import Disputes
+from stripe_emulator.state.invoices import Invoices
 from stripe_emulator.state.payments import Payments
 from stripe_emulator.state.refunds import Refunds
 from stripe_emulator.state.store import Store
+from stripe_emulator.state.subscriptions import Subscriptions
+from stripe_emulator.state.test_clocks import TestClocks
 
 
 class EmulatorState(Store):
@@ -30,14 +35,22 @@ class EmulatorState(Store):
         self.payments = Payments(self, self.customers)
         self.refunds = Refunds(self)
         self.disputes = Disputes(self)
+        self.cards = Cards(self, self.customers, self.payments)
+        self.invoices = Invoices(self)
+        self.subscriptions = Subscriptions(self, self.customers, self.cards, self.invoices)
+        self.payments.subscription_checkout = self.subscriptions.checkout_paid
+        self.test_clocks = TestClocks(self, self.subscriptions)
+        self.billing_portal = BillingPortal(self)
 
     def advance_clock(self, seconds: int) -> int:
-        """Move the test clock forward; open sessions past ``expires_at`` expire, as Stripe's would."""
+        """Move the emulator's clock forward; open sessions past ``expires_at`` expire, as Stripe's would, and
+        subscriptions of customers without a test clock are billed for what fell due meanwhile."""
         with self.lock:
             self.clock_offset += seconds
             for session in list(self.objects["checkout.session"].values()):
                 if session["status"] == "open" and session["expires_at"] <= self.now():
                     self.checkout.expire(session["id"])
+            self.subscriptions.run_until(None, self.now())
             return self.now()
 
 

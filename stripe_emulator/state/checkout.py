@@ -1,5 +1,6 @@
 """Checkout Sessions in payment mode: created with line items selling a stored Price (``price``) or an inline
-one (``price_data``), with the ``payment_method_types`` the currency allows; listed, expired.
+one (``price_data``), with the ``payment_method_types`` the currency allows; listed, expired. In subscription
+mode: one recurring Price, ``subscription_data[metadata]`` and ``[trial_period_days]``.
 
 Paying one is the buyer's business (``payments``); the PaymentIntent only exists from the first attempt on.
 """
@@ -12,6 +13,7 @@ from typing import Any
 
 from stripe_emulator.params import StripeError, get_dict, get_int, get_list, get_str, metadata, missing
 from stripe_emulator.state.store import ListQuery, RequestMeta, Store, new_id, template
+from stripe_emulator.state.subscriptions import subscription_data
 
 
 class CheckoutSessions:
@@ -21,8 +23,8 @@ class CheckoutSessions:
     def create(self, params: Mapping[str, Any], base_url: str, req: RequestMeta | None = None) -> dict[str, Any]:
         with self.store.lock:
             mode = get_str(params, "mode", required=True)
-            if mode != "payment":
-                raise StripeError(400, "The emulator supports only mode=payment.", param="mode")
+            if mode not in ("payment", "subscription"):
+                raise StripeError(400, "The emulator supports mode=payment and mode=subscription.", param="mode")
             customer_id = get_str(params, "customer")
             if customer_id:
                 self.store.get("customer", customer_id, param="customer")
@@ -31,7 +33,9 @@ class CheckoutSessions:
                 raise missing("line_items")
             now = self.store.now()
             session_id = "cs_test_" + new_id("a1", 56)
-            items = [self._line_item(raw, i, now) for i, raw in enumerate(raw_items)]
+            items = [self._line_item(raw, i, now, mode) for i, raw in enumerate(raw_items)]
+            if mode == "subscription" and len(items) > 1:
+                raise StripeError(400, "The emulator sells one recurring price per subscription.", param="line_items")
             methods = [str(t) for t in get_list(params, "payment_method_types")] or ["card"]
             currencies = {item["currency"] for item in items}
             if len(currencies) > 1:
@@ -43,8 +47,16 @@ class CheckoutSessions:
             # The fixture's example values describe a session with tax, shipping and promotions; ours has none.
             session["custom_text"] = dict.fromkeys(session["custom_text"])
             session["invoice_creation"]["enabled"] = False
+            sub_data = subscription_data(params) if mode == "subscription" else None
+            if sub_data and sub_data["trial_period_days"]:
+                total = 0  # Stripe: nothing is due today during a trial
             session.update(
                 id=session_id,
+                amount_subtotal=total,
+                amount_total=total,
+                subscription=None,
+                invoice=None,
+                payment_method_collection="always" if mode == "subscription" else None,
                 created=now,
                 expires_at=get_int(params, "expires_at") or now + 24 * 3600,
                 mode=mode,
@@ -52,11 +64,13 @@ class CheckoutSessions:
                 payment_status="unpaid",
                 payment_intent=None,  # Stripe creates the PaymentIntent when the buyer pays
                 currency=currencies.pop(),
-                amount_subtotal=total,
-                amount_total=total,
                 customer=customer_id,
                 customer_email=get_str(params, "customer_email"),
-                customer_creation=None if customer_id else get_str(params, "customer_creation") or "if_required",
+                customer_creation=(
+                    None
+                    if customer_id or mode == "subscription"
+                    else get_str(params, "customer_creation") or "if_required"
+                ),
                 customer_details=None,
                 client_reference_id=get_str(params, "client_reference_id"),
                 metadata=metadata(params),
@@ -79,18 +93,22 @@ class CheckoutSessions:
                 managed_payments={"enabled": False},
             )
             self.store.line_items[session_id] = items
+            if sub_data is not None:
+                self.store.subscription_data[session_id] = sub_data
             self.store.payment_intent_data[session_id] = {
                 "metadata": metadata(pi_data),
                 "description": get_str(pi_data, "description"),
             }
             return self.store.add("checkout.session", session)
 
-    def _line_item(self, raw: Any, index: int, now: int) -> dict[str, Any]:
+    def _line_item(self, raw: Any, index: int, now: int, mode: str = "payment") -> dict[str, Any]:
         label = f"line_items[{index}]"
         if not isinstance(raw, dict):
             raise StripeError(400, f"Invalid object: {label}", param=label)
         if "price" in raw:
-            return self._stored_price_item(raw, label)
+            return self._stored_price_item(raw, label, mode)
+        if mode == "subscription":
+            raise missing(f"{label}[price]")
         price_data = raw.get("price_data")
         if not isinstance(price_data, dict):
             raise missing(f"{label}[price_data]")
@@ -134,24 +152,29 @@ class CheckoutSessions:
         )
         return item
 
-    def _stored_price_item(self, raw: dict[str, Any], label: str) -> dict[str, Any]:
+    def _stored_price_item(self, raw: dict[str, Any], label: str, mode: str = "payment") -> dict[str, Any]:
         """A line item selling a stored Price: amount and currency are the Price's; it must be active and,
-        in payment mode, one-time."""
+        in payment mode, one-time (in subscription mode, recurring)."""
         price_id = get_str(raw, "price", required=False) or ""
         price = self.store.get("price", price_id, param=f"{label}[price]")
         if not price["active"]:
             raise StripeError(
                 400, "The price specified is inactive. This field only accepts active prices.", param=f"{label}[price]"
             )
-        if price["type"] != "one_time":
+        if mode == "subscription" and price["type"] != "recurring":
+            raise StripeError(
+                400,
+                "You must provide at least one recurring price in `subscription` mode when using prices.",
+                param=f"{label}[price]",
+            )
+        if mode == "payment" and price["type"] != "one_time":
             raise StripeError(
                 400,
                 "You specified `payment` mode but passed a recurring price. Either switch to `subscription` mode "
                 "or use only one-time prices.",
                 param=f"{label}[price]",
             )
-        quantity = get_int(raw, "quantity", required=True, minimum=1, label=f"{label}[quantity]")
-        assert quantity is not None
+        quantity = get_int(raw, "quantity", required=mode == "payment", minimum=1, label=f"{label}[quantity]") or 1
         product = self.store.objects["product"].get(price["product"]) or {}
         item = template("item")
         item.update(

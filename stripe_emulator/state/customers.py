@@ -1,4 +1,5 @@
-"""Customers: create, update (metadata merges; an empty value unsets a key), delete (a tombstone), retrieve."""
+"""Customers: create (optionally on a test clock, ``test_clock``), update (metadata merges, an empty value unsets
+a key; ``invoice_settings[default_payment_method]``), delete (a tombstone), retrieve."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import secrets
 from collections.abc import Mapping
 from typing import Any
 
-from stripe_emulator.params import get_list, get_str, metadata
+from stripe_emulator.params import StripeError, get_dict, get_list, get_str, metadata
 from stripe_emulator.state.store import RequestMeta, Store, new_id, template
 
 
@@ -18,10 +19,13 @@ class Customers:
 
     def create(self, params: Mapping[str, Any], req: RequestMeta | None = None) -> dict[str, Any]:
         with self.store.lock:
+            clock_id = get_str(params, "test_clock")
+            clock = self.store.get("test_helpers.test_clock", clock_id, param="test_clock") if clock_id else None
             customer = template("customer")
             customer.update(
                 id=new_id("cus_", 14),
-                created=self.store.now(),
+                created=clock["frozen_time"] if clock else self.store.now(),
+                test_clock=clock_id,
                 currency=None,
                 discount=None,
                 shipping=None,
@@ -31,7 +35,8 @@ class Customers:
                 **{name: get_str(params, name) for name in self.FIELDS},
             )
             self.store.add("customer", customer)
-            self.store.record_event("customer.created", customer, req=req)
+            with self.store.at(clock["frozen_time"] if clock else None):
+                self.store.record_event("customer.created", customer, req=req)
             return customer
 
     def update(self, customer_id: str, params: Mapping[str, Any], req: RequestMeta | None = None) -> dict[str, Any]:
@@ -54,6 +59,20 @@ class Customers:
                 if merged != customer["metadata"]:
                     previous["metadata"] = customer["metadata"]
                     customer["metadata"] = merged
+            settings = get_dict(params, "invoice_settings")
+            if "default_payment_method" in settings:
+                method = get_str(settings, "default_payment_method")
+                if method is not None:
+                    pm = self.store.get("payment_method", method, param="invoice_settings[default_payment_method]")
+                    if pm["customer"] != customer_id:
+                        raise StripeError(
+                            400,
+                            f"The provided PaymentMethod ({method}) is not attached to this customer.",
+                            param="invoice_settings[default_payment_method]",
+                        )
+                if customer["invoice_settings"]["default_payment_method"] != method:
+                    previous["invoice_settings"] = dict(customer["invoice_settings"])
+                    customer["invoice_settings"] = {**customer["invoice_settings"], "default_payment_method": method}
             if previous:
                 self.store.record_event("customer.updated", customer, previous=previous, req=req)
             return customer

@@ -3,6 +3,7 @@ a declined card, and the PaymentIntents and Charges those create."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from stripe_emulator.params import StripeError
@@ -26,6 +27,8 @@ class Payments:
     def __init__(self, store: Store, customers: Customers) -> None:
         self.store = store
         self.customers = customers
+        # Paying a subscription-mode session starts a subscription (``Subscriptions.checkout_paid``).
+        self.subscription_checkout: Callable[[dict[str, Any]], dict[str, Any]] | None = None
 
     def _open_session(self, session_id: str) -> dict[str, Any]:
         session = self.store.get("checkout.session", session_id)
@@ -66,6 +69,10 @@ class Payments:
         )
         session["payment_intent"] = pi_id
         return self.store.add("payment_intent", pi)
+
+    def new_charge(self, pi: dict[str, Any], *, status: str, prefix: str = "ch_") -> dict[str, Any]:
+        """A charge of the PaymentIntent (succeeded, pending or failed), now its ``latest_charge``."""
+        return self._new_charge(pi, status=status, prefix=prefix)
 
     def _new_charge(self, pi: dict[str, Any], *, status: str, prefix: str = "ch_") -> dict[str, Any]:
         charge_id = new_id(prefix)
@@ -122,6 +129,11 @@ class Payments:
         """The buyer pays. Card: paid at once. ``asynchronous``: complete now, money settles later."""
         with self.store.lock:
             session = self._open_session(session_id)
+            if session["mode"] == "subscription":
+                if asynchronous:
+                    raise StripeError(400, "The emulator pays subscription-mode sessions by card only.")
+                assert self.subscription_checkout is not None
+                return self.subscription_checkout(session)
             pi = self._payment_intent_for(session)
             pi.update(payment_method=new_id("pm_"), last_payment_error=None, customer=session["customer"])
             if asynchronous:
@@ -190,6 +202,8 @@ class Payments:
         """The buyer's card is declined: the PaymentIntent waits for another method, the session stays open."""
         with self.store.lock:
             session = self._open_session(session_id)
+            if session["mode"] == "subscription":
+                return session  # no PaymentIntent exists before the subscription does
             pi = self._payment_intent_for(session)
             pi.update(
                 status="requires_payment_method",

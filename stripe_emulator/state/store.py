@@ -13,6 +13,7 @@ and the webhook sender (which waits on the same lock) sees them as one burst.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import fnmatch
 import itertools
@@ -21,7 +22,7 @@ import secrets
 import string
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
@@ -46,6 +47,12 @@ PREFIXES = {
     "evt_": "event",
     "prod_": "product",  # a Product may also bring its own id (``billing_package_starter``): see ``find``
     "price_": "price",
+    "pm_": "payment_method",
+    "sub_": "subscription",
+    "si_": "subscription_item",
+    "in_": "invoice",
+    "clock_": "test_helpers.test_clock",
+    "bps_": "billing_portal.session",
 }
 KINDS = tuple(dict.fromkeys(PREFIXES.values()))
 
@@ -105,6 +112,7 @@ class Store:
         self.lock = threading.RLock()
         self._wall_clock = wall_clock
         self._listeners: list[Callable[[dict[str, Any]], None]] = []
+        self.base_url = "http://127.0.0.1:12111"  # this emulator's address, as the latest request saw it
         self.reset()
 
     # -- bookkeeping ---------------------------------------------------------------------------------------
@@ -121,6 +129,12 @@ class Store:
             self.idempotent: dict[tuple[str, str], tuple[str, int, dict[str, Any]]] = {}
             self.webhook_endpoints: dict[str, dict[str, Any]] = {}
             self.clock_offset = 0
+            # Subscriptions and invoices (``subscriptions``, ``invoices``, ``test_clocks``):
+            self.subscription_data: dict[str, dict[str, Any]] = {}  # session id -> subscription_data
+            self.card_outcomes: dict[str, str] = {}  # customer id -> how its saved card answers
+            self.billing: dict[str, dict[str, Any]] = {}  # subscription id -> engine bookkeeping
+            self.invoice_counts: dict[str, int] = {}  # customer id -> invoices numbered so far
+            self._time_override: int | None = None
 
     def add_listener(self, listener: Callable[[dict[str, Any]], None]) -> None:
         """Call ``listener(event)`` (with the lock held) for every event recorded from now on."""
@@ -128,7 +142,32 @@ class Store:
             self._listeners.append(listener)
 
     def now(self) -> int:
+        """The emulator's time: wall time plus the global offset, or a test clock's time while ``at`` runs."""
+        if self._time_override is not None:
+            return self._time_override
         return int(self._wall_clock()) + self.clock_offset
+
+    @contextlib.contextmanager
+    def at(self, timestamp: int | None) -> Iterator[int]:
+        """Run with ``now()`` pinned to ``timestamp`` (a test clock's time); None leaves the time as it is."""
+        saved = self._time_override
+        if timestamp is not None:
+            self._time_override = timestamp
+        try:
+            yield self.now()
+        finally:
+            self._time_override = saved
+
+    def clock_of(self, customer_id: str | None) -> dict[str, Any] | None:
+        """The test clock a customer was created on, if any."""
+        customer = self.objects["customer"].get(customer_id or "")
+        clock_id = (customer or {}).get("test_clock")
+        return self.objects["test_helpers.test_clock"].get(clock_id) if clock_id else None
+
+    def time_for(self, customer_id: str | None) -> int:
+        """Now, for this customer: its test clock's frozen time, else the emulator's time."""
+        clock = self.clock_of(customer_id)
+        return int(clock["frozen_time"]) if clock is not None else self.now()
 
     def add(self, kind: str, obj: dict[str, Any]) -> dict[str, Any]:
         self.objects[kind][obj["id"]] = obj
