@@ -114,7 +114,7 @@ def get_transactions(account: str, query: TransactionsQuery):
 )
 def get_grants(account: str, query: GrantsQuery):
     """Every grant (exhausted and expired ones too): the spendable ones first, in the order they will be
-    spent, then the others newest first; with ``grant=<id>``, that grant and its history, newest first."""
+    spent, then the others newest first; with ``grant`` (a grant id), that grant and its history, newest first."""
     with runtime().session_factory() as session:
         now = utcnow()
         if query.grant is not None:
