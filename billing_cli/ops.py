@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import sys
+from datetime import UTC, datetime
 
 import click
 
 from billing_cli.environment import database, fail, sessions, settings_or_exit
 from billing_core.errors import BillingError
+from billing_core.types import MAX_PRIORITY
 
 
 @click.command()
@@ -25,15 +27,56 @@ def check(limit: int) -> None:
     sys.exit(0 if report.ok else 1)
 
 
+def _operator() -> str:
+    """Who runs the command, for the entry's ``actor``."""
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no login name in this environment
+        return "unknown"
+
+
+def _utc_time(_ctx: click.Context, _param: click.Parameter, value: str | None) -> datetime | None:
+    """``--expires-at``: ISO 8601; a time without a zone is read as UTC."""
+    if value is None:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not an ISO 8601 time such as 2030-01-31T00:00:00Z") from None
+    return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).astimezone(UTC)
+
+
 @click.command()
 @click.argument("account")
 @click.argument("credits")
 @click.option("--reason", required=True, help="Why: recorded on the entry.")
-@click.option("--source", type=click.Choice(["promotional", "plan"]), default="promotional", show_default=True)
+@click.option(
+    "--source",
+    type=click.Choice(["promotion", "admin", "plan", "promotional"]),
+    default="promotion",
+    show_default=True,
+    help="promotion, admin (an operator's grant) or plan; promotional is the old name of promotion.",
+)
+@click.option("--expires-at", callback=_utc_time, help="ISO 8601 time the credits expire (UTC unless a zone is given).")
 @click.option("--expires-in-days", type=click.IntRange(1, 3650), default=None)
+@click.option(
+    "--priority",
+    type=click.IntRange(0, MAX_PRIORITY),
+    default=None,
+    help="Spending priority (lower is spent first among grants expiring together); default by source.",
+)
 @click.option("--idempotency-key", default=None, help="Defaults to a fresh key (each call grants again).")
 def grant(
-    account: str, credits: str, reason: str, source: str, expires_in_days: int | None, idempotency_key: str | None
+    account: str,
+    credits: str,
+    reason: str,
+    source: str,
+    expires_at: datetime | None,
+    expires_in_days: int | None,
+    priority: int | None,
+    idempotency_key: str | None,
 ) -> None:
     """Grant CREDITS (a decimal string, e.g. 12.5) to ACCOUNT."""
     import uuid
@@ -41,18 +84,25 @@ def grant(
 
     from billing_core.db.unit_of_work import utcnow
     from billing_core.ledger.commands import GrantCredits
+    from billing_core.ledger.grants import GRANTABLE_SOURCES, PRIORITY_BY_SOURCE, PUBLIC_SOURCE
     from billing_core.ledger.handlers import execute
     from billing_core.units import parse_credits
 
+    if expires_at is not None and expires_in_days is not None:
+        raise click.UsageError("give --expires-at or --expires-in-days, not both")
+    if expires_in_days:
+        expires_at = utcnow() + timedelta(days=expires_in_days)
     settings = settings_or_exit()
     try:
         cmd = GrantCredits.validated(
             account=account,
             amount_mc=parse_credits(credits),
             idempotency_key=idempotency_key or f"cli-grant:{uuid.uuid4()}",
-            source=source,
-            expires_at=utcnow() + timedelta(days=expires_in_days) if expires_in_days else None,
+            source=GRANTABLE_SOURCES[source],
+            expires_at=expires_at,
             reason=reason,
+            priority=priority,
+            actor=f"cli:{_operator()}",
         )
         with sessions(settings) as session_factory:
             receipt = execute(session_factory, cmd)
@@ -61,6 +111,9 @@ def grant(
     replay = " (replay)" if receipt.replayed else ""
     click.echo(f"granted {credits} credits to {account}{replay}")
     click.echo(f"entry {receipt.entry_id} grant {receipt.grant_id}")
+    expiry = cmd.expires_at.isoformat() if cmd.expires_at else "never"
+    shown = cmd.priority if cmd.priority is not None else PRIORITY_BY_SOURCE[cmd.source]
+    click.echo(f"source {PUBLIC_SOURCE[cmd.source]} priority {shown} expires {expiry}")
 
 
 @click.command()

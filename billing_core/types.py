@@ -48,6 +48,7 @@ MAX_REF_LEN = 255  # an external reference (a Stripe object id, a grant's cause)
 MAX_CLIENT_KEY_LEN = 200  # a client's key for a Checkout Session, scoped by account before Stripe sees it
 MAX_UNIT_AMOUNT = 99_999_999  # Stripe's ceiling for a Checkout amount in minor units
 MAX_PRICE_DECIMALS = 6
+MAX_PRIORITY = 1000  # a grant's spending priority (lower is spent first among grants expiring together)
 
 ACCOUNT_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:@+\-]{0,127}$"
 # Printable ASCII without spaces: keys are built from causes (``checkout:cs_123``) and travel in URLs.
@@ -135,6 +136,16 @@ def _in_range(low: int, high: int) -> WrapValidator:
 Tokens = Annotated[StrictInt, Field(ge=0, le=MAX_TOKENS), _in_range(0, MAX_TOKENS)]
 Quantity = Annotated[StrictInt, Field(ge=1, le=MAX_QUANTITY), _in_range(1, MAX_QUANTITY)]
 TtlSeconds = Annotated[StrictInt, Field(ge=1, le=MAX_TTL_SECONDS), _in_range(1, MAX_TTL_SECONDS)]
+GrantPriority = Annotated[
+    StrictInt,
+    Field(
+        ge=0,
+        le=MAX_PRIORITY,
+        description="lower is spent first among grants expiring at the same time; defaults by source "
+        "(promotion 10, plan 20, admin 30, purchase 40)",
+    ),
+    _in_range(0, MAX_PRIORITY),
+]
 UnitAmount = Annotated[StrictInt, Field(ge=1, le=MAX_UNIT_AMOUNT), _in_range(1, MAX_UNIT_AMOUNT)]
 
 

@@ -1,4 +1,4 @@
-"""``GET``/``PUT /v1/accounts/<account>`` and ``GET /v1/accounts/<account>/transactions``."""
+"""``GET``/``PUT /v1/accounts/<account>``, ``GET /v1/accounts/<account>/transactions`` and ``/grants``."""
 
 from __future__ import annotations
 
@@ -7,9 +7,11 @@ from typing import Any
 from flask import Blueprint
 
 from billing_core.accounts.profile import update_account
+from billing_core.db.unit_of_work import utcnow
 from billing_core.errors import UnknownAccount
 from billing_core.ledger.balances import read_balance
 from billing_core.ledger.commands import check_account
+from billing_core.ledger.grant_views import grant_history, list_grants, open_grants
 from billing_core.ledger.history import list_transactions
 from billing_core.ledger.wallet_rows import wallet_exists
 from billing_core.pricing.limits import check_plan, policies
@@ -20,6 +22,8 @@ from webhook_receiver.runtime import runtime
 from webhook_receiver.schemas import (
     AccountAnswer,
     AccountLimitsUpdateBody,
+    GrantsAnswer,
+    GrantsQuery,
     TransactionsAnswer,
     TransactionsQuery,
     UsageViewAnswer,
@@ -35,14 +39,16 @@ UNKNOWN = {404: "unknown_account"}
 @require("accounts:read")
 @endpoint(answers={200: AccountAnswer}, errors=UNKNOWN)
 def get_account(account: str):
-    """The balance: available, held and total credits, the negative flag, the profile, the plan and limits."""
+    """The balance: available, held and total credits, the negative flag, the profile, the plan and limits,
+    and the spendable grants in the order they will be spent."""
     rt = runtime()
     with rt.read_session_factory() as session:
         balance = read_balance(session, account)
         if balance is None:
             raise UnknownAccount.named(account)
+        grants = open_grants(session, account, utcnow())
         policy = policies(session, [account], rt.prices.current())[account]
-    return render(AccountAnswer.with_limits(balance, policy))
+    return render(AccountAnswer.with_limits(balance, policy, grants))
 
 
 @bp.put("/v1/accounts/<account>")
@@ -71,7 +77,8 @@ def put_account(account: str, body: AccountLimitsUpdateBody):
     token_limits().forget(account)  # this process sees the change at once, the others within seconds
     with rt.session_factory() as session:
         policy = policies(session, [account], table)[account]
-    return render(AccountAnswer.with_limits(balance, policy))
+        grants = open_grants(session, account, utcnow())
+    return render(AccountAnswer.with_limits(balance, policy, grants))
 
 
 @bp.get("/v1/accounts/<account>/usage")
@@ -96,3 +103,22 @@ def get_transactions(account: str, query: TransactionsQuery):
     with runtime().session_factory() as session:
         page = list_transactions(session, account, cursor=query.cursor, limit=query.limit)
     return render(TransactionsAnswer.of(page))
+
+
+@bp.get("/v1/accounts/<account>/grants")
+@require("accounts:read")
+@endpoint(
+    query=GrantsQuery,
+    answers={200: GrantsAnswer},
+    errors={404: "unknown_account · unknown_grant", 400: "invalid_cursor"},
+)
+def get_grants(account: str, query: GrantsQuery):
+    """Every grant (exhausted and expired ones too): the spendable ones first, in the order they will be
+    spent, then the others newest first; with ``grant`` (a grant id), that grant and its history, newest first."""
+    with runtime().session_factory() as session:
+        now = utcnow()
+        if query.grant is not None:
+            history = grant_history(session, account, query.grant, now, cursor=query.cursor, limit=query.limit)
+            return render(GrantsAnswer.of_history(history))
+        page = list_grants(session, account, now, cursor=query.cursor, limit=query.limit)
+    return render(GrantsAnswer.of(page))

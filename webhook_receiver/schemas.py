@@ -14,6 +14,9 @@ from pydantic import BaseModel, ConfigDict, Field, PlainSerializer
 
 from billing_core.intake.usage_inbox import UsageStatus
 from billing_core.ledger.balances import AccountBalance
+from billing_core.ledger.grant_views import MAX_PAGE as MAX_GRANTS_PAGE
+from billing_core.ledger.grant_views import GrantHistory, GrantMove, GrantPage, GrantRecord, OpenGrants
+from billing_core.ledger.grants import GrantLot, public_source
 from billing_core.ledger.handlers import HoldView, Receipt
 from billing_core.ledger.history import MAX_PAGE, TransactionPage
 from billing_core.pricing.admission import Admission
@@ -31,12 +34,15 @@ from billing_core.types import (
     Currency,
     DisplayName,
     Email,
+    GrantPriority,
     HttpUrl,
     IdempotencyKey,
     Metadata,
     Name,
     PackageId,
+    Reason,
     StripeCustomerId,
+    Timestamp,
     TtlSeconds,
 )
 
@@ -406,16 +412,60 @@ class LimitsAnswer(Answer):
         )
 
 
+# -- grants (the credit lifecycle: grants you can see) ----------------------------------------------------------
+PublicSource = Literal["purchase", "plan", "promotion", "admin", "transfer", "refund_credit"]
+_SOURCE_HELP = (
+    "purchase (bought through Stripe) · plan (a plan's allowance) · promotion · admin (granted by an operator) · "
+    "transfer (moved in from another account) · refund_credit (a refund paid back as credits)"
+)
+
+
+class GrantAnswer(Answer):
+    """A grant in the balance: credits that can be spent now."""
+
+    id: int
+    source: PublicSource = Field(description=_SOURCE_HELP)
+    remaining: CreditString = Field(description="what is left to spend")
+    original: CreditString = Field(description="what was granted")
+    expires_at: Time | None = Field(description="null: never expires")
+    priority: int = Field(description="lower is spent first among grants expiring at the same time")
+
+    @classmethod
+    def of(cls, lot: GrantLot) -> GrantAnswer:
+        assert lot.id is not None, "a grant read from its row"
+        return cls(
+            id=lot.id,
+            source=public_source(lot.source),
+            remaining=lot.remaining_mc,
+            original=lot.amount_mc,
+            expires_at=lot.expires_at,
+            priority=lot.priority,
+        )
+
+
 class AccountAnswer(BalanceAnswer):
     plan: str
     limits: LimitsAnswer
+    grants: list[GrantAnswer] = Field(
+        description="the credits that can be spent now, by grant, in the order they will be spent "
+        "(GET /v1/accounts/<account>/grants lists every grant, with its history)"
+    )
+    debt: CreditString = Field(
+        description="credits owed (a refund or dispute of credits already spent); 0 unless flags.negative"
+    )
 
     @classmethod
-    def with_limits(cls, balance: AccountBalance, policy: LimitPolicy) -> AccountAnswer:
+    def with_limits(cls, balance: AccountBalance, policy: LimitPolicy, grants: OpenGrants) -> AccountAnswer:
         base = BalanceAnswer.of(balance)
         # The validated values (millicredits), not their JSON (credit strings).
         fields = {name: getattr(base, name) for name in BalanceAnswer.model_fields}
-        return cls(**fields, plan=policy.plan, limits=LimitsAnswer.of(policy))
+        return cls(
+            **fields,
+            plan=policy.plan,
+            limits=LimitsAnswer.of(policy),
+            grants=[GrantAnswer.of(lot) for lot in grants.lots],
+            debt=grants.debt_mc,
+        )
 
 
 class UsageLine(Answer):
@@ -554,3 +604,141 @@ class CheckAnswer(Answer):
             hold=hold,
             details={} if reason is None else dict(reason.details),
         )
+
+
+# -- grants: the list with history, and the admin grant --------------------------------------------------------
+class GrantsQuery(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+    limit: int = Field(
+        25, ge=1, le=MAX_GRANTS_PAGE, description=f"at most {MAX_GRANTS_PAGE} (grants, or history lines)"
+    )
+    cursor: str | None = Field(None, description="next_cursor of the previous page")
+    grant: int | None = Field(
+        None, ge=1, description="one grant, with its history (then limit and cursor page through the history)"
+    )
+
+
+class GrantCause(Answer):
+    """The ledger entry that created the grant."""
+
+    entry_id: int
+    kind: str = Field(description="purchase · grant · adjustment · transfer")
+    idempotency_key: str
+    reason: str | None = Field(description="the reason given with a grant or adjustment")
+    actor: str | None = Field(description="who granted it: an operator, an API key")
+
+
+class GrantMoveAnswer(Answer):
+    """One ledger posting that moved the grant's remaining."""
+
+    entry_id: int
+    line: int
+    kind: str = Field(description="the entry's kind: grant, purchase, usage, hold, release, capture, grant_expiry, ...")
+    amount: CreditString = Field(description="signed: what the posting added to (or took from) the grant")
+    idempotency_key: str = Field(description="the entry's")
+    external_ref: str | None
+    at: Time = Field(description="when the ledger wrote it")
+    occurred_at: Time | None
+
+    @classmethod
+    def of(cls, move: GrantMove) -> GrantMoveAnswer:
+        return cls(
+            entry_id=move.entry_id,
+            line=move.line,
+            kind=move.kind,
+            amount=move.amount_mc,
+            idempotency_key=move.idempotency_key,
+            external_ref=move.external_ref,
+            at=move.created_at,
+            occurred_at=move.occurred_at,
+        )
+
+
+class GrantDetailAnswer(Answer):
+    id: int
+    source: PublicSource = Field(description=_SOURCE_HELP)
+    status: Literal["active", "exhausted", "expired"] = Field(
+        description="active: spendable now · exhausted: nothing left (spent, held, clawed back) · "
+        "expired: past its expiry with credits left, or credits taken by the expiry"
+    )
+    remaining: CreditString
+    original: CreditString
+    expired: CreditString = Field(description="credits the expiry took")
+    expires_at: Time | None
+    priority: int
+    created_at: Time
+    external_ref: str | None = Field(description="the cause outside the ledger, e.g. the Stripe payment")
+    cause: GrantCause
+    history: list[GrantMoveAnswer] | None = Field(
+        None, description="with ?grant=<id>: the postings that moved it, newest first"
+    )
+
+    @classmethod
+    def of(cls, grant: GrantRecord, history: tuple[GrantMove, ...] | None = None) -> GrantDetailAnswer:
+        return cls(
+            id=grant.id,
+            source=grant.source,
+            status=grant.status,
+            remaining=grant.remaining_mc,
+            original=grant.amount_mc,
+            expired=grant.expired_mc,
+            expires_at=grant.expires_at,
+            priority=grant.priority,
+            created_at=grant.created_at,
+            external_ref=grant.external_ref,
+            cause=GrantCause(
+                entry_id=grant.entry_id,
+                kind=grant.entry_kind,
+                idempotency_key=grant.entry_key,
+                reason=grant.reason,
+                actor=grant.actor,
+            ),
+            history=None if history is None else [GrantMoveAnswer.of(m) for m in history],
+        )
+
+
+class GrantsAnswer(Answer):
+    """Every grant (open ones first, in spending order, then the rest newest first), or with ``?grant=`` that
+    one grant with a page of its history (``has_more``/``next_cursor`` then page the history)."""
+
+    data: list[GrantDetailAnswer]
+    has_more: bool
+    next_cursor: str | None
+
+    @classmethod
+    def of(cls, page: GrantPage) -> GrantsAnswer:
+        return cls(
+            data=[GrantDetailAnswer.of(g) for g in page.grants],
+            has_more=page.next_cursor is not None,
+            next_cursor=page.next_cursor,
+        )
+
+    @classmethod
+    def of_history(cls, history: GrantHistory) -> GrantsAnswer:
+        return cls(
+            data=[GrantDetailAnswer.of(history.grant, history.moves)],
+            has_more=history.next_cursor is not None,
+            next_cursor=history.next_cursor,
+        )
+
+
+class AdminGrantBody(Body):
+    """Credits given by an operator (seed 003's admin grant): a promotion, a plan allowance or an admin grant.
+    The account is created if it is new."""
+
+    account: Account
+    credits: CreditsPositive
+    reason: Reason = Field(description="why: recorded on the entry")
+    idempotency_key: IdempotencyKey = Field(description="the same key and body again answers the first grant")
+    source: Literal["promotion", "admin", "plan"] = "admin"
+    expires_at: Timestamp | None = Field(None, description="ISO 8601 with a zone; in the future; null: never")
+    priority: GrantPriority | None = Field(None, description="overrides the source's default spending priority")
+    metadata: Metadata | None = None
+
+
+class AdminGrantAnswer(Answer):
+    success: Literal[True] = True
+    replayed: bool = Field(description="true: this key was granted before; the answer is that grant")
+    entry_id: int
+    grant: GrantDetailAnswer
+    new_balance: BalanceAnswer

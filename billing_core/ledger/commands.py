@@ -23,6 +23,7 @@ from billing_core.types import (
     Account,
     Actor,
     ExternalRef,
+    GrantPriority,
     HoldId,
     IdempotencyKey,
     Metadata,
@@ -103,17 +104,29 @@ class PurchaseCredits(Command):
 
 @dataclass(frozen=True)
 class GrantCredits(Command):
-    """Credits given, not bought: a promotion, a plan allowance, a goodwill grant."""
+    """Credits given, not bought: a promotion, a plan allowance, an operator's grant (``adjustment``, shown as
+    ``admin``). ``priority`` overrides the source's default spending priority; ``actor`` (who granted: an API
+    key, an operator) is recorded on the entry but not fingerprinted: the same grant retried by another key
+    is a replay."""
 
     account: Account
     amount_mc: Millicredits
     idempotency_key: IdempotencyKey
-    source: Literal["promotional", "plan"] = "promotional"
+    source: Literal["promotional", "plan", "adjustment"] = "promotional"
     expires_at: Timestamp | None = None
     reason: Reason | None = None
     external_ref: ExternalRef | None = None
     metadata: Metadata = field(default_factory=dict)
+    priority: GrantPriority | None = None
+    actor: Actor | None = None
     kind: ClassVar[str] = "grant"
+
+    def body(self) -> dict[str, Any]:
+        body = super().body()
+        del body["actor"]
+        if self.priority is None:  # grants written before priority existed keep their fingerprint
+            del body["priority"]
+        return body
 
 
 @dataclass(frozen=True)

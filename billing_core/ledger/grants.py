@@ -22,6 +22,34 @@ PRIORITY_BY_SOURCE: dict[str, int] = {
 }
 GRANT_SOURCES = frozenset(PRIORITY_BY_SOURCE) - {"debt"}
 
+# The names the API and the CLI show for a grant's source (the stored names predate them). ``transfer``
+# (credits moved in from another account by ``TransferCredits``) keeps its name. ``refund_credit`` (a refund
+# paid back as credits rather than money) is a public name the ledger does not produce yet: it needs its own
+# stored source (the ``grants_source`` check constraint), and maps to itself once it has one. The ``debt``
+# grant is not a grant the customer holds: the API never lists it (a wallet in debt shows a negative
+# ``available``, ``flags.negative`` and ``debt``).
+PUBLIC_SOURCE: dict[str, str] = {
+    "purchase": "purchase",
+    "plan": "plan",
+    "promotional": "promotion",
+    "adjustment": "admin",
+    "transfer": "transfer",
+    "refund_credit": "refund_credit",
+}
+# What an operator may name when granting (``billing grant --source``, ``POST /v1/admin/grants``): public name
+# -> stored source. ``promotional`` is the old CLI spelling, still accepted.
+GRANTABLE_SOURCES: dict[str, str] = {
+    "promotion": "promotional",
+    "admin": "adjustment",
+    "plan": "plan",
+    "promotional": "promotional",
+}
+
+
+def public_source(source: str) -> str:
+    """A stored source as the API names it (an unknown one as it is)."""
+    return PUBLIC_SOURCE.get(source, source)
+
 
 @dataclass(eq=False)
 class GrantLot:

@@ -120,10 +120,21 @@ def grant_credits(book: Book, cmd: GrantCredits) -> Receipt:
         return replay
     _future_expiry(book, cmd.expires_at)
     wallet = book.lock_wallet(cmd.account, create=True)
-    metadata = {**cmd.metadata, **({"reason": cmd.reason} if cmd.reason else {})}
+    recorded = {"reason": cmd.reason, "actor": cmd.actor}
+    metadata = {**cmd.metadata, **{k: v for k, v in recorded.items() if v}}
     entry = book.entry("grant", cmd.idempotency_key, fp, external_ref=cmd.external_ref, metadata=metadata)
-    lot = book.new_grant(entry, wallet, cmd.source, cmd.amount_mc, cmd.expires_at, external_ref=cmd.external_ref)
-    book.post(entry, book.system_account("promotional"), -cmd.amount_mc)
+    lot = book.new_grant(
+        entry,
+        wallet,
+        cmd.source,
+        cmd.amount_mc,
+        cmd.expires_at,
+        priority=cmd.priority,
+        external_ref=cmd.external_ref,
+    )
+    # An operator's grant is funded like an operator's adjustment; promotions and plan allowances by promotions.
+    funding = "adjustments" if cmd.source == "adjustment" else "promotional"
+    book.post(entry, book.system_account(funding), -cmd.amount_mc)
     return _finish(book, cmd, entry, grant=lot)
 
 

@@ -72,7 +72,8 @@ def test_balance_shows_available_held_and_total_as_credit_strings(api, probe):
     response = api.get("/v1/accounts/acme", key=api.key("accounts:read"))
     # then
     assert response.status_code == 200
-    assert response.get_json() == {
+    body = response.get_json()
+    assert body == {
         "account": "acme",
         "available": "10.345",
         "held": "2.000",
@@ -91,6 +92,18 @@ def test_balance_shows_available_held_and_total_as_credit_strings(api, probe):
             "monthly_tokens": None,
             "upgrade_url": "/billing/upgrade",
         },
+        # the grants that can be spent, in spending order (tests/integration/test_api_grants.py)
+        "grants": [
+            {
+                "id": body["grants"][0]["id"],
+                "source": "purchase",
+                "remaining": "10.345",
+                "original": "12.345",
+                "expires_at": None,
+                "priority": 40,
+            }
+        ],
+        "debt": "0.000",
     }
 
 
