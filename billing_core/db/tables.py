@@ -95,7 +95,7 @@ class LedgerEntry(Base):
     __table_args__ = (
         CheckConstraint(
             "kind IN ('purchase', 'grant', 'usage', 'hold', 'capture', 'release', 'hold_expiry', "
-            "'grant_expiry', 'clawback', 'adjustment', 'transfer')",
+            "'grant_expiry', 'clawback', 'adjustment', 'transfer', 'rollover')",
             name="ledger_entries_kind",
         ),
         Index("ix_ledger_entries_external_ref", "external_ref", postgresql_where=text("external_ref IS NOT NULL")),
@@ -352,3 +352,70 @@ class PriceVersion(Base):
     note: Mapped[str | None] = mapped_column(Text)
 
     __table_args__ = (Index("ix_price_versions_effective_at", "effective_at"),)
+
+
+# -- subscriptions and invoices, mirrored from Stripe (migration 0008; billing_core/stripe/subscriptions.py) -----
+class SubscriptionRow(Base):
+    """A plan subscription as Stripe last showed it, tied to its wallet; its allowance terms come from the
+    plan's Stripe Price (metadata written by ``billing stripe sync-products``)."""
+
+    __tablename__ = "subscriptions"
+
+    id: Mapped[str] = mapped_column(String(255), primary_key=True)  # sub_...
+    wallet_id: Mapped[int] = mapped_column(ForeignKey("wallets.id"))
+    stripe_customer_id: Mapped[str | None] = mapped_column(String(255))
+    plan: Mapped[str] = mapped_column(Text)
+    interval: Mapped[str] = mapped_column(Text)  # month | year
+    stripe_price_id: Mapped[str | None] = mapped_column(String(255))
+    status: Mapped[str] = mapped_column(Text)  # Stripe's: trialing, active, past_due, canceled, ...
+    current_period_start: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    current_period_end: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    trial_end: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    cancel_at_period_end: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
+    canceled_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    latest_invoice: Mapped[str | None] = mapped_column(String(255))
+    # Per month of the plan, in millicredits; a yearly plan granted monthly has its next grant due then.
+    allowance_mc: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+    rollover_cap_mc: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+    next_allowance_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+    __table_args__ = (
+        CheckConstraint("interval IN ('month', 'year')", name="subscriptions_interval"),
+        Index("ix_subscriptions_wallet", "wallet_id"),
+        Index(
+            "ix_subscriptions_allowance_due",
+            "next_allowance_at",
+            postgresql_where=text("next_allowance_at IS NOT NULL"),
+        ),
+    )
+
+
+class InvoiceRow(Base):
+    """A Stripe invoice of one of our customers, as Stripe last showed it (``GET /v1/accounts/<a>/invoices``)."""
+
+    __tablename__ = "invoices"
+
+    id: Mapped[str] = mapped_column(String(255), primary_key=True)  # in_...
+    wallet_id: Mapped[int] = mapped_column(ForeignKey("wallets.id"))
+    subscription_id: Mapped[str | None] = mapped_column(String(255))
+    status: Mapped[str] = mapped_column(Text)  # draft, open, paid, uncollectible, void
+    billing_reason: Mapped[str | None] = mapped_column(Text)
+    number: Mapped[str | None] = mapped_column(Text)
+    currency: Mapped[str] = mapped_column(Text)
+    amount_due: Mapped[int] = mapped_column(BigInteger)
+    amount_paid: Mapped[int] = mapped_column(BigInteger)
+    total: Mapped[int] = mapped_column(BigInteger)
+    hosted_invoice_url: Mapped[str | None] = mapped_column(Text)
+    # The service period (its lines'), not Stripe's ``period_start/end`` (the previous period for a renewal).
+    period_start: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    period_end: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    attempt_count: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    next_payment_attempt: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    last_payment_error: Mapped[str | None] = mapped_column(Text)  # the decline code of the last failed attempt
+    stripe_created: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    paid_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+    __table_args__ = (Index("ix_invoices_wallet_created", "wallet_id", "stripe_created", "id"),)
