@@ -56,6 +56,8 @@ app.conf.update(
         "expire-grants": {"task": "billing.expire_grants", "schedule": SETTINGS.sweep_seconds},
         # The token counters into usage_records, a minute past each hour: the hour just closed is final.
         "flush-usage-records": {"task": "billing.flush_usage_records", "schedule": crontab(minute=1)},
+        # A yearly plan's next month of allowance, when it begins (one indexed query when none is due).
+        "grant-due-allowances": {"task": "billing.grant_due_allowances", "schedule": 60.0},
     },
     timezone="UTC",
 )

@@ -20,6 +20,7 @@ from billing_core.intake.usage_reports import InvalidUsage, accept_reports
 from billing_core.ledger.commands import ExpireGrants, ExpireHolds
 from billing_core.ledger.handlers import execute
 from billing_core.pricing import limits
+from billing_core.stripe import subscriptions
 from worker.celery_app import STALE_SECONDS, app
 from worker.runtime import runtime
 
@@ -191,3 +192,10 @@ def flush_usage_records(self: Task) -> dict[str, int]:
     rt = runtime()
     result = limits.flush_usage_records(rt.limits, rt.session_factory)
     return {"counters": result.counters, "forgotten": result.forgotten}
+
+
+# -- subscriptions ---------------------------------------------------------------------------------------------
+@app.task(name="billing.grant_due_allowances", bind=True, **RETRY)
+def grant_due_allowances(self: Task) -> int:
+    """Grant the months of yearly plans that have begun (granted monthly; idempotent)."""
+    return subscriptions.grant_due_allowances(runtime().session_factory)

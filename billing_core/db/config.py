@@ -15,7 +15,7 @@ import json
 import threading
 import time
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError
 from sqlalchemy import Table, bindparam, select
@@ -46,6 +46,10 @@ class BillingConfig(BaseModel):
     )
     tokens_per_credit: Annotated[StrictInt, Field(ge=1, le=10**9)] = Field(
         1000, description="the upstream tokens one credit stands for (potential tokens = credits x this)"
+    )
+    plan_yearly_grants: Literal["monthly", "upfront"] = Field(
+        "monthly",
+        description="a yearly plan's allowance: granted month by month (beat), or all twelve months when paid",
     )
 
 

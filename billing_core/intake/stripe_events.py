@@ -25,7 +25,8 @@ from billing_core.db.tables import StripeEvent
 from billing_core.errors import BillingError, IdempotencyConflict, InvalidAmount, InvalidCommand, UnknownPackage
 from billing_core.intake.inbox import BatchResult, Inbox, apply_batch, array_of
 from billing_core.ledger.book import Book
-from billing_core.stripe.event_handlers import HANDLERS, StripeFacts, StripeReader
+from billing_core.stripe.event_handlers import StripeFacts, StripeReader
+from billing_core.stripe.handler_map import HANDLERS
 from billing_core.stripe.purchases import IGNORED, PROCESSED, Waiting, find_purchase
 
 log = logging.getLogger(__name__)

@@ -220,6 +220,22 @@ class TransferCredits(Command):
 
 
 @dataclass(frozen=True)
+class RollOver(Command):
+    """The end of a plan period: what is left of the subscription's plan grants that ended by ``ended_by`` (the
+    last period's allowance and what it had carried over) moves, up to ``cap_mc``, into one new plan grant
+    expiring at ``expires_at`` (the new period's end); the rest expires. One entry, kind ``rollover``."""
+
+    account: Account
+    idempotency_key: IdempotencyKey
+    subscription: ExternalRef
+    ended_by: Timestamp
+    cap_mc: MillicreditsNonNegative
+    expires_at: Timestamp
+    metadata: Metadata = field(default_factory=dict)
+    kind: ClassVar[str] = "rollover"
+
+
+@dataclass(frozen=True)
 class ExpireHolds:
     """Release every pending hold whose TTL ended at ``now`` (a sweep; each hold gets its own entry)."""
 

@@ -13,10 +13,10 @@ prepared statement can only use one when the query states its condition in liter
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import BigInteger, Integer, String, Table, any_, bindparam, literal_column, select
+from sqlalchemy import BigInteger, Integer, String, Table, and_, any_, bindparam, func, literal_column, select
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session
 
@@ -51,9 +51,26 @@ _BY_REF = (
     .order_by(grants.id)
 )
 _DEBT = select(grants.id).where(grants.wallet_id == bindparam("w"), grants.source == DEBT)
+# A subscription's plan grants (external_ref ``sub_...``) wait ROLLOVER_GRACE past their expiry before the
+# sweeper takes them: the renewal's ``invoice.paid`` (Stripe pays a renewal about an hour after the period
+# ends) carries what is left of them into the next period (``handlers.roll_over``). Waiting costs nothing:
+# a grant past its expiry is not spendable whether it was swept or not.
+ROLLOVER_GRACE = timedelta(hours=3)
+_PLAN = literal_column("'plan'", String)
+_SUBSCRIPTION_REF = literal_column("'sub\\_%'", String)
 _DUE = (
     select(grants.id, grants.wallet_id)
-    .where(grants.expires_at <= bindparam("now"), grants.remaining_mc > ZERO, grants.source != DEBT)
+    .where(
+        grants.expires_at <= bindparam("now"),
+        grants.remaining_mc > ZERO,
+        grants.source != DEBT,
+        ~and_(
+            grants.source == _PLAN,
+            # coalesce: a plan grant without a reference (an operator's) must not make the test NULL
+            func.coalesce(grants.external_ref, literal_column("''", String)).like(_SUBSCRIPTION_REF),
+            grants.expires_at > bindparam("waited"),
+        ),
+    )
     .order_by(grants.id)
     .limit(bindparam("n", type_=Integer))
 )
@@ -99,5 +116,5 @@ def debt_grant_id(session: Session, wallet_id: int) -> int | None:
 
 def due_grants(session: Session, now: datetime, limit: int) -> list[tuple[int, int]]:
     """(grant id, wallet id) of up to ``limit`` grants expired at ``now`` with credits left."""
-    rows = session.execute(_DUE, {"now": now, "n": limit}).all()
+    rows = session.execute(_DUE, {"now": now, "waited": now - ROLLOVER_GRACE, "n": limit}).all()
     return [(grant_id, wallet_id) for grant_id, wallet_id in rows]

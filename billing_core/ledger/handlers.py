@@ -38,6 +38,7 @@ from billing_core.ledger.commands import (
     PlaceHold,
     PurchaseCredits,
     ReleaseHold,
+    RollOver,
     TransferCredits,
 )
 from billing_core.ledger.grants import GrantLot
@@ -62,7 +63,7 @@ class SweepResult:
     entry_ids: tuple[int, ...]
 
 
-GRANTING_KINDS = frozenset({"purchase", "grant", "adjustment"})
+GRANTING_KINDS = frozenset({"purchase", "grant", "adjustment", "rollover"})
 HOLD_KINDS = frozenset({"hold", "capture", "release"})
 
 
@@ -390,6 +391,38 @@ def expire_grants(book: Book, cmd: ExpireGrants) -> SweepResult:
     return SweepResult(len(entries), tuple(e.id for e in entries if e.id is not None))
 
 
+def roll_over(book: Book, cmd: RollOver) -> Receipt | None:
+    """Carry up to ``cap_mc`` of the subscription's ended plan grants into one new grant; expire the rest.
+    Nothing left to carry or expire (the sweeper got there first, or the period was all spent): no entry,
+    and None. Grants still on hold keep their held credits: only ``remaining`` moves."""
+    fp, replay = _replay(book, cmd)
+    if replay:
+        return replay
+    wallet = book.lock_wallet(cmd.account)
+    ended = [
+        lot
+        for lot in book.lots(wallet)
+        if lot.source == "plan"
+        and lot.external_ref == cmd.subscription
+        and lot.remaining_mc > 0
+        and lot.expires_at is not None
+        and lot.expires_at <= cmd.ended_by
+    ]
+    left = sum(lot.remaining_mc for lot in ended)
+    if left == 0:
+        return None
+    carried = min(left, cmd.cap_mc) if cmd.expires_at > book.now else 0
+    metadata = {**cmd.metadata, "carried_mc": carried, "expired_mc": left - carried}
+    entry = book.entry("rollover", cmd.idempotency_key, fp, external_ref=cmd.subscription, metadata=metadata)
+    for lot in ended:
+        book.post_to_wallet(entry, wallet, lot, -lot.remaining_mc)
+    carried_lot = None
+    if carried:
+        carried_lot = book.new_grant(entry, wallet, "plan", carried, cmd.expires_at, external_ref=cmd.subscription)
+    book.post(entry, book.system_account("expiry"), left - carried)
+    return _finish(book, cmd, entry, grant=carried_lot)
+
+
 HANDLERS: dict[type, Callable[[Book, Any], Any]] = {
     PurchaseCredits: purchase_credits,
     GrantCredits: grant_credits,
@@ -402,6 +435,7 @@ HANDLERS: dict[type, Callable[[Book, Any], Any]] = {
     ClawBack: claw_back,
     Adjust: adjust,
     TransferCredits: transfer_credits,
+    RollOver: roll_over,
 }
 
 

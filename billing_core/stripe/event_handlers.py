@@ -54,6 +54,8 @@ class StripeReader(Protocol):
     def retrieve_checkout_session(self, session_id: str) -> StripeObject: ...
     def list_checkout_sessions(self, *, payment_intent: str | None = None, limit: int = 10) -> list[StripeObject]: ...
     def list_refunds(self, *, charge: str) -> list[StripeObject]: ...
+    def retrieve_subscription(self, subscription_id: str) -> StripeObject: ...
+    def retrieve_invoice(self, invoice_id: str) -> StripeObject: ...
 
 
 @dataclass(frozen=True)
@@ -63,6 +65,8 @@ class StripeFacts:
     checkout_session: StripeObject | None = None  # the session as Stripe shows it now
     sessions: list[StripeObject] = field(default_factory=list)  # a payment's sessions, when its purchase is unknown
     refunds: list[StripeObject] | None = None  # every refund of a charge
+    subscription: StripeObject | None = None  # a subscription as Stripe shows it now (subscription_handlers)
+    invoice: StripeObject | None = None  # an invoice as Stripe shows it now
 
 
 @dataclass(frozen=True)
