@@ -35,11 +35,14 @@ from billing_core.ledger.commands import (
     ExpireGrants,
     ExpireHolds,
     GrantCredits,
+    HoldDisputed,
     PlaceHold,
     PurchaseCredits,
     ReleaseHold,
+    SettleDispute,
     TransferCredits,
 )
+from billing_core.ledger.disputes import hold_disputed, settle_dispute
 from billing_core.ledger.grants import GrantLot
 from billing_core.ledger.hold_rows import HoldView
 
@@ -391,6 +394,8 @@ HANDLERS: dict[type, Callable[[Book, Any], Any]] = {
     ClawBack: claw_back,
     Adjust: adjust,
     TransferCredits: transfer_credits,
+    HoldDisputed: hold_disputed,
+    SettleDispute: settle_dispute,
 }
 
 
