@@ -13,7 +13,7 @@ from billing_core.pricing.catalog import load_price_table
 from billing_core.pricing.versions import PriceBook
 from billing_core.settings import Settings, load_settings
 from billing_core.stripe.gateway import StripeGateway
-from webhook_receiver import accounts, catalog, check, errors, health, holds, openapi, usage, webhooks
+from webhook_receiver import accounts, admin_refunds, catalog, check, errors, health, holds, openapi, usage, webhooks
 from webhook_receiver.enqueue import CelerySender, Enqueue
 from webhook_receiver.rate_limits import install as install_limits
 from webhook_receiver.runtime import Runtime
@@ -47,5 +47,6 @@ def create_app(settings: Settings | None = None, *, enqueue: Enqueue | None = No
     errors.install(app)
     for blueprint in (webhooks.bp, usage.bp, health.bp, accounts.bp, holds.bp, check.bp, catalog.bp, openapi.bp):
         app.register_blueprint(blueprint)
+    app.register_blueprint(admin_refunds.bp)
     install_limits(app, settings)  # per-key request limits and the token limits
     return app

@@ -34,6 +34,7 @@ from billing_core.ledger import grant_rows
 from billing_core.ledger.book import Book, EntryDraft, WalletState, fingerprint
 from billing_core.ledger.commands import HoldDisputed, SettleDispute
 from billing_core.ledger.grants import GrantLot
+from billing_core.ledger.system_accounts import system_account_ids
 
 
 @dataclass(frozen=True)
@@ -82,8 +83,9 @@ _UPSERT = text(
     WHERE disputes.status = 'open'
     """
 )
-_OPEN_FOR_PAYMENT = text(
-    "SELECT coalesce(sum(amount), 0) FROM disputes WHERE payment_intent = :pi AND status IN ('open', 'lost')"
+_DISPUTED_FOR_PAYMENT = text(
+    "SELECT count(*), coalesce(sum(amount) FILTER (WHERE status IN ('open', 'lost')), 0) FROM disputes "
+    "WHERE payment_intent = :pi"
 )
 
 
@@ -111,16 +113,24 @@ def read_dispute(session: Session, dispute_id: str) -> DisputeView | None:
     return None if row is None else _view(row)
 
 
-def disputed_amount(session: Session, payment_intent: str) -> int:
-    """What open and lost disputes of a payment withdrew, in its minor currency unit (not refundable)."""
-    return int(session.execute(_OPEN_FOR_PAYMENT, {"pi": payment_intent}).scalar_one())
+def disputed_amount(session: Session, payment_intent: str) -> tuple[int, int]:
+    """(how many disputes of a payment the ledger knows, what the open and lost ones withdrew in the payment's
+    minor currency unit: money Stripe will not refund)."""
+    count, amount = session.execute(_DISPUTED_FOR_PAYMENT, {"pi": payment_intent}).one()
+    return int(count), int(amount)
+
+
+def clawbacks_for_payment(session: Session, payment_intent: str) -> dict[str, int]:
+    """What each clawback of a payment took back (refunds and lost disputes), by idempotency key."""
+    refunds = system_account_ids(session)["refunds"]
+    rows = session.execute(_TAKEN_FOR_PAYMENT, {"pi": payment_intent, "refunds": refunds})
+    return {key: amount_mc for key, amount_mc in rows}
 
 
 def taken_for_payment(book: Book, payment_intent: str) -> dict[str, int]:
-    """What each clawback of a payment took back (refunds and lost disputes), by idempotency key. Read under
-    the wallet's lock, so that nothing of the same purchase is being taken meanwhile."""
-    rows = book.session.execute(_TAKEN_FOR_PAYMENT, {"pi": payment_intent, "refunds": book.system_account("refunds")})
-    return {key: amount_mc for key, amount_mc in rows}
+    """``clawbacks_for_payment`` in a ledger transaction: read under the wallet's lock, so that nothing of the
+    same purchase is being taken meanwhile."""
+    return clawbacks_for_payment(book.session, payment_intent)
 
 
 def _left_to_take(book: Book, cmd: HoldDisputed | SettleDispute) -> int:

@@ -553,7 +553,9 @@ def test_dispute_lost_takes_the_held_credits(session_factory, probe):
     # then the held credits leave the wallet, once, to the refunds account
     assert status == PROCESSED
     assert [e[1] for e in entries(probe, "acme")] == ["checkout:cs_test_acme_1", "dispute:dp_acme_1"]
-    assert probe.scalar("SELECT kind FROM ledger_entries WHERE idempotency_key = 'dispute_lost:dp_acme_1'") == "clawback"
+    assert (
+        probe.scalar("SELECT kind FROM ledger_entries WHERE idempotency_key = 'dispute_lost:dp_acme_1'") == "clawback"
+    )
     assert probe.available("acme") == STARTER_MC - 2_500_000
     assert held(probe, "acme") == 0
     assert probe.system("refunds") == 2_500_000
