@@ -154,7 +154,7 @@ def test_refusals(shop, session_factory, probe, body, status, code):
 
 
 def test_the_admin_scope_is_required(shop, session_factory):
-    stack, api = shop
+    _, api = shop
     response = refund(api, api.key("accounts:read"), account="x", payment="pi_1", amount=1)
     assert response.status_code == 403
 
