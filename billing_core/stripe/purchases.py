@@ -142,8 +142,8 @@ _RECORD_FAILURE = text(
     """
     INSERT INTO payment_failures (id, object, account, wallet_id, payment_intent, amount, currency, payment_method,
                                   code, message, failed_at)
-    VALUES (:id, :object, CAST(:account AS text), (SELECT id FROM wallets WHERE account = CAST(:account AS text)), :pi, :amount, :currency,
-            :method, :code, :message, :now)
+    VALUES (:id, :object, CAST(:account AS text), (SELECT id FROM wallets WHERE account = CAST(:account AS text)),
+            :pi, :amount, :currency, :method, :code, :message, :now)
     ON CONFLICT (id) DO UPDATE SET code = EXCLUDED.code, message = EXCLUDED.message, failed_at = EXCLUDED.failed_at,
         payment_method = coalesce(EXCLUDED.payment_method, payment_failures.payment_method)
     """
