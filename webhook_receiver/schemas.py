@@ -742,3 +742,35 @@ class AdminGrantAnswer(Answer):
     entry_id: int
     grant: GrantDetailAnswer
     new_balance: BalanceAnswer
+
+
+# -- admin refunds (``POST /v1/admin/refunds``) -------------------------------------------------------------
+class AdminRefundBody(Body):
+    """Exactly one of ``credits`` (converted to an amount in proportion to the purchase) and ``amount`` (minor
+    units of the payment's currency)."""
+
+    account: Account
+    payment: str = Field(
+        pattern=r"^(cs|pi)_[A-Za-z0-9_]{1,250}$",
+        description="the purchase's Checkout Session (cs_...) or payment intent (pi_...)",
+        examples=["cs_test_a1b2c3", "pi_3Nabc"],
+    )
+    credits: CreditsPositive | None = Field(None, description="the credits to take back")
+    amount: int | None = Field(None, ge=1, description="the amount to refund, in the currency's minor unit")
+    reason: str = Field(min_length=1, max_length=500, description="why: kept on the Stripe refund and the clawback")
+    idempotency_key: ClientKey
+
+
+class RefundObject(Answer):
+    id: str = Field(description="the Stripe refund, re_...")
+    status: str = Field(description="Stripe's: succeeded, pending, failed, canceled")
+    amount: int = Field(description="minor units of currency")
+    currency: str
+
+
+class AdminRefundAnswer(Answer):
+    refund: RefundObject
+    credits: CreditString = Field(description="what the clawback will take when the refund's webhook arrives")
+    payment: str = Field(description="the payment intent refunded, pi_...")
+    checkout_session: str | None = None
+    replayed: bool = Field(description="true: this idempotency key made the refund before")

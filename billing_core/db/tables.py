@@ -95,10 +95,17 @@ class LedgerEntry(Base):
     __table_args__ = (
         CheckConstraint(
             "kind IN ('purchase', 'grant', 'usage', 'hold', 'capture', 'release', 'hold_expiry', "
-            "'grant_expiry', 'clawback', 'adjustment', 'transfer', 'rollover')",
+            "'grant_expiry', 'clawback', 'adjustment', 'transfer', 'dispute_hold', 'dispute_release', 'rollover')",
             name="ledger_entries_kind",
         ),
         Index("ix_ledger_entries_external_ref", "external_ref", postgresql_where=text("external_ref IS NOT NULL")),
+        # What refunds and lost disputes took back for one payment (migration 0007): clawbacks only, so the
+        # usage path's inserts pay one predicate and no index entry.
+        Index(
+            "ix_ledger_entries_clawback_payment",
+            text("(metadata ->> 'payment_intent')"),
+            postgresql_where=text("kind = 'clawback'"),
+        ),
     )
 
 
@@ -169,6 +176,68 @@ class Hold(Base):
         CheckConstraint("amount_mc > 0", name="holds_amount_positive"),
         Index("ix_holds_pending_expiry", "expires_at", postgresql_where=text("status = 'pending'")),
         Index("ix_holds_wallet", "wallet_id"),
+    )
+
+
+class Dispute(Base):
+    """A chargeback on a purchase, as the ledger handled it (migration 0007; ``ledger/disputes.py``).
+
+    ``open``: ``held_mc`` of the disputed share (``disputed_mc``) sits on the wallet's held account, placed by
+    ``hold_entry_id``; the rest (``disputed_mc - held_mc``) was already spent: the shortfall. ``won``: what was
+    held went back (``settled_entry_id``). ``lost``: ``taken_mc`` left the wallet (held first, then available,
+    then debt). A dispute closed before it was ever seen open is recorded closed, so a late ``created`` event
+    holds nothing.
+    """
+
+    __tablename__ = "disputes"
+
+    id: Mapped[str] = mapped_column(String(255), primary_key=True)  # dp_...
+    wallet_id: Mapped[int] = mapped_column(ForeignKey("wallets.id"))
+    payment_intent: Mapped[str] = mapped_column(String(255))
+    charge: Mapped[str | None] = mapped_column(String(255))
+    amount: Mapped[int] = mapped_column(BigInteger)  # disputed, in the payment's minor currency unit
+    currency: Mapped[str | None] = mapped_column(String(3))
+    status: Mapped[str] = mapped_column(String(8))
+    disputed_mc: Mapped[int] = mapped_column(BigInteger)
+    held_mc: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+    taken_mc: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+    hold_entry_id: Mapped[int | None] = mapped_column(ForeignKey("ledger_entries.id"))
+    settled_entry_id: Mapped[int | None] = mapped_column(ForeignKey("ledger_entries.id"))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    closed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    __table_args__ = (
+        CheckConstraint("status IN ('open', 'won', 'lost')", name="disputes_status"),
+        CheckConstraint(
+            "held_mc >= 0 AND held_mc <= disputed_mc AND taken_mc >= 0 AND taken_mc <= disputed_mc",
+            name="disputes_amounts",
+        ),
+        Index("ix_disputes_payment_intent", "payment_intent"),
+        Index("ix_disputes_open_wallet", "wallet_id", postgresql_where=text("status = 'open'")),
+    )
+
+
+class PaymentFailure(Base):
+    """A payment that failed (an async method that bounced, a declined payment intent): nothing was credited;
+    this row is the record (migration 0007). ``wallet_id`` when the account already has a wallet."""
+
+    __tablename__ = "payment_failures"
+
+    id: Mapped[str] = mapped_column(String(255), primary_key=True)  # the failed object: cs_... or pi_...
+    object: Mapped[str] = mapped_column(String(32))  # checkout.session | payment_intent
+    account: Mapped[str | None] = mapped_column(String(128))
+    wallet_id: Mapped[int | None] = mapped_column(ForeignKey("wallets.id"))
+    payment_intent: Mapped[str | None] = mapped_column(String(255))
+    amount: Mapped[int | None] = mapped_column(BigInteger)
+    currency: Mapped[str | None] = mapped_column(String(3))
+    payment_method: Mapped[str | None] = mapped_column(String(64))
+    code: Mapped[str | None] = mapped_column(Text)
+    message: Mapped[str | None] = mapped_column(Text)
+    failed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+    __table_args__ = (
+        Index("ix_payment_failures_account", "account", "failed_at"),
+        Index("ix_payment_failures_payment_intent", "payment_intent"),
     )
 
 

@@ -69,13 +69,15 @@ CHECKS: dict[str, tuple[str, str]] = {
         """,
     ),
     "held_mismatch": (
-        "every held balance equals the sum of its wallet's pending holds",
+        "every held balance equals the sum of its wallet's pending holds and open disputes",
         """
-        SELECT w.account, a.balance_mc AS held, coalesce(h.total, 0) AS pending
+        SELECT w.account, a.balance_mc AS held, coalesce(h.total, 0) AS pending, coalesce(d.total, 0) AS disputed
         FROM wallets w JOIN ledger_accounts a ON a.id = w.held_account_id
         LEFT JOIN (SELECT wallet_id, sum(amount_mc) AS total FROM holds WHERE status = 'pending'
                    GROUP BY wallet_id) h ON h.wallet_id = w.id
-        WHERE a.balance_mc <> coalesce(h.total, 0)
+        LEFT JOIN (SELECT wallet_id, sum(held_mc) AS total FROM disputes WHERE status = 'open'
+                   GROUP BY wallet_id) d ON d.wallet_id = w.id
+        WHERE a.balance_mc <> coalesce(h.total, 0) + coalesce(d.total, 0)
         """,
     ),
     "ledger_unbalanced": (

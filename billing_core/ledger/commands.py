@@ -190,6 +190,51 @@ class ClawBack(Command):
 
 
 @dataclass(frozen=True)
+class HoldDisputed(Command):
+    """A chargeback opened on a purchase: its disputed share (``amount_mc``) is held back from spending, not
+    yet taken (``ledger/disputes.py``). Idempotent by ``dispute_id``: the dispute's row, not the fingerprint,
+    says whether it was handled, so a later event carrying other figures replays instead of conflicting."""
+
+    account: Account
+    dispute_id: ExternalRef
+    payment_intent: ExternalRef
+    amount_mc: MillicreditsNonNegative  # the disputed share of the purchase
+    purchase_mc: Millicredits  # what the purchase bought: the most refunds and disputes may take back together
+    amount: int = 0  # disputed, in the payment's minor currency unit
+    currency: str | None = None
+    charge: ExternalRef | None = None
+    metadata: Metadata = field(default_factory=dict)
+    kind: ClassVar[str] = "dispute_hold"
+
+    @property
+    def idempotency_key(self) -> str:  # type: ignore[override]  # derived, never chosen
+        return f"dispute:{self.dispute_id}"
+
+
+@dataclass(frozen=True)
+class SettleDispute(Command):
+    """A dispute closed: ``won`` gives back what it held; ``lost`` takes the disputed share (held credits
+    first, then spendable ones, then debt), capped so refunds and disputes never take back more than the
+    purchase bought. Once per dispute, whatever arrives later."""
+
+    account: Account
+    dispute_id: ExternalRef
+    payment_intent: ExternalRef
+    outcome: Literal["won", "lost"]
+    amount_mc: MillicreditsNonNegative
+    purchase_mc: Millicredits
+    amount: int = 0
+    currency: str | None = None
+    charge: ExternalRef | None = None
+    metadata: Metadata = field(default_factory=dict)
+    kind: ClassVar[str] = "dispute_settle"
+
+    @property
+    def idempotency_key(self) -> str:  # type: ignore[override]
+        return f"dispute_{self.outcome}:{self.dispute_id}"
+
+
+@dataclass(frozen=True)
 class Adjust(Command):
     """An operator's correction, signed: positive adds an adjustment grant, negative takes spendable credits."""
 

@@ -35,12 +35,15 @@ from billing_core.ledger.commands import (
     ExpireGrants,
     ExpireHolds,
     GrantCredits,
+    HoldDisputed,
     PlaceHold,
     PurchaseCredits,
     ReleaseHold,
     RollOver,
+    SettleDispute,
     TransferCredits,
 )
+from billing_core.ledger.disputes import hold_disputed, settle_dispute
 from billing_core.ledger.grants import GrantLot
 from billing_core.ledger.hold_rows import HoldView
 
@@ -436,6 +439,8 @@ HANDLERS: dict[type, Callable[[Book, Any], Any]] = {
     Adjust: adjust,
     TransferCredits: transfer_credits,
     RollOver: roll_over,
+    HoldDisputed: hold_disputed,
+    SettleDispute: settle_dispute,
 }
 
 

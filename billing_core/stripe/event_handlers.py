@@ -1,8 +1,9 @@
 """What each Stripe event type does to the ledger: ``HANDLERS`` below is the whole map; read it top to bottom.
 
 Every effect goes through a ledger command whose idempotency key comes from the Stripe object that caused it
-(``checkout:cs_...``, ``refund:re_...``, ``dispute:dp_...``), so a duplicate delivery, a retry after a crash
-or a replay by an operator finds the first entry and writes nothing.
+(``checkout:cs_...``, ``refund:re_...``, ``dispute:dp_...``, ``dispute_won:`` / ``dispute_lost:dp_...``), so a
+duplicate delivery, a retry after a crash or a replay by an operator finds the first entry (or the dispute's
+row) and writes nothing.
 
 A handler works in two steps, because no transaction may hold row locks while waiting on Stripe (DESIGN
 rule 10: a debit on the same wallet would wait on Stripe's latency). First ``read`` asks Stripe what the
@@ -24,10 +25,19 @@ from sqlalchemy.dialects.postgresql import ARRAY
 
 from billing_core.db.tables import LedgerEntry, Posting
 from billing_core.ledger.book import Book
-from billing_core.ledger.commands import ClawBack, PurchaseCredits, check_account
-from billing_core.ledger.handlers import claw_back, purchase_credits
+from billing_core.ledger.commands import ClawBack, HoldDisputed, SettleDispute, check_account
+from billing_core.ledger.disputes import hold_disputed, settle_dispute, taken_for_payment
+from billing_core.ledger.handlers import claw_back
 from billing_core.ledger.wallet_rows import link_stripe_customer, unlink_stripe_customer
-from billing_core.stripe.purchases import IGNORED, PROCESSED, Purchase, credit_checkout, is_paid, purchase_for
+from billing_core.stripe.purchases import (
+    IGNORED,
+    PROCESSED,
+    admin_refund_metadata,
+    credit_checkout,
+    is_paid,
+    purchase_for,
+    record_payment_failure,
+)
 
 StripeObject = dict[str, Any]
 
@@ -90,7 +100,9 @@ def on_checkout_completed(book: Book, session: StripeObject, facts: StripeFacts)
 
 
 def on_payment_failed(book: Book, obj: StripeObject, facts: StripeFacts) -> str:
-    """Nothing was credited, so nothing moves; the stored event is the record (notifications come later)."""
+    """Nothing was credited, so nothing moves; the failure is recorded (``payment_failures``, by the failed
+    session or payment intent) with the account it was for."""
+    record_payment_failure(book.session, obj, book.now)
     return PROCESSED
 
 
@@ -114,12 +126,18 @@ def on_charge_refunded(book: Book, charge: StripeObject, facts: StripeFacts) -> 
 
     What a new refund takes is the rounded proportion of everything refunded so far minus what the earlier
     refunds actually took, so partial refunds that add up to the whole payment take back exactly the whole
-    purchase, whatever order they settle in (a pending refund may succeed after a later one).
+    purchase, whatever order they settle in (a pending refund may succeed after a later one). Refunds and lost
+    disputes together never take back more than the purchase bought: what the others took is read under the
+    wallet's lock, and each refund takes at most what is left.
     """
     purchase = purchase_for(book, charge.get("payment_intent"), facts.sessions)
     refunds = facts.refunds if facts.refunds is not None else ((charge.get("refunds") or {}).get("data")) or []
     succeeded = sorted((r for r in refunds if r.get("status") == "succeeded"), key=lambda r: (r["created"], r["id"]))
+    if not succeeded:
+        return PROCESSED
+    Book(book.session, book.now).lock_wallet(purchase.account)  # held to the end of the transaction
     taken = _refunds_taken(book, [f"refund:{r['id']}" for r in succeeded])
+    others = sum(v for k, v in taken_for_payment(book, purchase.payment_intent).items() if k not in taken)
     refunded = sum(r["amount"] for r in succeeded if f"refund:{r['id']}" in taken)
     taken_mc = sum(taken.values())
     for refund in succeeded:
@@ -127,7 +145,7 @@ def on_charge_refunded(book: Book, charge: StripeObject, facts: StripeFacts) -> 
         if key in taken:
             continue
         refunded += refund["amount"]
-        amount_mc = purchase.share(refunded) - taken_mc
+        amount_mc = min(purchase.share(refunded) - taken_mc, purchase.amount_mc - taken_mc - others)
         if amount_mc <= 0:
             continue
         cmd = ClawBack.validated(
@@ -137,7 +155,12 @@ def on_charge_refunded(book: Book, charge: StripeObject, facts: StripeFacts) -> 
             reason="refund",
             grant_ref=purchase.payment_intent,
             external_ref=refund["id"],
-            metadata={"charge": charge["id"], "amount": refund["amount"]},
+            metadata={
+                "charge": charge["id"],
+                "amount": refund["amount"],
+                "payment_intent": purchase.payment_intent,
+                **admin_refund_metadata(refund),
+            },
         )
         claw_back(Book(book.session, book.now), cmd)
         taken_mc += amount_mc
@@ -176,9 +199,11 @@ def on_refund_updated(book: Book, refund: StripeObject, facts: StripeFacts) -> s
 
 
 # -- disputes --------------------------------------------------------------------------------------------
+# A chargeback holds the disputed share back (not spendable, not yet gone); won releases it, lost takes it.
+# ``billing_core.ledger.disputes`` has the design, ``docs/refunds-and-disputes.md`` every order of events.
 def _is_inquiry(dispute: StripeObject) -> bool:
-    # An inquiry (statuses ``warning_*``) withdraws no money, and the payment may still be refunded: taking
-    # credits back then would take them twice (once more by the refund) or for nothing (closed unescalated).
+    # An inquiry (statuses ``warning_*``) withdraws no money, and the payment may still be refunded: holding
+    # credits then would hold them for a refund that takes them anyway, or for nothing (closed unescalated).
     # An inquiry that escalates to a chargeback keeps its id and moves to ``needs_response``.
     return str(dispute.get("status", "")).startswith("warning_")
 
@@ -191,63 +216,60 @@ def read_dispute_unless_inquiry(stripe: StripeReader, dispute: StripeObject, kno
     return StripeFacts() if _is_inquiry(dispute) else read_dispute(stripe, dispute, known)
 
 
-def _dispute_clawback(book: Book, dispute: StripeObject, facts: StripeFacts) -> tuple[Purchase, int]:
+def _dispute_fields(book: Book, dispute: StripeObject, facts: StripeFacts) -> dict[str, Any]:
+    """What the ledger's dispute commands need, from the dispute and the purchase its payment made."""
     purchase = purchase_for(book, dispute.get("payment_intent"), facts.sessions)
-    amount_mc = purchase.share(int(dispute["amount"]))
-    cmd = ClawBack.validated(
-        account=purchase.account,
-        amount_mc=amount_mc,
-        idempotency_key=f"dispute:{dispute['id']}",
-        reason="dispute",
-        grant_ref=purchase.payment_intent,
-        external_ref=dispute["id"],
-        metadata={"charge": dispute.get("charge"), "amount": dispute["amount"]},
-    )
-    claw_back(Book(book.session, book.now), cmd)
-    return purchase, amount_mc
+    amount = int(dispute["amount"])
+    return {
+        "account": purchase.account,
+        "dispute_id": dispute["id"],
+        "payment_intent": purchase.payment_intent,
+        "amount_mc": purchase.share(amount),
+        "purchase_mc": purchase.amount_mc,
+        "amount": amount,
+        "currency": dispute.get("currency"),
+        "charge": dispute.get("charge") if isinstance(dispute.get("charge"), str) else None,
+        "metadata": {"dispute_reason": dispute.get("reason"), "status": dispute.get("status")},
+    }
 
 
-def _reinstate(book: Book, dispute: StripeObject, facts: StripeFacts) -> None:
-    purchase, amount_mc = _dispute_clawback(book, dispute, facts)
-    cmd = PurchaseCredits.validated(
-        account=purchase.account,
-        amount_mc=amount_mc,
-        idempotency_key=f"dispute_won:{dispute['id']}",
-        external_ref=purchase.payment_intent,
-        metadata={"dispute": dispute["id"], "reinstated": True},
-    )
-    purchase_credits(Book(book.session, book.now), cmd)
+def _hold_dispute(book: Book, dispute: StripeObject, facts: StripeFacts) -> str:
+    cmd = HoldDisputed.validated(**_dispute_fields(book, dispute, facts))
+    hold_disputed(Book(book.session, book.now), cmd)
+    return PROCESSED
+
+
+def _settle_dispute(book: Book, dispute: StripeObject, facts: StripeFacts, outcome: str) -> str:
+    cmd = SettleDispute.validated(**_dispute_fields(book, dispute, facts), outcome=outcome)
+    settle_dispute(Book(book.session, book.now), cmd)
+    return PROCESSED
 
 
 def on_dispute_created(book: Book, dispute: StripeObject, facts: StripeFacts) -> str:
-    """A chargeback takes the disputed share back at once: the money is already withdrawn."""
-    if not _is_inquiry(dispute):
-        _dispute_clawback(book, dispute, facts)
-    return PROCESSED
+    """A chargeback holds the disputed share back (``dispute:<dp_id>``); an inquiry holds nothing."""
+    if _is_inquiry(dispute):
+        return PROCESSED
+    return _hold_dispute(book, dispute, facts)
 
 
 def on_dispute_funds_withdrawn(book: Book, dispute: StripeObject, facts: StripeFacts) -> str:
-    """Money left (also when an inquiry escalates): the same clawback, once (``dispute:<dp_id>``)."""
-    _dispute_clawback(book, dispute, facts)
-    return PROCESSED
+    """Money left (also when an inquiry escalates): the same hold as ``created``, once per dispute."""
+    return _hold_dispute(book, dispute, facts)
 
 
 def on_dispute_closed(book: Book, dispute: StripeObject, facts: StripeFacts) -> str:
-    """Won: the credits come back (key ``dispute_won:<dp_id>``). Lost: the clawback stands. Either way the
-    clawback is made first (a no-op when ``created`` was handled) in case that event never came. An inquiry
-    closed without escalating took nothing, so it gives nothing back."""
+    """Won: the held credits go back (``dispute_won:<dp_id>``). Lost: the disputed share is taken
+    (``dispute_lost:<dp_id>``), held credits first. A close with no open dispute seen (its ``created`` never
+    came, or comes later) settles from nothing: lost takes the share from what is spendable, won records the
+    dispute closed so a late ``created`` holds nothing. An inquiry closed without escalating took nothing."""
     if _is_inquiry(dispute):
         return PROCESSED
-    if dispute.get("status") == "won":
-        _reinstate(book, dispute, facts)
-    else:
-        _dispute_clawback(book, dispute, facts)
-    return PROCESSED
+    return _settle_dispute(book, dispute, facts, "won" if dispute.get("status") == "won" else "lost")
 
 
 def on_dispute_funds_reinstated(book: Book, dispute: StripeObject, facts: StripeFacts) -> str:
-    _reinstate(book, dispute, facts)
-    return PROCESSED
+    """The money came back: the dispute is won (the same settlement as a won ``closed``, once)."""
+    return _settle_dispute(book, dispute, facts, "won")
 
 
 # -- customers -------------------------------------------------------------------------------------------

@@ -313,8 +313,10 @@ class StripeGateway:
         charge: str | None = None,
         amount: int | None = None,
         idempotency_key: str | None = None,
+        metadata: dict[str, str] | None = None,
     ) -> dict[str, Any]:
-        """Refund ``amount`` (default: all that is left) of a payment; ``StripeRejected`` when over-refunding."""
+        """Refund ``amount`` (default: all that is left) of a payment; ``StripeRejected`` when over-refunding.
+        ``metadata``: kept on the refund (who asked for it and why)."""
         if payment_intent is None and charge is None:
             raise ValueError("create_refund needs payment_intent or charge")
         params: Params = {}
@@ -324,6 +326,8 @@ class StripeGateway:
             params["charge"] = charge
         if amount is not None:
             params["amount"] = amount
+        if metadata:
+            params["metadata"] = dict(metadata)
         return self._call(self._client.v1.refunds.create, params=params, options=_options(idempotency_key))
 
     def create_off_session_payment_intent(

@@ -10,10 +10,11 @@ event waits (``Waiting``) and is retried.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import String, Table, and_, bindparam, literal_column, select
+from sqlalchemy import String, Table, and_, bindparam, literal_column, select, text
 from sqlalchemy.orm import Session
 
 from billing_core.db.tables import Grant, LedgerEntry, Wallet
@@ -124,3 +125,58 @@ def purchase_for(book: Book, payment_intent: str | None, sessions: list[dict[str
     if found is None:
         raise Waiting(f"no paid purchase for {payment_intent} yet")
     return found
+
+
+# Keys of a refund's metadata written by ``billing_core.stripe.refunds`` (an operator's refund through
+# ``POST /v1/admin/refunds``); the clawback that refund causes carries them into the ledger, for the history.
+ADMIN_REFUND_KEYS = {"admin_actor": "actor", "admin_reason": "refund_reason", "admin_request": "admin_request"}
+
+
+def admin_refund_metadata(refund: dict[str, Any]) -> dict[str, str]:
+    """Who refunded and why, when an operator's request made the refund; empty otherwise."""
+    metadata = refund.get("metadata") or {}
+    return {ours: str(metadata[theirs]) for theirs, ours in ADMIN_REFUND_KEYS.items() if metadata.get(theirs)}
+
+
+_RECORD_FAILURE = text(
+    """
+    INSERT INTO payment_failures (id, object, account, wallet_id, payment_intent, amount, currency, payment_method,
+                                  code, message, failed_at)
+    VALUES (:id, :object, CAST(:account AS text), (SELECT id FROM wallets WHERE account = CAST(:account AS text)),
+            :pi, :amount, :currency, :method, :code, :message, :now)
+    ON CONFLICT (id) DO UPDATE SET code = EXCLUDED.code, message = EXCLUDED.message, failed_at = EXCLUDED.failed_at,
+        payment_method = coalesce(EXCLUDED.payment_method, payment_failures.payment_method)
+    """
+)
+
+
+def _short(value: object, limit: int) -> str | None:
+    return value[:limit] if isinstance(value, str) and value else None
+
+
+def record_payment_failure(session: Session, obj: dict[str, Any], now: datetime) -> None:
+    """Record a failed payment: a Checkout Session whose delayed method (PIX, boleto, bank debit) bounced, or a
+    payment intent whose attempt failed. Nothing was credited; this row (one per failed object, the latest
+    failure kept) is what support and the account's history can find."""
+    metadata = obj.get("metadata") or {}
+    account = metadata.get("account") or obj.get("client_reference_id")
+    is_intent = obj.get("object") == "payment_intent"
+    error = obj.get("last_payment_error") or {}
+    # A payment intent's methods are the one it was paid with by then; a session's are those it offered.
+    methods = (obj.get("payment_method_types") or []) if is_intent else []
+    amount = obj.get("amount") if is_intent else obj.get("amount_total")
+    session.execute(
+        _RECORD_FAILURE,
+        {
+            "id": obj["id"],
+            "object": _short(obj.get("object"), 32) or "unknown",
+            "account": _short(account, 128),
+            "pi": obj["id"] if is_intent else _short(obj.get("payment_intent"), 255),
+            "amount": amount if isinstance(amount, int) else None,
+            "currency": _short(obj.get("currency"), 3),
+            "method": _short((error.get("payment_method") or {}).get("type") or (methods[0] if methods else None), 64),
+            "code": _short(error.get("code"), 200),
+            "message": _short(error.get("message"), 2000),
+            "now": now,
+        },
+    )

@@ -19,8 +19,15 @@ depends_on: str | Sequence[str] | None = None
 TZ = sa.DateTime(timezone=True)
 KINDS = (
     "'purchase', 'grant', 'usage', 'hold', 'capture', 'release', 'hold_expiry', 'grant_expiry', 'clawback', "
-    "'adjustment', 'transfer'"
+    "'adjustment', 'transfer', 'dispute_hold', 'dispute_release'"
 )
+
+
+def _entry_kinds(kinds: str) -> None:
+    # As 0007: added NOT VALID, then validated, so neither step blocks ledger writes for a scan.
+    op.drop_constraint("ledger_entries_kind", "ledger_entries", type_="check")
+    op.execute(f"ALTER TABLE ledger_entries ADD CONSTRAINT ledger_entries_kind CHECK (kind IN ({kinds})) NOT VALID")
+    op.execute("ALTER TABLE ledger_entries VALIDATE CONSTRAINT ledger_entries_kind")
 
 
 def upgrade() -> None:
@@ -76,12 +83,10 @@ def upgrade() -> None:
         sa.Column("updated_at", TZ, nullable=False, server_default=sa.func.now()),
     )
     op.create_index("ix_invoices_wallet_created", "invoices", ["wallet_id", "stripe_created", "id"])
-    op.drop_constraint("ledger_entries_kind", "ledger_entries", type_="check")
-    op.create_check_constraint("ledger_entries_kind", "ledger_entries", f"kind IN ({KINDS}, 'rollover')")
+    _entry_kinds(KINDS + ", 'rollover'")
 
 
 def downgrade() -> None:
-    op.drop_constraint("ledger_entries_kind", "ledger_entries", type_="check")
-    op.create_check_constraint("ledger_entries_kind", "ledger_entries", f"kind IN ({KINDS})")
+    _entry_kinds(KINDS)
     op.drop_table("invoices")
     op.drop_table("subscriptions")

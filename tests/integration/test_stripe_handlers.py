@@ -483,22 +483,31 @@ def test_refund_before_its_purchase_credits_the_purchase_from_stripe_then_claws_
 
 
 # -- disputes ----------------------------------------------------------------------------------------------
-def test_dispute_created_claws_back_the_disputed_share(session_factory, probe):
+def held(probe, account: str) -> int:
+    view = probe.wallet(account)
+    assert view is not None
+    return view.held_mc
+
+
+def test_dispute_created_holds_the_disputed_share_back(session_factory, probe):
     # given the starter package bought
     buy_starter(probe, session_factory)
 
     # when a dispute over 250 of its 1,000 cents is opened
     status = receive(session_factory, None, stripe_event("evt_dp_open", "charge.dispute.created", dispute(amount=250)))
 
-    # then a quarter of the credits is taken back, keyed by the dispute
+    # then a quarter of the credits is held back (not spendable, not gone), keyed by the dispute
     assert status == PROCESSED
-    assert entries(probe, "acme")[1:] == [("clawback", "dispute:dp_acme_1", "dp_acme_1", -2_500_000)]
+    assert entries(probe, "acme")[1:] == [("dispute_hold", "dispute:dp_acme_1", "dp_acme_1", -2_500_000)]
     assert probe.available("acme") == STARTER_MC - 2_500_000
+    assert held(probe, "acme") == 2_500_000
     assert purchase_grant(probe, "acme").remaining_mc == STARTER_MC - 2_500_000
+    assert probe.system("refunds") == 0
+    assert probe.rows("SELECT status, held_mc, disputed_mc FROM disputes") == [("open", 2_500_000, 2_500_000)]
     probe.assert_consistent()
 
 
-def test_dispute_won_gives_the_credits_back(session_factory, probe):
+def test_dispute_won_gives_the_held_credits_back(session_factory, probe):
     # given the starter package bought and a dispute over 250 cents opened
     buy_starter(probe, session_factory)
     receive(session_factory, None, stripe_event("evt_dp_open", "charge.dispute.created", dispute(amount=250)))
@@ -507,19 +516,23 @@ def test_dispute_won_gives_the_credits_back(session_factory, probe):
     closed = stripe_event("evt_dp_won", "charge.dispute.closed", dispute(amount=250, status="won"))
     status = receive(session_factory, None, closed)
 
-    # then the clawback stands once and the credits come back as a reinstatement
+    # then the held credits go back to the purchase's grant, once
     assert status == PROCESSED
     assert entries(probe, "acme")[1:] == [
-        ("clawback", "dispute:dp_acme_1", "dp_acme_1", -2_500_000),
-        ("purchase", "dispute_won:dp_acme_1", "pi_acme_1", 2_500_000),
+        ("dispute_hold", "dispute:dp_acme_1", "dp_acme_1", -2_500_000),
+        ("dispute_release", "dispute_won:dp_acme_1", "dp_acme_1", 2_500_000),
     ]
     assert probe.available("acme") == STARTER_MC
+    assert held(probe, "acme") == 0
+    assert purchase_grant(probe, "acme").remaining_mc == STARTER_MC
     probe.assert_consistent()
 
-    # when the closed event is handled again under another id
+    # when the closed event is handled again under another id, and funds_reinstated comes too
     again = receive(
         session_factory, None, stripe_event("evt_dp_won_2", "charge.dispute.closed", closed["data"]["object"])
     )
+    reinstated = stripe_event("evt_dp_back", "charge.dispute.funds_reinstated", closed["data"]["object"])
+    assert receive(session_factory, None, reinstated) == PROCESSED
 
     # then nothing changes
     assert again == PROCESSED
@@ -527,7 +540,7 @@ def test_dispute_won_gives_the_credits_back(session_factory, probe):
     assert probe.available("acme") == STARTER_MC
 
 
-def test_dispute_lost_leaves_the_clawback(session_factory, probe):
+def test_dispute_lost_takes_the_held_credits(session_factory, probe):
     # given the starter package bought and a dispute over 250 cents opened
     buy_starter(probe, session_factory)
     receive(session_factory, None, stripe_event("evt_dp_open", "charge.dispute.created", dispute(amount=250)))
@@ -537,42 +550,51 @@ def test_dispute_lost_leaves_the_clawback(session_factory, probe):
         session_factory, None, stripe_event("evt_dp_lost", "charge.dispute.closed", dispute(amount=250, status="lost"))
     )
 
-    # then the credits stay clawed back, once
+    # then the held credits leave the wallet, once, to the refunds account
     assert status == PROCESSED
     assert [e[1] for e in entries(probe, "acme")] == ["checkout:cs_test_acme_1", "dispute:dp_acme_1"]
+    assert (
+        probe.scalar("SELECT kind FROM ledger_entries WHERE idempotency_key = 'dispute_lost:dp_acme_1'") == "clawback"
+    )
     assert probe.available("acme") == STARTER_MC - 2_500_000
+    assert held(probe, "acme") == 0
+    assert probe.system("refunds") == 2_500_000
     probe.assert_consistent()
 
 
 @pytest.mark.parametrize(
     ("outcome", "expected_keys", "expected_mc"),
     [
-        ("lost", ["checkout:cs_test_acme_1", "dispute:dp_acme_1"], STARTER_MC - 2_500_000),
-        ("won", ["checkout:cs_test_acme_1", "dispute:dp_acme_1", "dispute_won:dp_acme_1"], STARTER_MC),
+        ("lost", ["checkout:cs_test_acme_1", "dispute_lost:dp_acme_1"], STARTER_MC - 2_500_000),
+        ("won", ["checkout:cs_test_acme_1"], STARTER_MC),
     ],
 )
-def test_dispute_closed_without_its_created_event_claws_back_first(
+def test_dispute_closed_without_its_created_event_settles_from_nothing(
     session_factory, probe, outcome, expected_keys, expected_mc
 ):
-    # given the starter package bought, and the dispute's created event never received
+    # given the starter package bought, and the dispute's created event not received (yet)
     buy_starter(probe, session_factory)
 
     # when only its closed event arrives
-    status = receive(
-        session_factory,
-        None,
-        stripe_event("evt_dp_closed", "charge.dispute.closed", dispute(amount=250, status=outcome)),
-    )
+    closed = dispute(amount=250, status=outcome)
+    status = receive(session_factory, None, stripe_event("evt_dp_closed", "charge.dispute.closed", closed))
 
-    # then the clawback is made first, and reinstated only when won
+    # then lost takes the share at once, won takes nothing
     assert status == PROCESSED
     assert [e[1] for e in entries(probe, "acme")] == expected_keys
-    assert entries(probe, "acme")[1][3] == -2_500_000
     assert probe.available("acme") == expected_mc
     probe.assert_consistent()
 
+    # and its created event arriving late holds nothing
+    late = stripe_event("evt_dp_late", "charge.dispute.created", dispute(amount=250))
+    assert receive(session_factory, None, late) == PROCESSED
+    assert [e[1] for e in entries(probe, "acme")] == expected_keys
+    assert probe.available("acme") == expected_mc
+    assert held(probe, "acme") == 0
+    probe.assert_consistent()
 
-def test_clawback_of_spent_credits_leaves_the_wallet_negative_and_flagged(session_factory, probe):
+
+def test_dispute_of_spent_credits_holds_what_is_left_and_a_loss_leaves_the_wallet_negative(session_factory, probe):
     # given the starter package bought and 8,000 of its 10,000 credits spent
     buy_starter(probe, session_factory)
     probe.run(DebitUsage("acme", 8_000_000, "usage:spent"))
@@ -581,16 +603,26 @@ def test_clawback_of_spent_credits_leaves_the_wallet_negative_and_flagged(sessio
     # when the whole payment is disputed
     status = receive(session_factory, None, stripe_event("evt_dp_all", "charge.dispute.created", dispute(amount=1_000)))
 
-    # then all 10,000 credits are clawed back, leaving 8,000 owed, and the wallet is flagged
+    # then the 2,000 credits left are held, and the 8,000 spent are the shortfall
     assert status == PROCESSED
-    assert entries(probe, "acme")[-1] == ("clawback", "dispute:dp_acme_1", "dp_acme_1", -2_000_000 - 8_000_000)
+    assert entries(probe, "acme")[-1] == ("dispute_hold", "dispute:dp_acme_1", "dp_acme_1", -2_000_000)
+    assert (probe.available("acme"), held(probe, "acme")) == (0, 2_000_000)
+    assert probe.rows("SELECT held_mc, disputed_mc FROM disputes") == [(2_000_000, STARTER_MC)]
+    assert probe.wallet("acme").flagged is False
+
+    # when the dispute is lost
+    lost = stripe_event("evt_dp_lost", "charge.dispute.closed", dispute(amount=1_000, status="lost"))
+    assert receive(session_factory, None, lost) == PROCESSED
+
+    # then all 10,000 credits are clawed back, leaving 8,000 owed, and the wallet is flagged
     wallet = probe.wallet("acme")
-    assert wallet.available_mc == -8_000_000
+    assert (wallet.available_mc, wallet.held_mc) == (-8_000_000, 0)
     assert wallet.flagged is True
     assert probe.scalar("SELECT negative_since IS NOT NULL FROM wallets WHERE account = 'acme'") is True
     assert purchase_grant(probe, "acme").remaining_mc == 0
     debt = [g for g in probe.grants("acme") if g.source == "debt"]
     assert len(debt) == 1 and debt[0].remaining_mc == -8_000_000
+    assert probe.system("refunds") == STARTER_MC
     probe.assert_consistent()
 
 
@@ -925,8 +957,9 @@ def test_inquiry_escalated_to_a_chargeback_takes_the_credits_back_when_funds_are
     escalated = inquiry(status="needs_response")
     receive(session_factory, None, stripe_event("evt_withdrawn", "charge.dispute.funds_withdrawn", escalated))
 
-    # then the credits are taken back once, and a lost close changes nothing more
+    # then the credits are held back, and a lost close takes them once
     assert probe.available("acme") == 0
+    assert held(probe, "acme") == STARTER_MC
     lost = inquiry(status="lost")
     receive(session_factory, None, stripe_event("evt_lost", "charge.dispute.closed", lost))
     assert probe.available("acme") == 0
