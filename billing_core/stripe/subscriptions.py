@@ -334,7 +334,8 @@ def _grant_upgrade(book: Book, account: str, invoice: StripeObject, sub_id: str)
     window_start, window_end = row.current_period_start, row.current_period_end
     months = new_terms.months
     if row.next_allowance_at is not None:  # a yearly plan granted monthly: this month's window
-        window_start, window_end, months = _month_before(row.next_allowance_at), row.next_allowance_at, 1
+        window_end, months = row.next_allowance_at, 1
+        window_start = _month_start_before(row.current_period_start, window_end)
     difference = (new_terms.allowance_mc - (old_terms.allowance_mc if old_terms else 0)) * months
     span = (window_end - window_start).total_seconds()
     left = (window_end - max(from_, window_start)).total_seconds()
@@ -350,9 +351,21 @@ def _grant_upgrade(book: Book, account: str, invoice: StripeObject, sub_id: str)
     _set_wallet_plan(book, book.lock_wallet(account).id, new_terms.plan)
 
 
-def _month_before(moment: datetime) -> datetime:
-    # The window that ends at ``moment``, anchored on its day as ``add_months`` anchors forwards.
-    return add_months(moment, -1)
+def _next_month(anchor: datetime, after: datetime) -> datetime:
+    """The first month start of the period anchored at ``anchor`` that comes after ``after``: months are
+    counted from the anchor, so a period begun on the 31st goes Feb 28, Mar 31, Apr 30, ..."""
+    months = 1
+    while add_months(anchor, months) <= after:
+        months += 1
+    return add_months(anchor, months)
+
+
+def _month_start_before(anchor: datetime, moment: datetime) -> datetime:
+    """The start of the anchored month that ends at ``moment`` (``_next_month``'s counting)."""
+    months = 0
+    while add_months(anchor, months + 1) < moment:
+        months += 1
+    return add_months(anchor, months)
 
 
 def _grant(
@@ -422,7 +435,7 @@ def _grant_month(book: Book, sub_id: str) -> int:
         return 0
     start = row.next_allowance_at
     end = row.current_period_end or add_months(start, 1)
-    following = add_months(start, 1)
+    following = _next_month(row.current_period_start or start, start)
     expires = min(following, end) if end > start else following
     account = book.session.execute(_ACCOUNT_OF_SUBSCRIPTION, {"id": sub_id}).scalar_one()
     meta = {"plan": row.plan, "interval": row.interval, "month_start": start.isoformat()}
