@@ -14,6 +14,7 @@ from billing_core.pricing.versions import PriceBook
 from billing_core.settings import Settings, load_settings
 from billing_core.stripe.gateway import StripeGateway
 from webhook_receiver import accounts, admin_grants, catalog, check, errors, health, holds, openapi, usage, webhooks
+from webhook_receiver import auto_recharge as auto_recharge_api
 from webhook_receiver.enqueue import CelerySender, Enqueue
 from webhook_receiver.rate_limits import install as install_limits
 from webhook_receiver.runtime import Runtime
@@ -54,6 +55,7 @@ def create_app(settings: Settings | None = None, *, enqueue: Enqueue | None = No
         check.bp,
         catalog.bp,
         admin_grants.bp,
+        auto_recharge_api.bp,
         openapi.bp,
     ):
         app.register_blueprint(blueprint)

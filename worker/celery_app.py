@@ -56,6 +56,8 @@ app.conf.update(
         "expire-grants": {"task": "billing.expire_grants", "schedule": SETTINGS.sweep_seconds},
         # The token counters into usage_records, a minute past each hour: the hour just closed is final.
         "flush-usage-records": {"task": "billing.flush_usage_records", "schedule": crontab(minute=1)},
+        # Auto-recharge's safety net (the usage drain triggers crossings at once): every minute.
+        "auto-recharge-sweep": {"task": "billing.auto_recharge_sweep", "schedule": 60.0},
     },
     timezone="UTC",
 )

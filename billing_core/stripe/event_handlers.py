@@ -287,3 +287,7 @@ HANDLERS: dict[str, EventHandler] = {
     "customer.updated": EventHandler(on_customer_changed),
     "customer.deleted": EventHandler(on_customer_deleted),
 }
+# Auto-recharge's PaymentIntent events (its ``payment_intent.payment_failed`` replaces the no-op above).
+from billing_core.stripe.recharge_handlers import RECHARGE_HANDLERS  # noqa: E402  (it imports this module)
+
+HANDLERS.update(RECHARGE_HANDLERS)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import String, Table, and_, bindparam, literal_column, select
+from sqlalchemy import String, Table, and_, bindparam, literal_column, or_, select
 from sqlalchemy.orm import Session
 
 from billing_core.db.tables import Grant, LedgerEntry, Wallet
@@ -41,7 +41,11 @@ _FIND_PURCHASE = (
     .where(
         entries.external_ref == bindparam("pi"),
         entries.kind == _PURCHASE,
-        entries.idempotency_key.like(literal_column("'checkout:%'")),
+        # A Checkout's purchase, or an auto-recharge's (``stripe.auto_recharge``): never a won dispute's.
+        or_(
+            entries.idempotency_key.like(literal_column("'checkout:%'")),
+            entries.idempotency_key.like(literal_column("'auto_recharge:%'")),
+        ),
     )
     .order_by(entries.id)
     .limit(1)
