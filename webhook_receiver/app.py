@@ -26,6 +26,7 @@ from webhook_receiver import (
     usage,
     webhooks,
 )
+from webhook_receiver import auto_recharge as auto_recharge_api
 from webhook_receiver.enqueue import CelerySender, Enqueue
 from webhook_receiver.rate_limits import install as install_limits
 from webhook_receiver.runtime import Runtime
@@ -67,6 +68,7 @@ def create_app(settings: Settings | None = None, *, enqueue: Enqueue | None = No
         catalog.bp,
         admin_grants.bp,
         admin_refunds.bp,
+        auto_recharge_api.bp,
         openapi.bp,
     ):
         app.register_blueprint(blueprint)

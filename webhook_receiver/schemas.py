@@ -25,6 +25,7 @@ from billing_core.pricing.limits import LimitPolicy, LimitState
 from billing_core.pricing.packages import Package
 from billing_core.pricing.plans import LimitOverrides
 from billing_core.pricing.quotes import Quote
+from billing_core.stripe.auto_recharge import Attempt, AutoRechargeView
 from billing_core.types import (
     Account,
     ClientKey,
@@ -774,3 +775,77 @@ class AdminRefundAnswer(Answer):
     payment: str = Field(description="the payment intent refunded, pi_...")
     checkout_session: str | None = None
     replayed: bool = Field(description="true: this idempotency key made the refund before")
+
+
+# -- auto-recharge (billing_core/stripe/auto_recharge.py, docs/auto-recharge.md) ------------------------------
+class AutoRechargeBody(Body):
+    """The whole setting, every field required: saving it re-arms auto-recharge (after a failure too)."""
+
+    enabled: bool
+    threshold: CreditsNonNegative = Field(description="recharge when the available balance falls below this")
+    package: PackageId = Field(description="the credit package (GET /v1/packages) charged to the saved card")
+
+
+class AutoRechargeAttemptAnswer(Answer):
+    id: int
+    status: Literal["pending", "succeeded", "failed", "requires_action"]
+    package: str
+    credits: CreditString
+    amount: int = Field(description="charged, in the currency's minor unit")
+    currency: str
+    payment_intent: str | None
+    failure_code: str | None = Field(description="no_payment_method, card_declined, authentication_required...")
+    failure_message: str | None
+    created_at: Time
+    updated_at: Time
+
+    @classmethod
+    def of(cls, attempt: Attempt) -> AutoRechargeAttemptAnswer:
+        return cls(
+            id=attempt.id,
+            status=attempt.status,
+            package=attempt.package,
+            credits=attempt.credits_mc,
+            amount=attempt.amount,
+            currency=attempt.currency,
+            payment_intent=attempt.payment_intent_id,
+            failure_code=attempt.failure_code,
+            failure_message=attempt.failure_message,
+            created_at=attempt.created_at,
+            updated_at=attempt.updated_at,
+        )
+
+
+class AutoRechargeAnswer(Answer):
+    account: str
+    enabled: bool
+    threshold: CreditString | None = Field(description="null: never configured")
+    package: str | None
+    state: Literal["armed", "pending", "charged", "failed"] | None = Field(
+        description="armed: waiting for a crossing · pending: a charge in flight · charged: recharged, armed again "
+        "once the balance is back at the threshold · failed: stopped until the setting is saved again"
+    )
+    updated_at: Time | None
+    last_attempt: AutoRechargeAttemptAnswer | None
+
+    @classmethod
+    def of(cls, account: str, view: AutoRechargeView | None) -> AutoRechargeAnswer:
+        if view is None:
+            return cls(
+                account=account,
+                enabled=False,
+                threshold=None,
+                package=None,
+                state=None,
+                updated_at=None,
+                last_attempt=None,
+            )
+        return cls(
+            account=view.account,
+            enabled=view.enabled,
+            threshold=view.threshold_mc,
+            package=view.package,
+            state=view.state,
+            updated_at=view.updated_at,
+            last_attempt=AutoRechargeAttemptAnswer.of(view.last_attempt) if view.last_attempt else None,
+        )

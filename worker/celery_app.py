@@ -58,6 +58,8 @@ app.conf.update(
         "flush-usage-records": {"task": "billing.flush_usage_records", "schedule": crontab(minute=1)},
         # A yearly plan's next month of allowance, when it begins (one indexed query when none is due).
         "grant-due-allowances": {"task": "billing.grant_due_allowances", "schedule": 60.0},
+        # Auto-recharge's safety net (the usage drain triggers crossings at once): every minute.
+        "auto-recharge-sweep": {"task": "billing.auto_recharge_sweep", "schedule": 60.0},
     },
     timezone="UTC",
 )

@@ -20,7 +20,8 @@ from billing_core.intake.usage_reports import InvalidUsage, accept_reports
 from billing_core.ledger.commands import ExpireGrants, ExpireHolds
 from billing_core.ledger.handlers import execute
 from billing_core.pricing import limits
-from billing_core.stripe import subscriptions
+from billing_core.stripe import auto_recharge, subscriptions
+from billing_core.stripe.gateway import StripeUnavailable
 from worker.celery_app import STALE_SECONDS, app
 from worker.runtime import runtime
 
@@ -81,11 +82,14 @@ def apply_usage(self: Task, partition: int) -> dict[str, int]:
         if rt.wakeups.arm(key):
             apply_usage.apply_async(args=[partition], countdown=BUSY_RETRY_SECONDS)
 
-    return _drain(
+    totals = _drain(
         lambda: usage_inbox.apply_partition(rt.session_factory, partition),
         on_busy=look_again_shortly,
         on_time_up=lambda: apply_usage.delay(partition),
     )
+    if totals.get("applied"):
+        _recharge_crossed(partition)  # after the batches committed: one query over the partition's armed wallets
+    return totals
 
 
 @app.task(name="billing.record_usage", bind=True, **RETRY)
@@ -199,3 +203,49 @@ def flush_usage_records(self: Task) -> dict[str, int]:
 def grant_due_allowances(self: Task) -> int:
     """Grant the months of yearly plans that have begun (granted monthly; idempotent)."""
     return subscriptions.grant_due_allowances(runtime().session_factory)
+
+
+# -- auto-recharge (billing_core/stripe/auto_recharge.py) ----------------------------------------------------
+# Stripe unreachable while charging: the attempt stays pending and is tried again this much later, with the same
+# idempotency key (the beat sweep also picks it up once it is stale).
+RECHARGE_RETRY_SECONDS = 30
+
+
+def _recharge_crossed(partition: int | None) -> list[int]:
+    """Trigger the wallets of ``partition`` (None: all) that fell below their threshold; charge each in a task
+    of its own (the Stripe call must not hold up the usage drain). Never fails the caller: the sweep catches up."""
+    rt = runtime()
+    try:
+        started = auto_recharge.check(rt.session_factory, rt.prices.current(), partition=partition)
+    except Exception:
+        log.exception("auto-recharge check failed; the beat sweep will look again")
+        return []
+    for attempt_id in started:
+        auto_recharge_charge.delay(attempt_id)
+    return started
+
+
+@app.task(name="billing.auto_recharge_check", bind=True, **RETRY)
+def auto_recharge_check(self: Task, partition: int | None = None) -> int:
+    return len(_recharge_crossed(partition))
+
+
+@app.task(name="billing.auto_recharge_charge", bind=True, **RETRY)
+def auto_recharge_charge(self: Task, attempt_id: int) -> str:
+    """Charge one pending attempt off-session and record the answer (safe to repeat: same idempotency key)."""
+    rt = runtime()
+    try:
+        return auto_recharge.charge(rt.session_factory, rt.gateway, attempt_id)
+    except StripeUnavailable as exc:
+        raise self.retry(exc=exc, countdown=RECHARGE_RETRY_SECONDS, max_retries=10) from None
+
+
+@app.task(name="billing.auto_recharge_sweep", bind=True, **RETRY)
+def auto_recharge_sweep(self: Task) -> dict[str, int]:
+    """Beat's safety net: re-arm recharged wallets back at their threshold, trigger every crossed wallet, and
+    charge again attempts left pending (a lost message, a crash between trigger and charge)."""
+    rt = runtime()
+    result = auto_recharge.sweep(rt.session_factory, rt.prices.current())
+    for attempt_id in result.triggered + result.stale:
+        auto_recharge_charge.delay(attempt_id)
+    return {"rearmed": result.rearmed, "triggered": len(result.triggered), "stale": len(result.stale)}

@@ -488,3 +488,66 @@ class InvoiceRow(Base):
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 
     __table_args__ = (Index("ix_invoices_wallet_created", "wallet_id", "stripe_created", "id"),)
+
+
+# -- auto-recharge (migration 0009; billing_core/stripe/auto_recharge.py) ---------------------------------------
+class AutoRecharge(Base):
+    """A wallet's auto-recharge settings and where it stands: ``armed`` (waiting for the available balance to
+    fall below ``threshold_mc``), ``pending`` (one attempt in flight), ``charged`` (recharged; re-armed once the
+    balance is back at or above the threshold) or ``failed`` (stopped until the settings are saved again)."""
+
+    __tablename__ = "auto_recharge"
+
+    wallet_id: Mapped[int] = mapped_column(ForeignKey("wallets.id"), primary_key=True)
+    enabled: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
+    threshold_mc: Mapped[int] = mapped_column(BigInteger)
+    package: Mapped[str] = mapped_column(Text)
+    state: Mapped[str] = mapped_column(String(16), server_default="armed")
+    partition: Mapped[int] = mapped_column(SmallInteger)
+    last_attempt_id: Mapped[int | None] = mapped_column(BigInteger)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+    __table_args__ = (
+        CheckConstraint("state IN ('armed', 'pending', 'charged', 'failed')", name="auto_recharge_state"),
+        CheckConstraint("threshold_mc >= 0", name="auto_recharge_threshold"),
+        Index("ix_auto_recharge_armed", "partition", postgresql_where=text("enabled AND state = 'armed'")),
+        Index("ix_auto_recharge_charged", "wallet_id", postgresql_where=text("state = 'charged'")),
+    )
+
+
+class AutoRechargeAttempt(Base):
+    """One off-session charge of a package: ``pending`` until its PaymentIntent answers, then ``succeeded``,
+    ``failed`` or ``requires_action`` (the bank wants the customer: 3-D Secure)."""
+
+    __tablename__ = "auto_recharge_attempts"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    wallet_id: Mapped[int] = mapped_column(ForeignKey("wallets.id"))
+    package: Mapped[str] = mapped_column(Text)
+    credits_mc: Mapped[int] = mapped_column(BigInteger)
+    amount: Mapped[int] = mapped_column(BigInteger)
+    currency: Mapped[str] = mapped_column(Text)
+    threshold_mc: Mapped[int] = mapped_column(BigInteger)
+    available_mc: Mapped[int] = mapped_column(BigInteger)
+    status: Mapped[str] = mapped_column(String(16), server_default="pending")
+    payment_intent_id: Mapped[str | None] = mapped_column(String(255), unique=True)
+    failure_code: Mapped[str | None] = mapped_column(Text)
+    failure_message: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+    __table_args__ = (
+        CheckConstraint(
+            "status IN ('pending', 'succeeded', 'failed', 'requires_action')", name="auto_recharge_attempts_status"
+        ),
+        CheckConstraint("credits_mc >= 0 AND amount >= 0", name="auto_recharge_attempts_amounts"),
+        Index("ix_auto_recharge_attempts_wallet", "wallet_id", "id"),
+        Index(
+            "uq_auto_recharge_attempts_one_pending",
+            "wallet_id",
+            unique=True,
+            postgresql_where=text("status = 'pending'"),
+        ),
+        Index("ix_auto_recharge_attempts_pending", "updated_at", postgresql_where=text("status = 'pending'")),
+    )

@@ -14,7 +14,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import String, Table, and_, bindparam, literal_column, select, text
+from sqlalchemy import String, Table, and_, bindparam, literal_column, or_, select, text
 from sqlalchemy.orm import Session
 
 from billing_core.db.tables import Grant, LedgerEntry, Wallet
@@ -42,7 +42,11 @@ _FIND_PURCHASE = (
     .where(
         entries.external_ref == bindparam("pi"),
         entries.kind == _PURCHASE,
-        entries.idempotency_key.like(literal_column("'checkout:%'")),
+        # A Checkout's purchase, or an auto-recharge's (``stripe.auto_recharge``): never a won dispute's.
+        or_(
+            entries.idempotency_key.like(literal_column("'checkout:%'")),
+            entries.idempotency_key.like(literal_column("'auto_recharge:%'")),
+        ),
     )
     .order_by(entries.id)
     .limit(1)
