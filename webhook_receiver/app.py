@@ -17,6 +17,7 @@ from webhook_receiver import accounts, admin_grants, catalog, check, errors, hea
 from webhook_receiver.enqueue import CelerySender, Enqueue
 from webhook_receiver.rate_limits import install as install_limits
 from webhook_receiver.runtime import Runtime
+from webhook_receiver.subscriptions import bp as subscriptions_bp
 
 
 def create_app(settings: Settings | None = None, *, enqueue: Enqueue | None = None) -> Flask:
@@ -54,6 +55,7 @@ def create_app(settings: Settings | None = None, *, enqueue: Enqueue | None = No
         check.bp,
         catalog.bp,
         admin_grants.bp,
+        subscriptions_bp,
         openapi.bp,
     ):
         app.register_blueprint(blueprint)
