@@ -15,6 +15,7 @@ from billing_core.ledger.grant_views import grant_history, list_grants, open_gra
 from billing_core.ledger.history import list_transactions
 from billing_core.ledger.wallet_rows import wallet_exists
 from billing_core.pricing.limits import check_plan, policies
+from billing_core.stripe.subscription_views import current_subscription
 from webhook_receiver.auth import require
 from webhook_receiver.rate_limits import token_limits
 from webhook_receiver.rendering import render
@@ -40,7 +41,7 @@ UNKNOWN = {404: "unknown_account"}
 @endpoint(answers={200: AccountAnswer}, errors=UNKNOWN)
 def get_account(account: str):
     """The balance: available, held and total credits, the negative flag, the profile, the plan and limits,
-    and the spendable grants in the order they will be spent."""
+    the spendable grants in the order they will be spent, and the plan subscription."""
     rt = runtime()
     with rt.read_session_factory() as session:
         balance = read_balance(session, account)
@@ -48,7 +49,8 @@ def get_account(account: str):
             raise UnknownAccount.named(account)
         grants = open_grants(session, account, utcnow())
         policy = policies(session, [account], rt.prices.current())[account]
-    return render(AccountAnswer.with_limits(balance, policy, grants))
+        subscription = current_subscription(session, account)
+    return render(AccountAnswer.with_limits(balance, policy, grants, subscription))
 
 
 @bp.put("/v1/accounts/<account>")
@@ -78,7 +80,8 @@ def put_account(account: str, body: AccountLimitsUpdateBody):
     with rt.session_factory() as session:
         policy = policies(session, [account], table)[account]
         grants = open_grants(session, account, utcnow())
-    return render(AccountAnswer.with_limits(balance, policy, grants))
+        subscription = current_subscription(session, account)
+    return render(AccountAnswer.with_limits(balance, policy, grants, subscription))
 
 
 @bp.get("/v1/accounts/<account>/usage")

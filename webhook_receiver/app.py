@@ -30,6 +30,7 @@ from webhook_receiver import auto_recharge as auto_recharge_api
 from webhook_receiver.enqueue import CelerySender, Enqueue
 from webhook_receiver.rate_limits import install as install_limits
 from webhook_receiver.runtime import Runtime
+from webhook_receiver.subscriptions import bp as subscriptions_bp
 
 
 def create_app(settings: Settings | None = None, *, enqueue: Enqueue | None = None) -> Flask:
@@ -69,6 +70,7 @@ def create_app(settings: Settings | None = None, *, enqueue: Enqueue | None = No
         admin_grants.bp,
         admin_refunds.bp,
         auto_recharge_api.bp,
+        subscriptions_bp,
         openapi.bp,
     ):
         app.register_blueprint(blueprint)

@@ -14,6 +14,7 @@ from billing_core.accounts.profile import StripeCustomerTaken
 from billing_core.intake.stripe_events import MalformedEvent
 from billing_core.intake.usage_reports import UsageKeyModeNotAllowed
 from billing_core.ledger.history import InvalidCursor
+from billing_core.stripe import subscription_checkout as subscriptions
 
 # The domain's error codes, mapped to HTTP once, here.
 STATUS_BY_ERROR: dict[type[domain.BillingError], int] = {
@@ -44,6 +45,13 @@ STATUS_BY_ERROR: dict[type[domain.BillingError], int] = {
     domain.QuotaExceeded: 402,
     domain.LimitsUnavailable: 503,
     domain.UnknownPlan: 422,
+    # plans sold as subscriptions
+    subscriptions.UnknownInterval: 422,
+    subscriptions.SubscriptionExists: 409,
+    subscriptions.PlanNotSynced: 409,
+    subscriptions.UnknownSubscription: 404,
+    subscriptions.SubscriptionEnded: 409,
+    subscriptions.NoStripeCustomer: 409,
 }
 
 

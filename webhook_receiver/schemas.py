@@ -7,10 +7,10 @@ the views answer. The domain returns domain objects; the ``from_*`` constructors
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PlainSerializer
+from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, StrictStr
 
 from billing_core.intake.usage_inbox import UsageStatus
 from billing_core.ledger.balances import AccountBalance
@@ -26,6 +26,8 @@ from billing_core.pricing.packages import Package
 from billing_core.pricing.plans import LimitOverrides
 from billing_core.pricing.quotes import Quote
 from billing_core.stripe.auto_recharge import Attempt, AutoRechargeView
+from billing_core.stripe.subscription_views import MAX_PAGE as MAX_INVOICES_PAGE
+from billing_core.stripe.subscription_views import InvoicePage, SubscriptionView
 from billing_core.types import (
     Account,
     ClientKey,
@@ -444,6 +446,59 @@ class GrantAnswer(Answer):
         )
 
 
+def _stripe_time(value: Any) -> datetime | None:
+    return None if value is None else datetime.fromtimestamp(int(value), UTC)
+
+
+class SubscriptionAnswer(Answer):
+    """A plan subscription: as mirrored from Stripe (the balance), or as Stripe just answered a change."""
+
+    id: str = Field(description="the Stripe subscription, sub_...")
+    plan: str
+    interval: str = Field(description="month · year")
+    status: str = Field(description="Stripe's: trialing · active · past_due · canceled · incomplete · unpaid ...")
+    current_period_start: Time | None
+    current_period_end: Time | None
+    cancel_at_period_end: bool
+    trial_end: Time | None
+
+    @classmethod
+    def of(cls, view: SubscriptionView) -> SubscriptionAnswer:
+        return cls(
+            id=view.id,
+            plan=view.plan,
+            interval=view.interval,
+            status=view.status,
+            current_period_start=view.current_period_start,
+            current_period_end=view.current_period_end,
+            cancel_at_period_end=view.cancel_at_period_end,
+            trial_end=view.trial_end,
+        )
+
+    @classmethod
+    def of_stripe(cls, subscription: dict[str, Any], *, plan: str, interval: str) -> SubscriptionAnswer:
+        """Stripe's subscription in our shape; the plan and interval from its Price's metadata (written by
+        ``billing stripe sync-products``), else from the subscription's metadata, else the ones given."""
+        items = (subscription.get("items") or {}).get("data") or [{}]
+        item = items[0]
+        price = item.get("price") or {}
+        price_metadata = price.get("metadata") or {}
+        metadata = subscription.get("metadata") or {}
+        recurring = price.get("recurring") or {}
+        start = subscription.get("current_period_start", item.get("current_period_start"))
+        end = subscription.get("current_period_end", item.get("current_period_end"))
+        return cls(
+            id=subscription["id"],
+            plan=price_metadata.get("billing_plan") or metadata.get("plan") or plan,
+            interval=recurring.get("interval") or price_metadata.get("interval") or interval,
+            status=subscription["status"],
+            current_period_start=_stripe_time(start),
+            current_period_end=_stripe_time(end),
+            cancel_at_period_end=bool(subscription.get("cancel_at_period_end")),
+            trial_end=_stripe_time(subscription.get("trial_end")),
+        )
+
+
 class AccountAnswer(BalanceAnswer):
     plan: str
     limits: LimitsAnswer
@@ -454,9 +509,20 @@ class AccountAnswer(BalanceAnswer):
     debt: CreditString = Field(
         description="credits owed (a refund or dispute of credits already spent); 0 unless flags.negative"
     )
+    subscription: SubscriptionAnswer | None = Field(
+        None,
+        description="the plan subscription now: the newest one not canceled, else the newest canceled one; "
+        "null: never subscribed",
+    )
 
     @classmethod
-    def with_limits(cls, balance: AccountBalance, policy: LimitPolicy, grants: OpenGrants) -> AccountAnswer:
+    def with_limits(
+        cls,
+        balance: AccountBalance,
+        policy: LimitPolicy,
+        grants: OpenGrants,
+        subscription: SubscriptionView | None = None,
+    ) -> AccountAnswer:
         base = BalanceAnswer.of(balance)
         # The validated values (millicredits), not their JSON (credit strings).
         fields = {name: getattr(base, name) for name in BalanceAnswer.model_fields}
@@ -466,6 +532,7 @@ class AccountAnswer(BalanceAnswer):
             limits=LimitsAnswer.of(policy),
             grants=[GrantAnswer.of(lot) for lot in grants.lots],
             debt=grants.debt_mc,
+            subscription=None if subscription is None else SubscriptionAnswer.of(subscription),
         )
 
 
@@ -848,4 +915,120 @@ class AutoRechargeAnswer(Answer):
             state=view.state,
             updated_at=view.updated_at,
             last_attempt=AutoRechargeAttemptAnswer.of(view.last_attempt) if view.last_attempt else None,
+        )
+
+
+# -- subscriptions, the billing portal, invoices (the credit lifecycle: plans) -----------------------------------
+PlanInterval = Annotated[
+    StrictStr,
+    Field(pattern=r"^[a-z]{1,16}$", description="month or year (the plan's prices say which)", examples=["month"]),
+]
+
+
+class SubscriptionBody(Body):
+    """Subscribe ``account`` to ``plan``, billed every ``interval``, through a Stripe Checkout Session."""
+
+    account: Account
+    plan: Name = Field(examples=["pro"])
+    interval: PlanInterval = "month"
+    success_url: HttpUrl
+    cancel_url: HttpUrl
+    idempotency_key: ClientKey | None = None
+
+
+class SubscriptionCheckoutAnswer(Answer):
+    id: str = Field(description="the Checkout Session, cs_...")
+    url: str
+    trial_days: int | None = Field(
+        None, description="the trial the session offers; null: none (the plan has none, or the account had one)"
+    )
+
+
+class SubscriptionChangeBody(Body):
+    """Move the subscription to another plan (and interval; default: the one it has)."""
+
+    plan: Name = Field(examples=["business"])
+    interval: PlanInterval | None = None
+    idempotency_key: ClientKey | None = None
+
+
+class SubscriptionChangeAnswer(SubscriptionAnswer):
+    change: Literal["upgrade", "downgrade", "none"] = Field(
+        description="upgrade: applied now, the prorated difference invoiced at once · downgrade: the new price "
+        "from the next renewal · none: already on that plan and interval"
+    )
+
+
+class CancelQuery(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+    at_period_end: bool = Field(True, description="true: at the end of the period paid for; false: now")
+
+
+class BillingPortalBody(Body):
+    account: Account
+    return_url: HttpUrl
+
+
+class BillingPortalAnswer(Answer):
+    url: str
+
+
+class InvoicesQuery(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+    limit: int = Field(25, ge=1, le=MAX_INVOICES_PAGE, description=f"at most {MAX_INVOICES_PAGE}")
+    cursor: str | None = Field(None, description="next_cursor of the previous page")
+
+
+class InvoiceAnswer(Answer):
+    id: str = Field(description="the Stripe invoice, in_...")
+    number: str | None
+    status: str = Field(description="draft · open · paid · uncollectible · void")
+    currency: str
+    amount_due: int = Field(description="minor units of currency")
+    amount_paid: int
+    total: int
+    billing_reason: str | None = Field(
+        description="subscription_create · subscription_cycle · subscription_update · manual ..."
+    )
+    subscription: str | None
+    period_start: Time | None = Field(description="the service period its lines bill")
+    period_end: Time | None
+    hosted_invoice_url: str | None
+    created: Time
+    paid_at: Time | None
+    attempt_count: int
+    next_payment_attempt: Time | None
+
+
+class InvoicesAnswer(Answer):
+    data: list[InvoiceAnswer]
+    has_more: bool
+    next_cursor: str | None
+
+    @classmethod
+    def of(cls, page: InvoicePage) -> InvoicesAnswer:
+        return cls(
+            data=[
+                InvoiceAnswer(
+                    id=i.id,
+                    number=i.number,
+                    status=i.status,
+                    currency=i.currency,
+                    amount_due=i.amount_due,
+                    amount_paid=i.amount_paid,
+                    total=i.total,
+                    billing_reason=i.billing_reason,
+                    subscription=i.subscription,
+                    period_start=i.period_start,
+                    period_end=i.period_end,
+                    hosted_invoice_url=i.hosted_invoice_url,
+                    created=i.created,
+                    paid_at=i.paid_at,
+                    attempt_count=i.attempt_count,
+                    next_payment_attempt=i.next_payment_attempt,
+                )
+                for i in page.invoices
+            ],
+            has_more=page.next_cursor is not None,
+            next_cursor=page.next_cursor,
         )

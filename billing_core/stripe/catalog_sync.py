@@ -14,6 +14,10 @@ sync that dies half way and runs again gets the same objects back instead of dup
 finds everything as wanted and changes nothing, in Stripe or in the database. A package with a pinned
 ``stripe_price`` in the price file is left alone: the file's Price wins.
 
+Plans with prices get the same treatment (``sync_plans``): a Product ``billing_plan_<plan>``, and a recurring
+Price per interval with the lookup key ``billing_plan_<plan>_<interval>`` whose metadata carries the allowance
+terms (``plan_price_metadata``); a change of those terms alone updates that metadata in place.
+
 Stripe is called outside any transaction (DESIGN rule 10); the ids are stored afterwards, in one short one.
 """
 
@@ -32,6 +36,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from billing_core.db.tables import StripeCatalogRow
 from billing_core.db.unit_of_work import utcnow
 from billing_core.pricing.packages import Package
+from billing_core.pricing.plans import PlanPrice
 from billing_core.stripe.gateway import StripeNotFound
 from billing_core.units import format_credits
 
@@ -312,6 +317,227 @@ def sync_packages(
                 }
             )
         results.append(SyncResult(package.id, action, product_id, price_id, tuple(notes)))
+    if rows and not dry_run:
+        at = now or utcnow()
+        with session_factory() as session, session.begin():
+            session.execute(_UPSERT, [{**row, "now": at} for row in rows])
+    return results
+
+
+# -- plans ------------------------------------------------------------------------------------------------------
+# A subscribable plan is one Product, ``billing_plan_<plan>``, and one recurring Price per interval with the lookup
+# key ``billing_plan_<plan>_<interval>``, stored as kind ``plan``, ref ``<plan>:<interval>``. The Price's metadata
+# carries the allowance terms the invoice handlers read back (PLAN_METADATA_KEYS); a change of those terms
+# alone updates the Price's metadata in place (a Price's metadata may change, its amount may not), a change of
+# amount, currency or interval replaces the Price as for a package.
+PLAN = "plan"
+PLAN_METADATA_KEYS = ("billing_plan", "interval", "allowance_mc", "trial_allowance_mc", "rollover_cap_mc")
+
+
+def plan_product_id(plan: str) -> str:
+    return f"billing_plan_{plan}"
+
+
+def plan_lookup_key(price: PlanPrice) -> str:
+    return f"billing_plan_{price.plan}_{price.interval}"
+
+
+def plan_price_metadata(price: PlanPrice) -> dict[str, str]:
+    """What the plan's Price tells the invoice handlers: the plan, the interval and, in millicredits as strings
+    of integers, the allowance per month of the plan, the trial's allowance and the rollover cap."""
+    return {
+        "billing_plan": price.plan,
+        "interval": price.interval,
+        "allowance_mc": str(price.allowance_mc),
+        "trial_allowance_mc": str(price.trial_allowance_mc),
+        "rollover_cap_mc": str(price.rollover_cap_mc),
+    }
+
+
+def plan_fingerprint(price: PlanPrice) -> str:
+    shown = [price.name, price.unit_amount, price.currency, price.interval, plan_price_metadata(price)]
+    return hashlib.sha256(json.dumps(shown, separators=(",", ":"), sort_keys=True).encode()).hexdigest()
+
+
+def _plan_key(kind: str, price: PlanPrice, params: dict[str, Any]) -> str:
+    digest = hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()[:24]
+    return f"billing-sync:{kind}:plan:{price.ref}:{digest}"
+
+
+def plan_price_for(session: Session, price: PlanPrice) -> str | None:
+    """The Stripe Price that subscribes to ``price``'s plan and interval: the one pinned in the price file, else
+    the synced one while it still charges the plan's amount in its currency; None: never synced."""
+    if price.stripe_price:
+        return price.stripe_price
+    params = {"kind": PLAN, "ref": price.ref, "unit_amount": price.unit_amount, "currency": price.currency}
+    found: str | None = session.execute(_READ_PRICE, params).scalar()
+    return found
+
+
+def stored_plan_prices(session: Session) -> dict[str, StoredPrice]:
+    """Every plan price's stored Stripe ids, by ``<plan>:<interval>``."""
+    return {
+        ref: StoredPrice(product, price, unit_amount, currency, digest)
+        for ref, product, price, unit_amount, currency, digest in session.execute(_READ_ALL, {"kind": PLAN})
+    }
+
+
+def _sync_plan_product(
+    gateway: CatalogGateway, price: PlanPrice, dry_run: bool, seen: dict[str, bool]
+) -> tuple[str, list[str], bool]:
+    """The plan's Product (once per plan and run): its id, what changed, whether it is new."""
+    product_id = plan_product_id(price.plan)
+    if product_id in seen:
+        return product_id, [], seen[product_id]
+    wanted_metadata = {"billing_plan": price.plan}
+    try:
+        product = gateway.retrieve_product(product_id)
+    except StripeNotFound:
+        if not dry_run:
+            params = {"name": price.name, "metadata": wanted_metadata}
+            gateway.create_product(
+                product_id=product_id,
+                name=price.name,
+                metadata=wanted_metadata,
+                idempotency_key=_plan_key("product", price, params),
+            )
+        seen[product_id] = True
+        return product_id, [], True
+    changes: dict[str, Any] = {}
+    if product.get("name") != price.name:
+        changes["name"] = price.name
+    if not product.get("active", True):
+        changes["active"] = True
+    if any((product.get("metadata") or {}).get(k) != v for k, v in wanted_metadata.items()):
+        changes["metadata"] = wanted_metadata
+    if changes and not dry_run:
+        gateway.update_product(product_id, **changes)
+    seen[product_id] = False
+    return product_id, [f"product {name}" for name in changes], False
+
+
+def _sync_plan_price(
+    gateway: RecurringCatalogGateway, price: PlanPrice, product_id: str, product_is_new: bool, dry_run: bool
+) -> tuple[str | None, str | None, bool, list[str]]:
+    """The plan's Price for one interval: ``(price id, the Price it replaced, whether it is new, notes)``; the id
+    is None when a dry run would create one."""
+    lookup_key = plan_lookup_key(price)
+    wanted_metadata = plan_price_metadata(price)
+    current = None if product_is_new else next(iter(gateway.list_prices(lookup_keys=[lookup_key], limit=1)), None)
+    if (
+        current is not None
+        and current.get("active")
+        and current.get("unit_amount") == price.unit_amount
+        and current.get("currency") == price.currency
+        and current.get("product") == product_id
+        and current.get("type") == "recurring"
+        and (current.get("recurring") or {}).get("interval") == price.interval
+        and (current.get("recurring") or {}).get("interval_count", 1) == 1
+    ):
+        shown = current.get("metadata") or {}
+        if all(shown.get(k) == v for k, v in wanted_metadata.items()):
+            return str(current["id"]), None, False, []
+        if not dry_run:
+            gateway.update_price(str(current["id"]), metadata=wanted_metadata)
+        return str(current["id"]), None, False, ["price metadata"]
+    replaced = str(current["id"]) if current is not None else None
+    if dry_run:
+        return None, replaced, True, []
+    params: dict[str, Any] = {
+        "product": product_id,
+        "unit_amount": price.unit_amount,
+        "currency": price.currency,
+        "interval": price.interval,
+        "lookup_key": lookup_key,
+        "replaces": replaced,
+    }
+    created = gateway.create_price(
+        product=product_id,
+        unit_amount=price.unit_amount,
+        currency=price.currency,
+        recurring_interval=price.interval,
+        lookup_key=lookup_key,
+        transfer_lookup_key=True,
+        nickname=f"{price.name} ({price.interval}ly)",
+        metadata=wanted_metadata,
+        idempotency_key=_plan_key("price", price, params),
+    )
+    if current is not None and current.get("active"):
+        gateway.update_price(str(current["id"]), active=False)
+    if price.interval == "month":
+        gateway.update_product(product_id, default_price=created["id"])
+    return str(created["id"]), replaced, True, []
+
+
+class RecurringCatalogGateway(CatalogGateway, Protocol):
+    def create_price(
+        self,
+        *,
+        product: str,
+        unit_amount: int,
+        currency: str,
+        lookup_key: str | None = None,
+        transfer_lookup_key: bool = False,
+        nickname: str | None = None,
+        metadata: dict[str, str] | None = None,
+        idempotency_key: str | None = None,
+        recurring_interval: str | None = None,
+    ) -> dict[str, Any]: ...
+
+
+def sync_plans(
+    session_factory: sessionmaker[Session],
+    gateway: RecurringCatalogGateway,
+    prices: list[PlanPrice],
+    *,
+    dry_run: bool = False,
+    now: datetime | None = None,
+) -> list[SyncResult]:
+    """Bring Stripe's plan Products and recurring Prices in line with ``prices`` (``plans.plan_prices``) and
+    store their ids, as ``sync_packages`` does for packages; each result's ``package`` is ``<plan>:<interval>``."""
+    with session_factory() as session:
+        stored = stored_plan_prices(session)
+    results: list[SyncResult] = []
+    rows: list[dict[str, Any]] = []
+    products: dict[str, bool] = {}
+    for price in prices:
+        if price.stripe_price:
+            results.append(
+                SyncResult(price.ref, "pinned", None, price.stripe_price, ("price pinned in the price file",))
+            )
+            continue
+        product_id, notes, product_is_new = _sync_plan_product(gateway, price, dry_run, products)
+        price_id, replaced, price_is_new, price_notes = _sync_plan_price(
+            gateway, price, product_id, product_is_new, dry_run
+        )
+        notes += price_notes
+        if product_is_new:
+            action = "created"
+        elif replaced is not None:
+            action = "replaced"
+            notes.append(f"price {price.unit_amount} {price.currency}/{price.interval} replaces {replaced}")
+        elif price_is_new:
+            action = "updated"
+            notes.append("price created")
+        else:
+            action = "updated" if notes else "unchanged"
+        wanted = StoredPrice(product_id, price_id or "", price.unit_amount, price.currency, plan_fingerprint(price))
+        if price_id is not None and stored.get(price.ref) != wanted:
+            if action == "unchanged":
+                notes.append("ids stored")
+                action = "updated"
+            rows.append(
+                {
+                    "kind": PLAN,
+                    "ref": price.ref,
+                    "product": product_id,
+                    "price": price_id,
+                    "unit_amount": price.unit_amount,
+                    "currency": price.currency,
+                    "fingerprint": wanted.fingerprint,
+                }
+            )
+        results.append(SyncResult(price.ref, action, product_id, price_id, tuple(notes)))
     if rows and not dry_run:
         at = now or utcnow()
         with session_factory() as session, session.begin():

@@ -247,14 +247,18 @@ class StripeGateway:
         nickname: str | None = None,
         metadata: dict[str, str] | None = None,
         idempotency_key: str | None = None,
+        recurring_interval: str | None = None,
     ) -> dict[str, Any]:
-        """A one-time Price; with ``transfer_lookup_key`` the lookup key moves here from the Price holding it."""
+        """A one-time Price, or with ``recurring_interval`` (``month``, ``year``) a recurring one billed every
+        interval; with ``transfer_lookup_key`` the lookup key moves here from the Price holding it."""
         params: Params = {
             "product": product,
             "unit_amount": unit_amount,
             "currency": currency,
             "metadata": metadata or {},
         }
+        if recurring_interval is not None:
+            params["recurring"] = {"interval": recurring_interval}
         if lookup_key is not None:
             params["lookup_key"] = lookup_key
             if transfer_lookup_key:

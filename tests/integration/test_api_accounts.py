@@ -104,6 +104,7 @@ def test_balance_shows_available_held_and_total_as_credit_strings(api, probe):
             }
         ],
         "debt": "0.000",
+        "subscription": None,
     }
 
 

@@ -17,7 +17,8 @@ from sqlalchemy import text
 
 from billing_core.pricing.catalog import PriceTable
 from billing_core.pricing.packages import find_package, sellable_packages
-from billing_core.stripe.catalog_sync import price_for, sync_packages
+from billing_core.pricing.plans import PlanPrice, plan_prices
+from billing_core.stripe.catalog_sync import plan_price_for, price_for, sync_packages, sync_plans
 from billing_core.stripe.checkout import open_checkout
 from billing_core.stripe.gateway import StripeGateway, StripeNotFound, StripeRejected
 from stripe_emulator import run_in_thread
@@ -49,6 +50,16 @@ def catalog_rows(probe) -> list[tuple]:
         for r in probe.rows(
             "SELECT ref, stripe_product_id, stripe_price_id, unit_amount, currency, fingerprint, synced_at "
             "FROM stripe_catalog WHERE kind = 'package' ORDER BY ref"
+        )
+    ]
+
+
+def plan_rows(probe) -> list[tuple]:
+    return [
+        tuple(r)
+        for r in probe.rows(
+            "SELECT ref, stripe_product_id, stripe_price_id, unit_amount, currency, fingerprint, synced_at "
+            "FROM stripe_catalog WHERE kind = 'plan' ORDER BY ref"
         )
     ]
 
@@ -285,13 +296,16 @@ def test_the_command_syncs_then_reports_nothing_to_do(database_url, session_fact
 
     first = billing("stripe", "sync-products")
     assert first.returncode == 0, first.stderr
-    assert first.stdout.count(": created ") == len(TABLE.packages)
+    plans = plan_prices(TABLE.spec.plans)
+    assert first.stdout.count(": created ") == len(TABLE.packages) + len(plans)
+    assert "plan pro:month: created billing_plan_pro price_" in first.stdout
     assert len(catalog_rows(probe)) == len(TABLE.packages)
+    assert len(plan_rows(probe)) == len(plans)
 
     second = billing("stripe", "sync-products")
     assert second.returncode == 0, second.stderr
-    assert second.stdout.count(": unchanged ") == len(TABLE.packages)
-    assert "0 changed" in second.stderr
+    assert second.stdout.count(": unchanged ") == len(TABLE.packages) + len(plans)
+    assert f"{len(TABLE.packages)} package(s), {len(plans)} plan price(s), 0 changed" in second.stderr
 
 
 # -- checkout on the stored Price ------------------------------------------------------------------------------
@@ -351,3 +365,147 @@ def _event_count(emulator_url: str) -> int:
     )
     response.raise_for_status()
     return len(response.json()["data"])
+
+
+# -- sync-products: plans ---------------------------------------------------------------------------------------
+PLANS = plan_prices(TABLE.spec.plans)
+
+
+def _plan(plan: str, interval: str) -> PlanPrice:
+    return next(p for p in PLANS if (p.plan, p.interval) == (plan, interval))
+
+
+def test_sync_creates_a_product_per_plan_and_a_recurring_price_per_interval_with_the_allowance(
+    session_factory, probe, gateway
+):
+    results = sync_plans(session_factory, gateway, PLANS)
+
+    assert [(r.package, r.action) for r in results] == [
+        ("pro:month", "created"),
+        ("pro:year", "created"),
+        ("business:month", "created"),
+        ("business:year", "created"),
+    ]
+    rows = {r[0]: r for r in plan_rows(probe)}
+    assert set(rows) == {"pro:month", "pro:year", "business:month", "business:year"}
+    # seed 002: Pro $29/month, $290/year; Business $149/month, $1,490/year
+    amounts = {ref: (r[3], r[4]) for ref, r in rows.items()}
+    assert amounts == {
+        "pro:month": (2900, "usd"),
+        "pro:year": (29000, "usd"),
+        "business:month": (14900, "usd"),
+        "business:year": (149000, "usd"),
+    }
+    pro_month = gateway.retrieve_price(rows["pro:month"][2])
+    assert (pro_month["type"], pro_month["recurring"]["interval"], pro_month["recurring"]["interval_count"]) == (
+        "recurring",
+        "month",
+        1,
+    )
+    assert (pro_month["product"], pro_month["lookup_key"], pro_month["active"]) == (
+        "billing_plan_pro",
+        "billing_plan_pro_month",
+        True,
+    )
+    assert pro_month["metadata"] == {
+        "billing_plan": "pro",
+        "interval": "month",
+        "allowance_mc": "30000000",
+        "trial_allowance_mc": "5000000",
+        "rollover_cap_mc": "30000000",
+    }
+    business_year = gateway.retrieve_price(rows["business:year"][2])
+    assert business_year["recurring"]["interval"] == "year" and business_year["unit_amount"] == 149000
+    # the allowance is per month of the plan, a yearly one too
+    assert business_year["metadata"] == {
+        "billing_plan": "business",
+        "interval": "year",
+        "allowance_mc": "160000000",
+        "trial_allowance_mc": "20000000",
+        "rollover_cap_mc": "160000000",
+    }
+    product = gateway.retrieve_product("billing_plan_pro")
+    assert (product["name"], product["metadata"], product["default_price"]) == (
+        "Pro",
+        {"billing_plan": "pro"},
+        rows["pro:month"][2],
+    )
+    with session_factory() as session:
+        assert plan_price_for(session, _plan("pro", "year")) == rows["pro:year"][2]
+
+
+def test_sync_plans_twice_changes_nothing(session_factory, probe, gateway, emulator_url):
+    sync_plans(session_factory, gateway, PLANS)
+    rows = plan_rows(probe)
+    events_before = _event_count(emulator_url)
+
+    again = sync_plans(session_factory, gateway, PLANS)
+
+    assert {r.action for r in again} == {"unchanged"}
+    assert plan_rows(probe) == rows
+    assert _event_count(emulator_url) == events_before
+
+
+def test_a_changed_plan_amount_gets_a_new_recurring_price_and_the_old_one_is_deactivated(
+    session_factory, probe, gateway
+):
+    pro_month = _plan("pro", "month")
+    sync_plans(session_factory, gateway, [pro_month])
+    ((_, _, old_price, *_),) = plan_rows(probe)
+
+    dearer = replace(pro_month, unit_amount=3900)
+    (result,) = sync_plans(session_factory, gateway, [dearer])
+
+    assert result.action == "replaced"
+    ((ref, _, new_price, amount, *_),) = plan_rows(probe)
+    assert (ref, amount) == ("pro:month", 3900) and new_price != old_price
+    old = gateway.retrieve_price(old_price)
+    assert (old["active"], old["lookup_key"]) == (False, None)
+    fresh = gateway.retrieve_price(new_price)
+    assert (fresh["active"], fresh["unit_amount"], fresh["lookup_key"], fresh["recurring"]["interval"]) == (
+        True,
+        3900,
+        "billing_plan_pro_month",
+        "month",
+    )
+    assert fresh["metadata"]["billing_plan"] == "pro"
+    with session_factory() as session:
+        assert plan_price_for(session, dearer) == new_price
+        assert plan_price_for(session, pro_month) is None  # the old amount is not sold any more
+
+
+def test_a_changed_allowance_updates_the_price_metadata_in_place(session_factory, probe, gateway, emulator_url):
+    pro_month = _plan("pro", "month")
+    sync_plans(session_factory, gateway, [pro_month])
+    ((_, _, price_id, _, _, old_fingerprint, _),) = plan_rows(probe)
+
+    richer = replace(pro_month, allowance_mc=40_000_000, rollover_cap_mc=0)
+    (result,) = sync_plans(session_factory, gateway, [richer])
+
+    assert (result.action, result.price, result.notes) == ("updated", price_id, ("price metadata",))
+    shown = gateway.retrieve_price(price_id)
+    assert (shown["active"], shown["metadata"]["allowance_mc"], shown["metadata"]["rollover_cap_mc"]) == (
+        True,
+        "40000000",
+        "0",
+    )
+    ((_, _, same_price, _, _, fingerprint, _),) = plan_rows(probe)
+    assert same_price == price_id and fingerprint != old_fingerprint
+    events = _event_count(emulator_url)
+    assert {r.action for r in sync_plans(session_factory, gateway, [richer])} == {"unchanged"}
+    assert _event_count(emulator_url) == events
+
+
+def test_a_pinned_plan_price_is_left_alone(session_factory, probe, gateway, emulator_url):
+    pinned = replace(_plan("business", "month"), stripe_price="price_pinnedplan1")
+    (result,) = sync_plans(session_factory, gateway, [pinned])
+    assert (result.package, result.action, result.price) == ("business:month", "pinned", "price_pinnedplan1")
+    assert plan_rows(probe) == [] and _event_count(emulator_url) == 0
+    with session_factory() as session:
+        assert plan_price_for(session, pinned) == "price_pinnedplan1"
+
+
+def test_a_plan_dry_run_changes_nothing(session_factory, probe, gateway, emulator_url):
+    results = sync_plans(session_factory, gateway, PLANS, dry_run=True)
+    assert {r.action for r in results} == {"created"}
+    assert plan_rows(probe) == [] and _event_count(emulator_url) == 0
