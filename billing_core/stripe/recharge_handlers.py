@@ -12,18 +12,18 @@ the no-op ``on_payment_failed`` did before.
 from __future__ import annotations
 
 from billing_core.ledger.book import Book
-from billing_core.stripe.auto_recharge import StripeObject, apply_payment_intent
-from billing_core.stripe.event_handlers import EventHandler, StripeFacts
+from billing_core.stripe.auto_recharge import StripeObject, apply_payment_intent, is_auto_recharge
+from billing_core.stripe.event_handlers import EventHandler, StripeFacts, on_payment_failed
 from billing_core.stripe.purchases import PROCESSED
 
 
 def on_payment_intent(book: Book, intent: StripeObject, facts: StripeFacts) -> str:
-    """Ours: recorded (``processed``); another integration's succeeded PaymentIntent: ``ignored``; a failed
-    one that is not ours: ``processed``, nothing moves (what ``payment_intent.payment_failed`` always did)."""
-    outcome = apply_payment_intent(book, intent)
-    if intent.get("status") != "succeeded":
-        return PROCESSED
-    return outcome
+    """Ours: recorded (``processed``); another integration's succeeded PaymentIntent: ``ignored``; any other
+    failed PaymentIntent (a Checkout's, an invoice's) is what the payments' map records as a payment failure."""
+    if intent.get("status") == "succeeded" or is_auto_recharge(intent):
+        outcome = apply_payment_intent(book, intent)
+        return outcome if intent.get("status") == "succeeded" else PROCESSED
+    return on_payment_failed(book, intent, facts)
 
 
 # Its ``payment_intent.payment_failed`` replaces the payments map's no-op.
