@@ -148,6 +148,10 @@ def run_dev_stack(*, web_port: int, emulator_port: int, echo: Callable[[str], No
             except OSError as exc:
                 echo(f"billing dev: the Stripe emulator at {env['STRIPE_API_BASE']} did not answer: {exc}")
                 return 1
+        if own_emulator:
+            # The emulator starts empty: its Products and Prices are made here, so that packages and plans
+            # sell their stored Prices (what ``billing stripe sync-products`` does against a real Stripe).
+            _sync_catalog(database_url, env)
         env.update(
             DATABASE_URL=database_url,
             REDIS_URL=redis_url,
@@ -173,6 +177,25 @@ def run_dev_stack(*, web_port: int, emulator_port: int, echo: Callable[[str], No
         manager.loop()
         return manager.returncode or 0
     return 0
+
+
+def _sync_catalog(database_url: str, env: dict[str, str]) -> None:
+    from billing_core.db.engine import make_engine, make_session_factory
+    from billing_core.pricing.catalog import load_price_table
+    from billing_core.pricing.packages import sellable_packages
+    from billing_core.pricing.plans import plan_prices
+    from billing_core.stripe.catalog_sync import sync_packages, sync_plans
+    from billing_core.stripe.gateway import StripeGateway
+
+    table = load_price_table(env.get("BILLING_PRICING_FILE") or None)
+    gateway = StripeGateway(env["STRIPE_API_KEY"], env["STRIPE_API_BASE"])
+    engine = make_engine(database_url, pool_size=1)
+    try:
+        session_factory = make_session_factory(engine)
+        sync_packages(session_factory, gateway, sellable_packages(table))
+        sync_plans(session_factory, gateway, plan_prices(table.spec.plans))
+    finally:
+        engine.dispose()
 
 
 def _start_emulator(stack: ExitStack, port: int) -> str:
