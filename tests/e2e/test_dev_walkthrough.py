@@ -1,0 +1,89 @@
+"""The README's walkthrough on ``billing dev`` itself: the command a new developer runs, with its embedded
+PostgreSQL and Redis, its emulator, and the Procfile's processes. An account subscribes to Pro, pays in the
+emulator, and its trial allowance shows in its balance; a package sells too (the catalog was synced)."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+from typing import Any
+
+import requests
+
+from billing_cli.throwaway import free_port
+from tests.e2e.conftest import ROOT, wait_until
+
+URLS = {"success_url": "https://example.com/ok", "cancel_url": "https://example.com/cancel"}
+
+
+def test_the_walkthrough_subscribes_an_account_and_shows_its_allowance() -> None:
+    web_port, emulator_port = free_port(), free_port()
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL") and not k.startswith("STRIPE")}
+    with tempfile.TemporaryFile() as log:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "billing_cli",
+                "dev",
+                "--port",
+                str(web_port),
+                "--emulator-port",
+                str(emulator_port),
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+        def output() -> str:
+            log.seek(0)
+            return log.read().decode(errors="replace")
+
+        try:
+            key = wait_until(
+                lambda: (m := re.search(r"API key \(admin\) (bk_\S+)", output())) and m.group(1),
+                timeout=120,
+                what="billing dev to come up",
+            )
+            base, stripe = f"http://127.0.0.1:{web_port}", f"http://127.0.0.1:{emulator_port}"
+            headers = {"Authorization": f"Bearer {key}"}
+
+            def post(path: str, body: dict[str, Any]) -> requests.Response:
+                return requests.post(base + path, json=body, headers=headers, timeout=10)
+
+            answer = post("/v1/subscriptions", {"account": "team_7", "plan": "pro", "interval": "month", **URLS})
+            assert answer.status_code == 201, answer.text
+            assert answer.json()["trial_days"] == 14
+            paid = requests.post(f"{stripe}/_emulator/checkout/sessions/{answer.json()['id']}/pay", timeout=10)
+            assert paid.status_code == 200, paid.text
+
+            def balance() -> dict[str, Any]:
+                body: dict[str, Any] = requests.get(f"{base}/v1/accounts/team_7", headers=headers, timeout=10).json()
+                return body
+
+            account = wait_until(lambda: (b := balance()).get("available") == "5000.000" and b, timeout=60)
+            assert account["plan"] == "pro" and account["subscription"]["status"] == "trialing"
+            assert [(g["source"], g["remaining"]) for g in account["grants"]] == [("plan", "5000.000")]
+            invoices = requests.get(f"{base}/v1/accounts/team_7/invoices", headers=headers, timeout=10).json()
+            assert [(i["billing_reason"], i["status"], i["total"]) for i in invoices["data"]] == [
+                ("subscription_create", "paid", 0)
+            ]
+            # a package is sold at its synced Price
+            checkout = post("/v1/checkout", {"account": "user_42", "package": "starter", **URLS})
+            assert checkout.status_code == 201, checkout.text
+            # nothing failed on the way (what happens while it shuts down is its own business)
+            assert "Traceback" not in output(), output()[-4000:]
+        finally:
+            os.killpg(proc.pid, signal.SIGINT)
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(10)
