@@ -52,7 +52,6 @@ def check(body: CheckBody):
     table = rt.prices.current(now)
     admission = admit(
         rt.engine,
-        rt.read_session_factory,
         table,
         token_limits(),
         account=body.account,

@@ -33,9 +33,10 @@ from flask_limiter import Limiter
 from flask_limiter.errors import RateLimitExceeded
 from limits import RateLimitItem, parse_many
 
+from billing_core.db.engine import raw_read
 from billing_core.db.wakeups import redis_client
 from billing_core.errors import LimitsUnavailable, RateLimited
-from billing_core.pricing.limits import RequestWindow, TokenLimits, UsageGate, count_tokens
+from billing_core.pricing.limits import RequestWindow, TokenLimits, UsageGate, count_tokens, plan_row
 from billing_core.settings import Settings
 from webhook_receiver.auth import current_key
 from webhook_receiver.errors import ApiError, error_response, status_for
@@ -164,8 +165,11 @@ def check_hold_tokens(account: str, items: Sequence[Any] | None, mode: str = "sy
     is, when it is reported."""
     rt = runtime()
     limits = token_limits()
-    with rt.read_session_factory() as session:
-        policy = limits.policies(session, [account], rt.prices.current())[account]
+    table = rt.prices.current()
+    policy = limits.cached_policy(table, account)
+    if policy is None:
+        with raw_read(rt.engine) as conn:
+            policy = limits.policy_of_row(table, account, *plan_row(conn, account))
     state = limits.check(account, count_tokens(items or (), mode), policy, requests=request_windows())
     if state.refusal is not None:
         raise state.refusal

@@ -94,8 +94,30 @@ _SPENDABLE = (
     .where(wallets.account == bindparam("account"))
     .group_by(wallets.id)
 )
-# Run on the driver's connection (``db.engine.raw_read``): the read of every ``POST /v1/check``.
+# Run on the driver's connection (``db.engine.raw_read``).
 _SPENDABLE_SQL = compiled_sql(_SPENDABLE)
+# The same, with the wallet's plan and limit overrides: the one read of every ``POST /v1/check``.
+_SPENDABLE_AND_PLAN_SQL = compiled_sql(_SPENDABLE.add_columns(wallets.plan, wallets.limit_overrides))
+
+
+@dataclass(frozen=True)
+class SpendableState:
+    """What a hold placed now could reserve, whether the wallet is flagged negative, and its stored plan and
+    limit overrides (those of the token limits: ``pricing.limits``). An unknown account: 0, not flagged, no plan."""
+
+    spendable_mc: int
+    flagged: bool
+    plan: str | None
+    limit_overrides: dict[str, Any]
+
+
+def spendable_state_and_plan(conn: psycopg.Connection[Any], account: str, now: datetime) -> SpendableState:
+    """``spendable_state`` and the wallet's plan in one query, on a driver connection."""
+    row = conn.execute(_SPENDABLE_AND_PLAN_SQL, {"account": account, "now": now}).fetchone()
+    if row is None:
+        return SpendableState(0, False, None, {})
+    flagged = row[0] is not None
+    return SpendableState(0 if flagged else int(row[1]), flagged, row[2], dict(row[3] or {}))
 
 
 def read_balance(db: Session | Connection, account: str) -> AccountBalance | None:

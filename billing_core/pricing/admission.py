@@ -2,10 +2,11 @@
 
 Everything that would refuse the work, read in one pass and without a side effect: the price of the items in
 the key mode (the same ``price_items`` as estimates, holds and charges), what the wallet could reserve now and
-whether it is flagged negative (one query, on the driver's connection), and the account's token windows with
-the API key's request counter (one Redis round trip; the plan and overrides come from the per-process policy
-cache). A refusal is an answer here, not an error: the caller asked a question, and ``reason`` says why not,
-with the same codes the hold and usage endpoints raise.
+whether it is flagged negative, with the wallet's plan and limit overrides (one query, on the driver's
+connection: a per-process cache of plans missed for most of a thousand accounts checked in turn), and the
+account's token windows with the API key's request counter (one Redis round trip). A refusal is an answer
+here, not an error: the caller asked a question, and ``reason`` says why not, with the same codes the hold
+and usage endpoints raise.
 
 Reasons are checked in the order a caller can act on them: the key mode (the request itself cannot be
 served), the account's negative flag, the token limits (``limits_unavailable`` when they fail closed and Redis
@@ -19,7 +20,6 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import Engine
-from sqlalchemy.orm import Session, sessionmaker
 
 from billing_core.db.engine import raw_read
 from billing_core.errors import (
@@ -29,7 +29,7 @@ from billing_core.errors import (
     KeyModeNotAllowed,
     LimitsUnavailable,
 )
-from billing_core.ledger.balances import spendable_state
+from billing_core.ledger.balances import spendable_state_and_plan
 from billing_core.pricing.catalog import PriceTable
 from billing_core.pricing.items import Item
 from billing_core.pricing.limits import LimitPolicy, LimitState, RequestWindow, TokenLimits, count_tokens
@@ -61,7 +61,6 @@ class Admission:
 
 def admit(
     engine: Engine,
-    session_factory: sessionmaker[Session],
     table: PriceTable,
     limits: TokenLimits,
     *,
@@ -88,9 +87,9 @@ def admit(
             reason, estimate = exc, None
     tokens = count_tokens(items or (), mode)
     with raw_read(engine) as conn:
-        available, flagged = spendable_state(conn, account, now)
-    with session_factory() as session:  # used on a policy cache miss only
-        policy = limits.policies(session, [account], table)[account]
+        wallet = spendable_state_and_plan(conn, account, now)
+    available, flagged = wallet.spendable_mc, wallet.flagged
+    policy = limits.policy_of_row(table, account, wallet.plan, wallet.limit_overrides)
     try:
         state = limits.check(account, tokens, policy, now, requests=requests)
     except LimitsUnavailable as exc:

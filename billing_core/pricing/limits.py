@@ -41,6 +41,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
+import psycopg
 import redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -48,6 +49,7 @@ from sqlalchemy import String, Table, any_, bindparam, cast, func, literal, sele
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB, insert
 from sqlalchemy.orm import Session, sessionmaker
 
+from billing_core.db.engine import compiled_sql
 from billing_core.db.tables import UsageRecord, Wallet
 from billing_core.errors import LimitsUnavailable, QuotaExceeded, RateLimited, UnknownPlan
 from billing_core.pricing.catalog import PriceTable
@@ -159,6 +161,16 @@ _WALLETS: Table = Wallet.__table__  # type: ignore[assignment]  # a declarative 
 _PLANS = select(_WALLETS.c.account, _WALLETS.c.plan, _WALLETS.c.limit_overrides).where(
     _WALLETS.c.account == any_(bindparam("a", type_=ARRAY(String)))
 )
+
+
+_PLAN_OF = select(_WALLETS.c.plan, _WALLETS.c.limit_overrides).where(_WALLETS.c.account == bindparam("account"))
+_PLAN_OF_SQL = compiled_sql(_PLAN_OF)  # one account's, on a driver connection (``db.engine.raw_read``)
+
+
+def plan_row(conn: psycopg.Connection[Any], account: str) -> tuple[str | None, dict[str, Any]]:
+    """The plan and overrides stored for ``account`` ((None, {}) without a wallet), on a driver connection."""
+    row = conn.execute(_PLAN_OF_SQL, {"account": account}).fetchone()
+    return (None, {}) if row is None else (row[0], dict(row[1] or {}))
 
 
 def plan_rows(session: Session, accounts: Sequence[str]) -> dict[str, tuple[str | None, dict[str, Any]]]:
@@ -484,6 +496,25 @@ class TokenLimits:
                 self._policies.clear()
             self._policies[key] = found
         return found
+
+    def cached_policy(self, table: PriceTable, account: str) -> LimitPolicy | None:
+        """The account's policy if this process read its plan less than ``policy_cache_seconds`` ago."""
+        with self._lock:
+            cached = self._cache.get(account)
+        if cached is None or cached[0] <= self._clock():
+            return None
+        return self._policy(table, cached[1], cached[2])
+
+    def policy_of_row(
+        self, table: PriceTable, account: str, plan: str | None, overrides: Mapping[str, Any] | None
+    ) -> LimitPolicy:
+        """The policy of the plan and overrides the caller just read from the account's wallet (None, {}: no
+        wallet); fresher than the cache, so it refreshes it."""
+        stored = dict(overrides or {})
+        if self.policy_cache_seconds > 0:
+            with self._lock:
+                self._cache[account] = (self._clock() + self.policy_cache_seconds, plan, stored)
+        return self._policy(table, plan, stored)
 
     def forget(self, account: str) -> None:
         """Drop the cached plan of ``account`` (this process changed it)."""
