@@ -66,6 +66,7 @@ class StripeReader(Protocol):
     def list_refunds(self, *, charge: str) -> list[StripeObject]: ...
     def retrieve_subscription(self, subscription_id: str) -> StripeObject: ...
     def retrieve_invoice(self, invoice_id: str) -> StripeObject: ...
+    def retrieve_payment_intent(self, payment_intent_id: str) -> StripeObject: ...
 
 
 @dataclass(frozen=True)
@@ -77,6 +78,7 @@ class StripeFacts:
     refunds: list[StripeObject] | None = None  # every refund of a charge
     subscription: StripeObject | None = None  # a subscription as Stripe shows it now (subscription_handlers)
     invoice: StripeObject | None = None  # an invoice as Stripe shows it now
+    payment_intent: StripeObject | None = None  # a failed invoice attempt's PaymentIntent (why it failed)
 
 
 @dataclass(frozen=True)

@@ -68,9 +68,19 @@ def on_checkout_completed_any(book: Book, session: StripeObject, facts: StripeFa
 
 # -- invoices -----------------------------------------------------------------------------------------------
 def read_invoice(stripe: StripeReader, invoice: StripeObject, known: PurchaseKnown) -> StripeFacts:
+    """The invoice and its subscription as Stripe shows them; for an attempt that failed, its PaymentIntent
+    (the invoice itself does not say why the card was declined)."""
     current = stripe.retrieve_invoice(invoice["id"])
     sub_id = invoice_subscription(current)
-    return StripeFacts(invoice=current, subscription=stripe.retrieve_subscription(sub_id) if sub_id else None)
+    intent = None
+    pi_id = current.get("payment_intent")
+    if current.get("status") == "open" and int(current.get("attempt_count") or 0) > 0 and isinstance(pi_id, str):
+        intent = stripe.retrieve_payment_intent(pi_id)
+    return StripeFacts(
+        invoice=current,
+        subscription=stripe.retrieve_subscription(sub_id) if sub_id else None,
+        payment_intent=intent,
+    )
 
 
 def on_invoice_changed(book: Book, invoice: StripeObject, facts: StripeFacts) -> str:
@@ -85,7 +95,8 @@ def on_invoice_changed(book: Book, invoice: StripeObject, facts: StripeFacts) ->
             # From the payload alone, before its subscription was recorded: wait for it.
             raise Waiting(f"invoice {current['id']}: its subscription is not recorded yet")
         return IGNORED  # not one of our customers' invoices
-    store_invoice(book, current, account)
+    error = ((facts.payment_intent or {}).get("last_payment_error") or {}).get("code")
+    store_invoice(book, current, account, payment_error=error)
     if current.get("status") == "paid":
         grant_for_invoice(book, account, current, sub)
     return PROCESSED

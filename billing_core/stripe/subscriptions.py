@@ -240,12 +240,13 @@ def _set_wallet_plan(book: Book, wallet_id: int, plan: str | None, *, only_if: s
     book.session.execute(statement.values(plan=plan, updated_at=book.now))
 
 
-def store_invoice(book: Book, invoice: StripeObject, account: str) -> None:
+def store_invoice(book: Book, invoice: StripeObject, account: str, payment_error: str | None = None) -> None:
+    """Write the invoice as Stripe shows it; ``payment_error``: the decline code of its last failed attempt
+    (its PaymentIntent's ``last_payment_error``, read by the handler), kept until a later one replaces it."""
     wallet = book.lock_wallet(account, create=True)
     lines = [line for line in _lines(invoice) if not _is_proration(line)] or _lines(invoice)
     start, end = _line_period(lines[0]) if lines else (None, None)
     transitions = invoice.get("status_transitions") or {}
-    error = (invoice.get("last_finalization_error") or {}).get("code")
     values = {
         "wallet_id": wallet.id,
         "subscription_id": invoice_subscription(invoice),
@@ -265,15 +266,10 @@ def store_invoice(book: Book, invoice: StripeObject, account: str) -> None:
         "paid_at": _at(transitions.get("paid_at")),
         "updated_at": book.now,
     }
-    if error:
-        values["last_payment_error"] = error
+    if payment_error:
+        values["last_payment_error"] = payment_error
     insert = pg_insert(_INVOICES).values(id=invoice["id"], **values)
     book.session.execute(insert.on_conflict_do_update(index_elements=[invoices.id], set_=values))
-
-
-def record_payment_error(book: Book, invoice_id: str, code: str | None) -> None:
-    if code:
-        book.session.execute(update(_INVOICES).where(invoices.id == invoice_id).values(last_payment_error=code))
 
 
 # -- what a paid invoice grants -------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ from freezegun import freeze_time
 from sqlalchemy import text
 
 from billing_cli.throwaway import free_port
+from billing_core.db.config import set_setting
 from billing_core.db.engine import raw_read
 from billing_core.intake.stripe_events import check_event, process_event
 from billing_core.ledger.balances import spendable_mc
@@ -206,6 +207,15 @@ def test_a_year_of_a_monthly_plan_matches_the_hand_written_table(stripe_url, ses
     types = year.advance(clock, at(2026, 4, 1))
     assert "invoice.payment_failed" in types
     assert year.subscription().status == "past_due"
+    with session_factory() as session:
+        failed = session.execute(
+            text(
+                "SELECT status, attempt_count, next_payment_attempt, last_payment_error "
+                "FROM invoices WHERE status = 'open'"
+            )
+        ).one()
+    assert (failed.attempt_count, failed.last_payment_error) == (1, "card_declined")
+    assert failed.next_payment_attempt == at(2026, 4, 4)  # the first retry, three days on
     step("renewal 3 declined: March's 500 ended with the period, nothing granted", at(2026, 4, 1, 4), "0")
     year.control(f"customers/{customer['id']}/card", outcome="succeed")
     types = year.advance(clock, at(2026, 4, 4, 1))  # Smart Retries: 3 days later
@@ -323,3 +333,46 @@ def test_invoice_events_in_any_order_and_twice_grant_once(stripe_url, session_fa
     with session_factory() as session:
         assert session.execute(text("SELECT count(*) FROM invoices")).scalar() == 1
         assert session.execute(text("SELECT count(*) FROM ledger_entries WHERE kind = 'grant'")).scalar() == 1
+
+
+def test_a_downgrade_takes_effect_at_renewal(stripe_url, session_factory):
+    year = Year(stripe_url, session_factory, "down_1")
+    pro, business = year.price(2900, PRO), year.price(9900, BUSINESS)
+    clock, _, sub_id = year.subscribe(business, at(2026, 8, 1))
+    year.deliver()
+    assert year.spendable(at(2026, 8, 1, 1)) == Decimal("3000")
+    year.advance(clock, at(2026, 8, 10))
+    item = year.gateway.retrieve_subscription(sub_id)["items"]["data"][0]["id"]
+    year.gateway.update_subscription(sub_id, items=[{"id": item, "price": pro}], proration_behavior="none")
+    year.deliver()
+    # nothing invoiced, nothing taken: the month paid for Business stays Business
+    assert year.spendable(at(2026, 8, 10, 1)) == Decimal("3000") and year.wallet_plan() == "business"
+    year.spend("2000", at(2026, 8, 20))
+    year.advance(clock, at(2026, 9, 1))
+    year.sweep(at(2026, 9, 1, 1))
+    # the renewal bills Pro: its 1,000, and of Business's 1,000 left Pro's cap of 500 rolls over
+    assert year.spendable(at(2026, 9, 1, 1)) == Decimal("1500")
+    assert (year.subscription().plan, year.wallet_plan()) == ("pro", "pro")
+
+
+def test_a_yearly_plan_can_grant_its_twelve_months_up_front(stripe_url, session_factory):
+    with session_factory() as session, session.begin():
+        set_setting(session, "plan_yearly_grants", "upfront", now=at(2026, 1, 1))
+    year = Year(stripe_url, session_factory, "upfront_1")
+    response = requests.post(
+        f"{stripe_url}/v1/prices",
+        headers={"Authorization": f"Bearer {API_KEY}"},
+        data={
+            "currency": "usd",
+            "unit_amount": 29000,
+            "recurring[interval]": "year",
+            "product_data[name]": "pro yearly",
+            **{f"metadata[{k}]": v for k, v in {**PRO, "interval": "year"}.items()},
+        },
+        timeout=10,
+    )
+    year.subscribe(response.json()["id"], at(2026, 1, 1))
+    year.deliver()
+    assert year.spendable(at(2026, 1, 1, 1)) == Decimal("12000")
+    assert year.subscription().next_allowance_at is None  # nothing left for the beat
+    assert year.spendable(at(2027, 1, 1)) == Decimal("0")  # the year's credits end with the year
