@@ -44,7 +44,7 @@ from billing_core.ledger.commands import (
     TransferCredits,
 )
 from billing_core.ledger.disputes import hold_disputed, settle_dispute
-from billing_core.ledger.grants import GrantLot
+from billing_core.ledger.grants import GrantLot, spending_key
 from billing_core.ledger.hold_rows import HoldView
 
 
@@ -373,31 +373,38 @@ def expire_grants(book: Book, cmd: ExpireGrants) -> SweepResult:
         return SweepResult(0, ())
     wallets = _lock_wallet_ids(book, sorted({wallet_id for _, wallet_id in due}))
     lots = book.grant_lots([grant_id for grant_id, _ in due])
-    expiry = book.system_account("expiry")
     entries = []
     for grant_id, wallet_id in due:
         lot = lots[grant_id]
         if lot.remaining_mc <= 0:
             continue
-        entry = book.entry(
-            "grant_expiry",
-            f"grant-expiry:{grant_id}",
-            fingerprint("grant_expiry", {"grant_id": grant_id}),
-            metadata={"grant_id": grant_id},
-            occurred_at=lot.expires_at,
-        )
-        amount = lot.remaining_mc
-        book.post_to_wallet(entry, wallets[wallet_id], lot, -amount)
-        book.post(entry, expiry, amount)
-        entries.append(entry)
+        entries.append(_expire_lot(book, wallets[wallet_id], lot))
     book.flush()
     return SweepResult(len(entries), tuple(e.id for e in entries if e.id is not None))
 
 
+def _expire_lot(book: Book, wallet: WalletState, lot: GrantLot) -> EntryDraft:
+    """What is left of an ended grant goes to the expiry account: one entry per grant, whoever expires it
+    (the sweeper, a rollover), so its key is the grant's."""
+    assert lot.id is not None  # an existing grant
+    entry = book.entry(
+        "grant_expiry",
+        f"grant-expiry:{lot.id}",
+        fingerprint("grant_expiry", {"grant_id": lot.id}),
+        metadata={"grant_id": lot.id},
+        occurred_at=lot.expires_at,
+    )
+    amount = lot.remaining_mc
+    book.post_to_wallet(entry, wallet, lot, -amount)
+    book.post(entry, book.system_account("expiry"), amount)
+    return entry
+
+
 def roll_over(book: Book, cmd: RollOver) -> Receipt | None:
-    """Carry up to ``cap_mc`` of the subscription's ended plan grants into one new grant; expire the rest.
-    Nothing left to carry or expire (the sweeper got there first, or the period was all spent): no entry,
-    and None. Grants still on hold keep their held credits: only ``remaining`` moves."""
+    """Carry up to ``cap_mc`` of the subscription's ended plan grants into one new grant (a ``rollover`` entry,
+    drawing from them in spending order); what is left of them expires, an expiry entry per grant as the
+    sweeper writes it. None when nothing was carried. Credits on hold stay with their grants: only
+    ``remaining`` moves."""
     fp, replay = _replay(book, cmd)
     if replay:
         return replay
@@ -412,18 +419,22 @@ def roll_over(book: Book, cmd: RollOver) -> Receipt | None:
         and lot.expires_at <= cmd.ended_by
     ]
     left = sum(lot.remaining_mc for lot in ended)
-    if left == 0:
-        return None
     carried = min(left, cmd.cap_mc) if cmd.expires_at > book.now else 0
-    metadata = {**cmd.metadata, "carried_mc": carried, "expired_mc": left - carried}
-    entry = book.entry("rollover", cmd.idempotency_key, fp, external_ref=cmd.subscription, metadata=metadata)
-    for lot in ended:
-        book.post_to_wallet(entry, wallet, lot, -lot.remaining_mc)
-    carried_lot = None
+    entry, carried_lot = None, None
     if carried:
+        metadata = {**cmd.metadata, "carried_mc": carried, "expired_mc": left - carried}
+        entry = book.entry("rollover", cmd.idempotency_key, fp, external_ref=cmd.subscription, metadata=metadata)
+        wanted = carried
+        for lot in sorted(ended, key=spending_key):
+            take = min(lot.remaining_mc, wanted)
+            book.post_to_wallet(entry, wallet, lot, -take)
+            wanted -= take
         carried_lot = book.new_grant(entry, wallet, "plan", carried, cmd.expires_at, external_ref=cmd.subscription)
-    book.post(entry, book.system_account("expiry"), left - carried)
-    return _finish(book, cmd, entry, grant=carried_lot)
+    for lot in ended:
+        if lot.remaining_mc > 0:
+            _expire_lot(book, wallet, lot)
+    book.flush()
+    return None if entry is None else _finish(book, cmd, entry, grant=carried_lot)
 
 
 HANDLERS: dict[type, Callable[[Book, Any], Any]] = {

@@ -199,6 +199,15 @@ def test_a_year_of_a_monthly_plan_matches_the_hand_written_table(stripe_url, ses
     step("spent 300", at(2026, 1, 15, 1), "700")
     year.advance(clock, at(2026, 2, 1))
     step("renewal 1: 500 of 700 roll over (the cap), 200 expire, + 1,000", at(2026, 2, 1, 1), "1500")
+    with session_factory() as session:
+        moves = session.execute(
+            text(
+                "SELECT e.kind, sum(p.amount_mc) FROM ledger_entries e JOIN postings p ON p.entry_id = e.id "
+                "WHERE e.kind IN ('rollover', 'grant_expiry') AND p.grant_id IS NOT NULL AND p.amount_mc < 0 "
+                "GROUP BY e.id, e.kind ORDER BY e.id"
+            )
+        ).all()
+    assert sorted((kind, int(amount)) for kind, amount in moves) == [("grant_expiry", -200_000), ("rollover", -500_000)]
     year.spend("1400", at(2026, 2, 10))  # the rolled-over 500 first (same expiry, older), then 900
     year.advance(clock, at(2026, 3, 1))
     step("renewal 2: 100 roll over, + 1,000", at(2026, 3, 1, 1), "1100")
