@@ -290,38 +290,75 @@ def sync_packages(
             continue
         product_id, notes, product_is_new = _sync_product(gateway, package, dry_run)
         price_id, replaced, price_is_new = _sync_price(gateway, package, product_id, product_is_new, dry_run)
-        if product_is_new:
-            action = "created"
-        elif replaced is not None:
-            action = "replaced"
-            notes.append(f"price {package.unit_amount} {package.currency} replaces {replaced}")
-        elif price_is_new:
+        synced = _Synced(
+            PACKAGE,
+            package.id,
+            product_id,
+            price_id,
+            replaced,
+            product_is_new,
+            price_is_new,
+            StoredPrice(product_id, price_id or "", package.unit_amount, package.currency, fingerprint(package)),
+            f"{package.unit_amount} {package.currency}",
+        )
+        result, row = _outcome(synced, stored.get(package.id), notes)
+        results.append(result)
+        rows += [row] if row else []
+    _store_rows(session_factory, rows, dry_run=dry_run, now=now)
+    return results
+
+
+@dataclass(frozen=True)
+class _Synced:
+    """What syncing one catalog item (a package, a plan's interval) found and did in Stripe."""
+
+    kind: str
+    ref: str
+    product_id: str
+    price_id: str | None
+    replaced: str | None
+    product_is_new: bool
+    price_is_new: bool
+    wanted: StoredPrice  # what ``stripe_catalog`` should hold for it
+    label: str  # the price as the notes name it
+
+
+def _outcome(synced: _Synced, stored: StoredPrice | None, notes: list[str]) -> tuple[SyncResult, dict[str, Any] | None]:
+    """The action to report, and the ``stripe_catalog`` row to write when the stored ids are not the wanted."""
+    if synced.product_is_new:
+        action = "created"
+    elif synced.replaced is not None:
+        action = "replaced"
+        notes.append(f"price {synced.label} replaces {synced.replaced}")
+    elif synced.price_is_new:
+        action = "updated"
+        notes.append("price created")
+    else:
+        action = "updated" if notes else "unchanged"
+    row = None
+    if synced.price_id is not None and stored != synced.wanted:
+        if action == "unchanged":
+            notes.append("ids stored")
             action = "updated"
-            notes.append("price created")
-        else:
-            action = "updated" if notes else "unchanged"
-        wanted = StoredPrice(product_id, price_id or "", package.unit_amount, package.currency, fingerprint(package))
-        if price_id is not None and stored.get(package.id) != wanted:
-            if action == "unchanged":
-                notes.append("ids stored")
-                action = "updated"
-            rows.append(
-                {
-                    "kind": PACKAGE,
-                    "ref": package.id,
-                    "product": product_id,
-                    "price": price_id,
-                    "unit_amount": package.unit_amount,
-                    "currency": package.currency,
-                    "fingerprint": wanted.fingerprint,
-                }
-            )
-        results.append(SyncResult(package.id, action, product_id, price_id, tuple(notes)))
+        row = {
+            "kind": synced.kind,
+            "ref": synced.ref,
+            "product": synced.product_id,
+            "price": synced.price_id,
+            "unit_amount": synced.wanted.unit_amount,
+            "currency": synced.wanted.currency,
+            "fingerprint": synced.wanted.fingerprint,
+        }
+    return SyncResult(synced.ref, action, synced.product_id, synced.price_id, tuple(notes)), row
+
+
+def _store_rows(
+    session_factory: sessionmaker[Session], rows: list[dict[str, Any]], *, dry_run: bool, now: datetime | None
+) -> None:
     if rows and not dry_run:
         at = now or utcnow()
         with session_factory() as session, session.begin():
             session.execute(_UPSERT, [{**row, "now": at} for row in rows])
-    return results
 
 
 # -- plans ------------------------------------------------------------------------------------------------------
@@ -511,35 +548,19 @@ def sync_plans(
             gateway, price, product_id, product_is_new, dry_run
         )
         notes += price_notes
-        if product_is_new:
-            action = "created"
-        elif replaced is not None:
-            action = "replaced"
-            notes.append(f"price {price.unit_amount} {price.currency}/{price.interval} replaces {replaced}")
-        elif price_is_new:
-            action = "updated"
-            notes.append("price created")
-        else:
-            action = "updated" if notes else "unchanged"
-        wanted = StoredPrice(product_id, price_id or "", price.unit_amount, price.currency, plan_fingerprint(price))
-        if price_id is not None and stored.get(price.ref) != wanted:
-            if action == "unchanged":
-                notes.append("ids stored")
-                action = "updated"
-            rows.append(
-                {
-                    "kind": PLAN,
-                    "ref": price.ref,
-                    "product": product_id,
-                    "price": price_id,
-                    "unit_amount": price.unit_amount,
-                    "currency": price.currency,
-                    "fingerprint": wanted.fingerprint,
-                }
-            )
-        results.append(SyncResult(price.ref, action, product_id, price_id, tuple(notes)))
-    if rows and not dry_run:
-        at = now or utcnow()
-        with session_factory() as session, session.begin():
-            session.execute(_UPSERT, [{**row, "now": at} for row in rows])
+        synced = _Synced(
+            PLAN,
+            price.ref,
+            product_id,
+            price_id,
+            replaced,
+            product_is_new,
+            price_is_new,
+            StoredPrice(product_id, price_id or "", price.unit_amount, price.currency, plan_fingerprint(price)),
+            f"{price.unit_amount} {price.currency}/{price.interval}",
+        )
+        result, row = _outcome(synced, stored.get(price.ref), notes)
+        results.append(result)
+        rows += [row] if row else []
+    _store_rows(session_factory, rows, dry_run=dry_run, now=now)
     return results
