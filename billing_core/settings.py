@@ -55,6 +55,11 @@ class Settings(BaseSettings):
     limits_policy_cache_seconds: float = Field(default=5.0, ge=0, alias="BILLING_LIMITS_POLICY_CACHE_SECONDS")
     # Requests per API key (flask-limiter's notation: "1000/second", "100 per minute; 5000 per hour").
     api_rate_limit: str = Field(default="1000/second", min_length=1, alias="BILLING_API_RATE_LIMIT")
+    # -- reconciliation against Stripe (billing_core/reconcile/) --
+    # At most this many Stripe requests per second (Stripe allows 100 in live mode); the events pass reads
+    # again this far behind its checkpoint, for events Stripe lists late.
+    reconcile_requests_per_second: float = Field(default=80.0, gt=0, alias="BILLING_RECONCILE_RPS")
+    reconcile_overlap_seconds: int = Field(default=600, ge=0, alias="BILLING_RECONCILE_OVERLAP_SECONDS")
 
     @field_validator("database_url")
     @classmethod

@@ -290,11 +290,14 @@ class StripeEvent(Base):
     received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     next_attempt_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     processed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # How it reached the inbox: ``webhook`` (delivered), ``reconciliation`` (read back from Stripe's list).
+    source: Mapped[str] = mapped_column(String(16), server_default="webhook")
 
     __table_args__ = (
         CheckConstraint(
             "status IN ('pending', 'waiting', 'failed', 'processed', 'ignored', 'dead')", name="stripe_events_status"
         ),
+        CheckConstraint("source IN ('webhook', 'reconciliation', 'replay')", name="stripe_events_source"),
         Index(
             "ix_stripe_events_open",
             "next_attempt_at",
@@ -551,3 +554,63 @@ class AutoRechargeAttempt(Base):
         ),
         Index("ix_auto_recharge_attempts_pending", "updated_at", postgresql_where=text("status = 'pending'")),
     )
+
+
+# -- reconciliation against Stripe (migration 0011) -----------------------------------------------------------
+
+
+class ReconciliationRun(Base):
+    """One reconciliation pass: ``kind`` ``events`` (Stripe's event list against the inbox) or ``objects``
+    (Stripe's paid objects against the ledger); ``checkpoint`` is how far it got, for a resumed run."""
+
+    __tablename__ = "reconciliation_runs"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    window_start: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    window_end: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    checkpoint: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    status: Mapped[str] = mapped_column(String(16), server_default="running")
+    counts: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default=text("'{}'::jsonb"))
+    error: Mapped[str | None] = mapped_column(Text)
+
+    __table_args__ = (
+        CheckConstraint("kind IN ('events', 'objects')", name="reconciliation_runs_kind"),
+        CheckConstraint("status IN ('running', 'done', 'failed')", name="reconciliation_runs_status"),
+        Index("ix_reconciliation_runs_kind", "kind", "id"),
+    )
+
+
+class ReconciliationCheckpoint(Base):
+    """Per kind, the newest Stripe event time (and id) a finished pass reached."""
+
+    __tablename__ = "reconciliation_checkpoints"
+
+    kind: Mapped[str] = mapped_column(String(16), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    last_event_id: Mapped[str | None] = mapped_column(String(255))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class Discrepancy(Base):
+    """Something Stripe and the ledger disagree on that a pass must not heal by itself: found once
+    (``dedupe_key``), open until an operator resolves it with a note."""
+
+    __tablename__ = "discrepancies"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    stripe_id: Mapped[str | None] = mapped_column(String(255))
+    account: Mapped[str | None] = mapped_column(Text)
+    expected: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    found: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    dedupe_key: Mapped[str] = mapped_column(Text, unique=True)
+    run_id: Mapped[int | None] = mapped_column(ForeignKey("reconciliation_runs.id"))
+    found_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    resolved_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    resolved_by: Mapped[str | None] = mapped_column(Text)
+    note: Mapped[str | None] = mapped_column(Text)
+
+    __table_args__ = (Index("ix_discrepancies_open", "found_at", postgresql_where=text("resolved_at IS NULL")),)

@@ -45,6 +45,23 @@ class StripeUnavailable(GatewayError):
     """Transient: network failure, rate limit or Stripe-side error after the SDK's own retries; retry later."""
 
 
+class StripeRateLimited(StripeUnavailable):
+    """HTTP 429: too many requests; ``retry_after`` is Stripe's ``Retry-After`` in seconds (None: not said)."""
+
+    def __init__(self, message: str, *, retry_after: float | None = None, **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.retry_after = retry_after
+
+
+def _retry_after(exc: stripe.StripeError) -> float | None:
+    headers = exc.headers or {}
+    value = headers.get("Retry-After") or headers.get("retry-after")
+    try:
+        return max(0.0, float(value)) if value is not None else None
+    except ValueError:
+        return None
+
+
 def _plain(value: Any) -> Any:
     """SDK objects (and lists of them) as plain dicts and lists, all the way down."""
     if isinstance(value, stripe.StripeObject):
@@ -61,6 +78,8 @@ def _translate(exc: stripe.StripeError) -> GatewayError:
     code = getattr(exc, "code", None)
     param = getattr(exc, "param", None)
     message = exc.user_message or str(exc)
+    if isinstance(exc, stripe.RateLimitError) or status == 429:
+        return StripeRateLimited(message, retry_after=_retry_after(exc), http_status=status, code=code, param=param)
     if isinstance(exc, stripe.APIConnectionError | stripe.RateLimitError) or (status is not None and status >= 500):
         return StripeUnavailable(message, http_status=status, code=code, param=param)
     if status == 404:
@@ -495,3 +514,26 @@ class StripeGateway:
         if types:
             params["types"] = list(types)
         return self._pages(self._client.v1.events.list, params)
+
+    def list_events_page(
+        self,
+        *,
+        created_gte: int | None = None,
+        created_lt: int | None = None,
+        starting_after: str | None = None,
+        limit: int = 100,
+    ) -> dict[str, Any]:
+        """One page of events, newest first: ``{"data": [...], "has_more": bool}`` (reconciliation walks the
+        pages itself, to pace its requests and remember its place)."""
+        params: Params = {"limit": limit}
+        created: Params = {}
+        if created_gte is not None:
+            created["gte"] = created_gte
+        if created_lt is not None:
+            created["lt"] = created_lt
+        if created:
+            params["created"] = created
+        if starting_after is not None:
+            params["starting_after"] = starting_after
+        page = self._call(self._client.v1.events.list, params=params)
+        return {"data": _data(page), "has_more": bool(page["has_more"])}

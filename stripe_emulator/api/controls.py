@@ -129,6 +129,18 @@ def delivery_settings() -> Response:
         raise StripeError(400, str(exc)) from exc
 
 
+@control(controls, "/_emulator/api_faults", "GET", "POST")
+def api_faults() -> Response:
+    """429s on ``/v1``: ``rate_limit_every`` (every n-th request), ``requests_per_second``, ``retry_after``."""
+    faults = emulator().api_faults
+    if request.method == "GET":
+        return json_response(faults.describe())
+    try:
+        return json_response(faults.configure(control_params()))
+    except (TypeError, ValueError) as exc:
+        raise StripeError(400, str(exc)) from exc
+
+
 @control(controls, "/_emulator/events/<event_id>/deliver", "POST", locked=False)
 def deliver_event(event_id: str) -> Response:
     return json_response({"object": "list", "data": emulator().sender.deliver_now(event_id)})
@@ -164,4 +176,5 @@ def clock() -> Response:
 def reset() -> Response:
     state().reset()
     emulator().sender.reset()
+    emulator().api_faults.configure({"rate_limit_every": 0, "requests_per_second": 0, "retry_after": 1})
     return json_response({"reset": True})

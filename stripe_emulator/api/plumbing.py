@@ -8,8 +8,10 @@ list snapshots simple, and an emulator for tests never needs more throughput tha
 from __future__ import annotations
 
 import json
+import threading
+import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import wraps
 from typing import Any
 
@@ -25,11 +27,68 @@ Handler = Callable[..., Any]
 
 
 @dataclass
+class ApiFaults:
+    """``POST /_emulator/api_faults``: answer ``/v1`` requests 429 (``rate_limit``, with ``Retry-After``) every
+    ``rate_limit_every``-th request, and/or beyond ``requests_per_second`` (a one-second window), as Stripe's
+    rate limiter does. Zero turns a fault off."""
+
+    rate_limit_every: int = 0
+    requests_per_second: int = 0
+    retry_after: float = 1.0
+    requests: int = 0  # /v1 requests seen since configured
+    limited: int = 0  # of which answered 429
+    _window: int = 0
+    _in_window: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def configure(self, params: dict[str, Any]) -> dict[str, Any]:
+        with self._lock:
+            for name in ("rate_limit_every", "requests_per_second"):
+                if name in params:
+                    value = int(params[name])
+                    if value < 0:
+                        raise ValueError(f"{name} must be >= 0")
+                    setattr(self, name, value)
+            if "retry_after" in params:
+                value_f = float(params["retry_after"])
+                if value_f < 0:
+                    raise ValueError("retry_after must be >= 0")
+                self.retry_after = value_f
+            self.requests = self.limited = self._in_window = 0
+            return self.describe()
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "rate_limit_every": self.rate_limit_every,
+            "requests_per_second": self.requests_per_second,
+            "retry_after": self.retry_after,
+            "requests": self.requests,
+            "limited": self.limited,
+        }
+
+    def admit(self) -> bool:
+        """Count one ``/v1`` request; False when it is to be answered 429."""
+        with self._lock:
+            self.requests += 1
+            limited = bool(self.rate_limit_every) and self.requests % self.rate_limit_every == 0
+            if self.requests_per_second:
+                second = int(time.monotonic())
+                if second != self._window:
+                    self._window, self._in_window = second, 0
+                self._in_window += 1
+                limited = limited or self._in_window > self.requests_per_second
+            if limited:
+                self.limited += 1
+            return not limited
+
+
+@dataclass
 class Emulator:
     """What ``create_app`` puts in ``app.extensions["stripe_emulator"]``."""
 
     state: EmulatorState
     sender: WebhookSender
+    api_faults: ApiFaults = field(default_factory=ApiFaults)
 
 
 def emulator() -> Emulator:
@@ -96,6 +155,14 @@ def stripe_endpoint(
                 )
             if not key.startswith(("sk_", "rk_")):
                 raise StripeError(401, f"Invalid API Key provided: {key[:8]}{'*' * max(len(key) - 8, 0)}")
+            faults = emulator().api_faults
+            if not faults.admit():
+                error = StripeError(
+                    429,
+                    "Too many requests hit the API too quickly. We recommend an exponential backoff of your requests.",
+                    code="rate_limit",
+                )
+                return json_response(error.body(), 429, {"Retry-After": f"{faults.retry_after:g}"})
             pairs = list(request.args.items(multi=True))
             if request.method == "POST":
                 pairs += list(request.form.items(multi=True))

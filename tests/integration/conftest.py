@@ -41,6 +41,10 @@ TABLES = (
     "admin_alerts",
     "usage_records",
     "price_versions",
+    # reconciliation against Stripe
+    "discrepancies",
+    "reconciliation_runs",
+    "reconciliation_checkpoints",
 )
 
 
