@@ -60,6 +60,8 @@ app.conf.update(
         "grant-due-allowances": {"task": "billing.grant_due_allowances", "schedule": 60.0},
         # Auto-recharge's safety net (the usage drain triggers crossings at once): every minute.
         "auto-recharge-sweep": {"task": "billing.auto_recharge_sweep", "schedule": 60.0},
+        # Reconciliation: Stripe's events since the checkpoint against the inbox, every 15 minutes.
+        "reconcile-events": {"task": "billing.reconcile_events", "schedule": crontab(minute="*/15")},
     },
     timezone="UTC",
 )

@@ -22,7 +22,7 @@ from billing_core.ledger.handlers import execute
 from billing_core.pricing import limits
 from billing_core.stripe import auto_recharge, subscriptions
 from billing_core.stripe.gateway import StripeUnavailable
-from worker.celery_app import STALE_SECONDS, app
+from worker.celery_app import SETTINGS, STALE_SECONDS, app
 from worker.runtime import runtime
 
 log = logging.getLogger(__name__)
@@ -249,3 +249,28 @@ def auto_recharge_sweep(self: Task) -> dict[str, int]:
     for attempt_id in result.triggered + result.stale:
         auto_recharge_charge.delay(attempt_id)
     return {"rearmed": result.rearmed, "triggered": len(result.triggered), "stale": len(result.stale)}
+
+
+@app.task(name="billing.reconcile_events", bind=True, **RETRY)
+def reconcile_events(self: Task) -> dict[str, Any]:
+    """The events pass: what the webhooks missed since the checkpoint, stored and applied (a run already going
+    elsewhere: nothing); an unfinished run is resumed by the next one."""
+    from billing_core.reconcile.events import AnotherRunInProgress
+    from billing_core.reconcile.events import reconcile_events as run_events_pass
+
+    rt = runtime()
+    if rt.gateway is None:
+        return {"skipped": "no STRIPE_API_KEY"}
+    try:
+        run = run_events_pass(
+            rt.session_factory,
+            rt.gateway,
+            overlap=timedelta(seconds=SETTINGS.reconcile_overlap_seconds),
+            requests_per_second=SETTINGS.reconcile_requests_per_second,
+        )
+    except AnotherRunInProgress:
+        return {"skipped": "another run in progress"}
+    except StripeUnavailable as exc:
+        log.warning("reconciliation stopped on Stripe (%s); the next run resumes it", exc)
+        return {"stopped": str(exc)}
+    return {"run": run.id, "status": run.status, **run.counts}

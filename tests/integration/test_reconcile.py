@@ -5,11 +5,17 @@ resumes from its checkpoint."""
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from billing_core.intake.stripe_events import PROCESSED
+from billing_core.reconcile.discrepancies import record
 from billing_core.reconcile.events import RunReport, reconcile_events
 from billing_core.reconcile.pacing import Pacer, TokenBucket
 from tests.integration import paying_stack as _paying
@@ -153,3 +159,62 @@ def test_a_run_killed_half_way_resumes_from_its_checkpoint(shop, session_factory
     assert len(_purchases(probe)) == SESSIONS
     assert probe.scalar("SELECT count(*) FROM reconciliation_checkpoints") == 1
     probe.assert_consistent()
+
+
+# -- the command line ------------------------------------------------------------------------------------------
+
+
+def _billing(database_url: str, emulator_url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "DATABASE_URL": database_url, "STRIPE_API_KEY": _paying.API_KEY}
+    env["STRIPE_API_BASE"] = emulator_url
+    return subprocess.run(
+        [sys.executable, "-m", "billing_cli.main", *args],
+        env=env,
+        cwd=Path(__file__).resolve().parents[2],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_billing_reconcile_runs_the_pass_and_prints_the_run(shop, session_factory, probe, database_url):
+    stack, api = shop
+    expected, dropped = _sell(stack, api, session_factory)
+    done = _billing(database_url, stack.emulator_url, "reconcile", "--since", "2020-01-01")
+    assert done.returncode == 0, done.stderr
+    assert "run 1 events: done" in done.stdout
+    assert "window   2020-01-01T00:00:00+00:00 .. " in done.stdout
+    counts = json.loads(done.stdout.split("counts   ", 1)[1].splitlines()[0])
+    assert counts["missing"] >= len(dropped) and counts["read"] >= SESSIONS
+    for account, credits in expected.items():
+        assert probe.available(account) == credits, account
+    listed = _billing(database_url, stack.emulator_url, "reconcile", "--runs")
+    assert listed.returncode == 0 and "run 1 events: done" in listed.stdout
+
+
+def test_billing_discrepancies_lists_and_resolves_with_a_note(session_factory, database_url):
+    with session_factory.begin() as session:
+        first = record(
+            session,
+            kind="amount_differs",
+            dedupe_key="amount:checkout:cs_1",
+            stripe_id="cs_1",
+            account="ana",
+            expected={"amount_mc": 55_000_000},
+            found={"amount_mc": 50_000_000},
+        )
+        assert record(session, kind="amount_differs", dedupe_key="amount:checkout:cs_1", stripe_id="cs_1") is None
+    assert first == 1
+    shown = _billing(database_url, "http://127.0.0.1:9", "discrepancies")
+    assert shown.returncode == 0, shown.stderr
+    assert "amount_differs\tcs_1\tana" in shown.stdout and "1 discrepancies open" in shown.stdout
+    blank = _billing(database_url, "http://127.0.0.1:9", "discrepancies", "resolve", "1", "--note", " ")
+    assert blank.returncode == 1 and "note" in blank.stderr
+    resolved = _billing(database_url, "http://127.0.0.1:9", "discrepancies", "resolve", "1", "--note", "refunded 5k")
+    assert resolved.returncode == 0, resolved.stderr
+    assert "discrepancy 1 resolved by" in resolved.stdout and "refunded 5k" in resolved.stdout
+    assert "0 discrepancies open" in _billing(database_url, "http://127.0.0.1:9", "discrepancies").stdout
+    every = _billing(database_url, "http://127.0.0.1:9", "discrepancies", "--all").stdout
+    assert "refunded 5k" in every and "1 discrepancies" in every
+    unknown = _billing(database_url, "http://127.0.0.1:9", "discrepancies", "resolve", "7", "--note", "x")
+    assert unknown.returncode == 1 and "no discrepancy 7" in unknown.stderr
