@@ -33,9 +33,18 @@ def print_run(run: Any) -> None:
     help="Read Stripe's events from this time (ISO 8601) instead of the stored checkpoint minus the overlap.",
 )
 @click.option("--runs", "show_runs", is_flag=True, help="Show the recent runs instead of running one.")
-def reconcile(since: datetime | None, show_runs: bool) -> None:
-    """Read Stripe's events since the checkpoint; store and apply those the webhooks missed; print the run."""
+@click.option(
+    "--objects",
+    "objects",
+    is_flag=True,
+    help="Run the objects pass instead: paid Checkout Sessions of the last --days days against the ledger.",
+)
+@click.option("--days", type=click.IntRange(1, 90), help="The objects pass's window (default BILLING_RECONCILE_DAYS).")
+def reconcile(since: datetime | None, show_runs: bool, objects: bool, days: int | None) -> None:
+    """Read Stripe's events since the checkpoint; store and apply those the webhooks missed; print the run.
+    With --objects: compare Stripe's paid sessions with the ledger instead (see ``billing discrepancies``)."""
     from billing_core.reconcile.events import AnotherRunInProgress, recent_runs, reconcile_events
+    from billing_core.reconcile.objects import reconcile_objects
     from billing_core.stripe.gateway import GatewayError, StripeGateway
 
     settings = settings_or_exit()
@@ -49,13 +58,21 @@ def reconcile(since: datetime | None, show_runs: bool) -> None:
     gateway = StripeGateway(settings.stripe_api_key.get_secret_value(), settings.stripe_api_base)
     with sessions(settings) as session_factory:
         try:
-            run = reconcile_events(
-                session_factory,
-                gateway,
-                since=since,
-                overlap=timedelta(seconds=settings.reconcile_overlap_seconds),
-                requests_per_second=settings.reconcile_requests_per_second,
-            )
+            if objects:
+                run = reconcile_objects(
+                    session_factory,
+                    gateway,
+                    days=days or settings.reconcile_days,
+                    requests_per_second=settings.reconcile_requests_per_second,
+                )
+            else:
+                run = reconcile_events(
+                    session_factory,
+                    gateway,
+                    since=since,
+                    overlap=timedelta(seconds=settings.reconcile_overlap_seconds),
+                    requests_per_second=settings.reconcile_requests_per_second,
+                )
         except AnotherRunInProgress as exc:
             fail(str(exc))
         except GatewayError as exc:

@@ -60,6 +60,8 @@ class Settings(BaseSettings):
     # again this far behind its checkpoint, for events Stripe lists late.
     reconcile_requests_per_second: float = Field(default=80.0, gt=0, alias="BILLING_RECONCILE_RPS")
     reconcile_overlap_seconds: int = Field(default=600, ge=0, alias="BILLING_RECONCILE_OVERLAP_SECONDS")
+    # The daily objects pass compares this many days of Stripe's paid objects with the ledger.
+    reconcile_days: int = Field(default=3, ge=1, le=90, alias="BILLING_RECONCILE_DAYS")
 
     @field_validator("database_url")
     @classmethod

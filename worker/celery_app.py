@@ -62,6 +62,8 @@ app.conf.update(
         "auto-recharge-sweep": {"task": "billing.auto_recharge_sweep", "schedule": 60.0},
         # Reconciliation: Stripe's events since the checkpoint against the inbox, every 15 minutes.
         "reconcile-events": {"task": "billing.reconcile_events", "schedule": crontab(minute="*/15")},
+        # ...and Stripe's paid objects of the last days against the ledger, daily at 02:00 UTC.
+        "reconcile-objects": {"task": "billing.reconcile_objects", "schedule": crontab(minute=0, hour=2)},
     },
     timezone="UTC",
 )

@@ -86,7 +86,7 @@ class RunReport:
         return (self.finished_at - self.started_at).total_seconds()
 
 
-def _report(row: Any, *, resumed: bool = False) -> RunReport:
+def run_report(row: Any, *, resumed: bool = False) -> RunReport:
     return RunReport(
         id=row.id,
         kind=row.kind,
@@ -244,7 +244,7 @@ def _run(
             )
             .returning(*_RUNS.c)
         ).one()
-    return _report(row, resumed=resumed)
+    return run_report(row, resumed=resumed)
 
 
 def _walk(
@@ -347,4 +347,4 @@ def recent_runs(session_factory: sessionmaker[Session], *, kind: str | None = No
     if kind is not None:
         query = query.where(_RUNS.c.kind == kind)
     with session_factory() as session:
-        return [_report(row) for row in session.execute(query)]
+        return [run_report(row) for row in session.execute(query)]

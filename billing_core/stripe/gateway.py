@@ -225,6 +225,18 @@ class StripeGateway:
             params["payment_intent"] = payment_intent
         return _data(self._call(self._client.v1.checkout.sessions.list, params=params))
 
+    def list_checkout_sessions_page(
+        self, *, created_gte: int | None = None, starting_after: str | None = None, limit: int = 100
+    ) -> dict[str, Any]:
+        """One page of sessions, newest first, from ``created_gte`` on: ``{"data": [...], "has_more": bool}``."""
+        params: Params = {"limit": limit}
+        if created_gte is not None:
+            params["created"] = {"gte": created_gte}
+        if starting_after is not None:
+            params["starting_after"] = starting_after
+        page = self._call(self._client.v1.checkout.sessions.list, params=params)
+        return {"data": _data(page), "has_more": bool(page["has_more"])}
+
     def list_checkout_line_items(self, session_id: str) -> list[dict[str, Any]]:
         """The line items of a session (what it sells: each with its ``price``)."""
         return _data(self._call(self._client.v1.checkout.sessions.line_items.list, session_id, params={"limit": 100}))

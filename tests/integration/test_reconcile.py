@@ -13,10 +13,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import text
 
 from billing_core.intake.stripe_events import PROCESSED
 from billing_core.reconcile.discrepancies import record
 from billing_core.reconcile.events import RunReport, reconcile_events
+from billing_core.reconcile.objects import reconcile_objects
 from billing_core.reconcile.pacing import Pacer, TokenBucket
 from tests.integration import paying_stack as _paying
 
@@ -188,8 +190,11 @@ def test_billing_reconcile_runs_the_pass_and_prints_the_run(shop, session_factor
     assert counts["missing"] >= len(dropped) and counts["read"] >= SESSIONS
     for account, credits in expected.items():
         assert probe.available(account) == credits, account
+    objects = _billing(database_url, stack.emulator_url, "reconcile", "--objects", "--days", "2")
+    assert objects.returncode == 0, objects.stderr
+    assert "run 2 objects: done" in objects.stdout and '"checked": 10' in objects.stdout
     listed = _billing(database_url, stack.emulator_url, "reconcile", "--runs")
-    assert listed.returncode == 0 and "run 1 events: done" in listed.stdout
+    assert listed.returncode == 0 and "run 1 events: done" in listed.stdout and "run 2 objects" in listed.stdout
 
 
 def test_billing_discrepancies_lists_and_resolves_with_a_note(session_factory, database_url):
@@ -218,3 +223,43 @@ def test_billing_discrepancies_lists_and_resolves_with_a_note(session_factory, d
     assert "refunded 5k" in every and "1 discrepancies" in every
     unknown = _billing(database_url, "http://127.0.0.1:9", "discrepancies", "resolve", "7", "--note", "x")
     assert unknown.returncode == 1 and "no discrepancy 7" in unknown.stderr
+
+
+# -- the objects pass ------------------------------------------------------------------------------------------
+
+
+def test_objects_pass_credits_missing_sessions_and_reports_an_altered_amount_once(shop, session_factory, probe):
+    stack, api = shop
+    expected, dropped = _sell(stack, api, session_factory)
+    run = reconcile_objects(session_factory, stack.gateway, pace=_fast())
+    assert run.status == "done" and run.kind == "objects"
+    assert run.counts["checked"] == SESSIONS
+    assert run.counts["missing"] == run.counts["applied"] == len(dropped)
+    assert run.counts.get("discrepancies", 0) == 0
+    for account, credits in expected.items():
+        assert probe.available(account) == credits, account
+    assert len(_purchases(probe)) == SESSIONS
+
+    # the ledger's amount of one purchase altered behind the pipeline's back
+    altered = dropped[0]
+    with session_factory.begin() as session:
+        session.execute(
+            text(
+                "UPDATE grants SET amount_mc = amount_mc - 1000 WHERE entry_id = "
+                "(SELECT id FROM ledger_entries WHERE idempotency_key = :k)"
+            ),
+            {"k": f"checkout:{altered}"},
+        )
+    before = _ledger(probe)
+    second = reconcile_objects(session_factory, stack.gateway, pace=_fast())
+    assert second.counts["discrepancies"] == 1 and second.counts.get("applied", 0) == 0
+    assert _ledger(probe) == before  # reported, not "healed"
+    found = probe.rows("SELECT kind, stripe_id, expected, found FROM discrepancies")
+    assert [tuple(r) for r in found] == [
+        ("amount_differs", altered, {"credits_mc": PRO_MC}, {"credits_mc": PRO_MC - 1000})
+    ]
+    assert probe.scalar("SELECT count(*) FROM admin_alerts WHERE kind = 'reconciliation_discrepancy'") == 1
+    third = reconcile_objects(session_factory, stack.gateway, pace=_fast())
+    assert third.counts.get("discrepancies", 0) == 0  # once
+    assert probe.scalar("SELECT count(*) FROM discrepancies") == 1
+    assert probe.scalar("SELECT count(*) FROM admin_alerts WHERE kind = 'reconciliation_discrepancy'") == 1
