@@ -20,12 +20,11 @@ from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Any, Protocol
 
-from sqlalchemy import Table, any_, func, literal, select, text, update
+from sqlalchemy import Table, func, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session, sessionmaker
 
 from billing_core.db.tables import ReconciliationCheckpoint, ReconciliationRun, StripeEvent
-from billing_core.intake.inbox import array_of
 from billing_core.intake.stripe_events import MalformedEvent, check_event, process_event
 from billing_core.reconcile.pacing import Paced, Pacer, pacer
 from billing_core.stripe.event_handlers import StripeReader
@@ -282,7 +281,6 @@ def _walk(
         with session_factory.begin() as session:
             inserted = _store_page(session, events)
             counts["missing"] += len(inserted)
-            place["inserted"] = [*place.get("inserted", []), *inserted]
             if page["data"]:
                 place["starting_after"] = page["data"][-1]["id"]
             place["stored"] = done
@@ -298,6 +296,11 @@ def _walk(
             after_page(pages)
 
 
+# At most this many stored events are handled by one run; the rest are pending in the inbox, where the
+# worker's sweep drains them anyway (and the next run handles more).
+APPLY_LIMIT = 10_000
+
+
 def _apply_missing(
     session_factory: sessionmaker[Session],
     run_id: int,
@@ -305,26 +308,23 @@ def _apply_missing(
     counts: Counter[str],
     process: Callable[[str], str],
 ) -> None:
-    """Handle the events this run stored, oldest first (a refund after its purchase), by the normal path."""
-    ids = [i for i in place.get("inserted", []) if i not in set(place.get("handled", []))]
-    if not ids:
-        return
+    """Handle the events reconciliation stored that are still pending, oldest first (a refund after its
+    purchase), by the normal path. Read from the inbox, not remembered: a resumed run finds those of its first
+    attempt the same way, and one a worker handled meanwhile is not pending any more."""
     with session_factory() as session:
         ordered = list(
             session.execute(
                 select(_EVENTS.c.id)
-                .where(_EVENTS.c.id == any_(literal(ids, array_of(_EVENTS.c.id))))
+                .where(_EVENTS.c.source == SOURCE, _EVENTS.c.status == "pending")
                 .order_by(_EVENTS.c.created.asc().nulls_first(), _EVENTS.c.id)
+                .limit(APPLY_LIMIT)
             ).scalars()
         )
-    handled = list(place.get("handled", []))
     for event_id in ordered:
         status = process(event_id)
         counts[f"status_{status}"] += 1
         if status == PROCESSED:
             counts["applied"] += 1
-        handled.append(event_id)
-    place["handled"] = handled
     with session_factory.begin() as session:
         session.execute(update(_RUNS).where(_RUNS.c.id == run_id).values(checkpoint=dict(place), counts=dict(counts)))
 
