@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import click
 
-from billing_cli import config, keys, ops, pricing, schema, serve, stripe_sync
+from billing_cli import config, keys, notifications, ops, pricing, schema, serve, stripe_sync
 from billing_cli.limits import limits
 
 
@@ -30,6 +30,7 @@ for command in (
     stripe_sync.stripe_group,
     limits,
     pricing.pricing,
+    notifications.notifications,
 ):
     main.add_command(command)
 

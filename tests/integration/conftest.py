@@ -41,6 +41,7 @@ TABLES = (
     "admin_alerts",
     "usage_records",
     "price_versions",
+    "notifications",
 )
 
 
