@@ -60,6 +60,8 @@ app.conf.update(
         "grant-due-allowances": {"task": "billing.grant_due_allowances", "schedule": 60.0},
         # Auto-recharge's safety net (the usage drain triggers crossings at once): every minute.
         "auto-recharge-sweep": {"task": "billing.auto_recharge_sweep", "schedule": 60.0},
+        # The notifications outbox: due emails and webhooks, and new admin alerts (one indexed query when idle).
+        "deliver-notifications": {"task": "billing.deliver_notifications", "schedule": 10.0},
     },
     timezone="UTC",
 )

@@ -81,6 +81,10 @@ class Wallet(Base):
     # Set while the low-balance notice of the current downward crossing is written; cleared by a top-up.
     low_balance_notified_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
+    __table_args__ = (
+        Index("ix_wallets_low_balance_notified", "id", postgresql_where=text("low_balance_notified_at IS NOT NULL")),
+    )
+
 
 class LedgerEntry(Base):
     __tablename__ = "ledger_entries"

@@ -57,9 +57,17 @@ def upgrade() -> None:
     )
     op.create_index("ix_notifications_status_id", "notifications", ["status", "id"])
     op.add_column("wallets", sa.Column("low_balance_notified_at", TZ, nullable=True))
+    # What the re-arm reads: only the wallets whose notice was sent.
+    op.create_index(
+        "ix_wallets_low_balance_notified",
+        "wallets",
+        ["id"],
+        postgresql_where=sa.text("low_balance_notified_at IS NOT NULL"),
+    )
 
 
 def downgrade() -> None:
+    op.drop_index("ix_wallets_low_balance_notified", table_name="wallets")
     op.drop_column("wallets", "low_balance_notified_at")
     op.drop_index("ix_notifications_status_id", table_name="notifications")
     op.drop_index("ix_notifications_due", table_name="notifications")

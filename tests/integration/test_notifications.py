@@ -346,3 +346,56 @@ def test_the_dev_mail_catcher_prints_what_it_receives(session_factory):
     assert "mail: From billing@localhost  To owner@acme.test" in printed
     assert any(line.startswith("mail: Subject Receipt: 7") for line in printed)
     assert any("Credits added: 7" in line for line in printed)
+
+
+def _spend(session_factory, key: str, credits: str) -> None:
+    from billing_core.intake.usage_inbox import apply_partition, store_usage
+    from billing_core.intake.usage_reports import accept_reports, partition_of
+    from billing_core.pricing.catalog import PriceTable
+
+    report = {"idempotency_key": key, "account": "acme", "items": [{"type": "credits", "credits": credits}]}
+    store_usage(session_factory, accept_reports(report, PriceTable.default()))
+    assert apply_partition(session_factory, partition_of("acme")).outcomes["applied"] == 1
+
+
+def test_low_balance_once_per_downward_crossing_rearmed_by_a_top_up(session_factory, probe, smtp):
+    from billing_core.ledger.commands import GrantCredits
+    from billing_core.notify import low_balance
+
+    probe.run(GrantCredits("acme", 1_500_000, "fund"))  # 1,500 credits; the default threshold is 1,000
+    with session_factory.begin() as s:
+        s.execute(text("UPDATE wallets SET email = 'owner@acme.test' WHERE account = 'acme'"))
+
+    _spend(session_factory, "u1", "400")  # 1,100: above
+    _spend(session_factory, "u2", "200")  # 900: crossed
+    _spend(session_factory, "u3", "100")  # 800: still below, no second notice
+    assert deliver_due(session_factory, senders(smtp.port))["sent"] == 1
+    assert [m["Subject"] for m in smtp.inbox.mails] == ["Your credit balance is low: 900.000 credits left"]
+
+    # a top-up re-arms it (the delivery tick's rearm), and the next crossing notifies again
+    probe.run(GrantCredits("acme", 500_000, "top-up"))  # 1,300
+    with session_factory.begin() as s:
+        assert low_balance.rearm(s) == 1
+    _spend(session_factory, "u4", "400")  # 900 again
+    assert deliver_due(session_factory, senders(smtp.port))["sent"] == 1
+    assert len(smtp.inbox.mails) == 2
+    kinds = [r.kind for r in rows(session_factory) if r.channel == "email"]
+    assert kinds == ["low_balance", "low_balance"]
+    probe.assert_consistent()
+
+
+def test_a_custom_threshold_and_a_purchase_rearms_at_once(session_factory, probe):
+    from billing_core.ledger.commands import GrantCredits
+
+    probe.run(GrantCredits("acme", 100_000, "fund"))  # 100 credits
+    with session_factory.begin() as s:
+        s.execute(text("UPDATE wallets SET low_balance_threshold_mc = 50000 WHERE account = 'acme'"))
+    _spend(session_factory, "u1", "60")  # 40 < 50: crossed
+    assert [r.kind for r in rows(session_factory)] == ["low_balance", "low_balance"]
+
+    session = checkout_session(credits="100")
+    receive(session_factory, FakeStripe([session]), stripe_event("evt_p", "checkout.session.completed", session))
+    with session_factory() as s:
+        assert s.execute(text("SELECT low_balance_notified_at FROM wallets WHERE account = 'acme'")).scalar() is None
+    _spend(session_factory, "u2", "100")  # 140 -> 40: crossed again
+    assert sum(1 for r in rows(session_factory) if r.kind == "low_balance") == 4
