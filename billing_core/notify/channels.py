@@ -37,6 +37,9 @@ SUBJECTS = {
     "low_balance": "Your credit balance is low: {{ available }} credits left",
     "sales_paused": "Credit sales are paused",
     "sales_resumed": "Credit sales have resumed",
+    "payment_failed": "Your payment did not go through",
+    "refund_processed": "Refund processed: {{ credits }} credits returned to the payment",
+    "dispute_opened": "A payment of {{ account }} is disputed",
 }
 
 

@@ -399,3 +399,51 @@ def test_a_custom_threshold_and_a_purchase_rearms_at_once(session_factory, probe
         assert s.execute(text("SELECT low_balance_notified_at FROM wallets WHERE account = 'acme'")).scalar() is None
     _spend(session_factory, "u2", "100")  # 140 -> 40: crossed again
     assert sum(1 for r in rows(session_factory) if r.kind == "low_balance") == 4
+
+
+def _kinds(session_factory, channel: str = "email") -> list[str]:
+    return [r.kind for r in rows(session_factory) if r.channel == channel]
+
+
+def test_refund_dispute_and_failed_payment_each_notify_once_when_replayed(session_factory, smtp, receiver):
+    from tests.integration.test_stripe_handlers import charge, dispute, refund, stripe_object
+
+    session = checkout_session()
+    receive(session_factory, FakeStripe([session]), stripe_event("evt_buy", "checkout.session.completed", session))
+    with session_factory.begin() as s:
+        s.execute(text("UPDATE wallets SET email = 'owner@acme.test' WHERE account = 'acme'"))
+
+    refunds = [refund("re_a", 250)]
+    gateway = FakeStripe([session], {"ch_acme_1": refunds})
+    for event_id in ("evt_ref_1", "evt_ref_2"):  # the same refund told twice
+        receive(session_factory, gateway, stripe_event(event_id, "charge.refunded", charge(refunds)))
+    for event_id, kind in (("evt_dp_1", "charge.dispute.created"), ("evt_dp_2", "charge.dispute.funds_withdrawn")):
+        receive(session_factory, gateway, stripe_event(event_id, kind, dispute(amount=250)))
+    failed = stripe_object(
+        "payment_intent",
+        id="pi_failed_1",
+        amount=1000,
+        currency="usd",
+        metadata={"account": "acme"},
+        last_payment_error={"code": "card_declined", "message": "Your card was declined."},
+    )
+    for event_id in ("evt_fail_1", "evt_fail_2"):
+        receive(session_factory, gateway, stripe_event(event_id, "payment_intent.payment_failed", failed))
+
+    assert _kinds(session_factory) == ["purchase_receipt", "refund_processed", "dispute_opened", "payment_failed"]
+    deliver_due(session_factory, senders(smtp.port, receiver.url))
+    subjects = [m["Subject"] for m in smtp.inbox.mails]
+    assert subjects[1:] == [
+        "Refund processed: 2500.000 credits returned to the payment",
+        "A payment of acme is disputed",
+        "Your payment did not go through",
+    ]
+    texts = {
+        m["Subject"]: next(p for p in m.walk() if p.get_content_type() == "text/plain")
+        .get_payload(decode=True)
+        .decode()
+        for m in smtp.inbox.mails
+    }
+    assert "Reason: Your card was declined. (card_declined)" in texts["Your payment did not go through"]
+    assert "Disputed: 2.50 USD" in texts["A payment of acme is disputed"]
+    assert [e["type"] for e in receiver.events][1:] == ["refund_processed", "dispute_opened", "payment_failed"]
