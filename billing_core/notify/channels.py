@@ -40,6 +40,7 @@ SUBJECTS = {
     "payment_failed": "Your payment did not go through",
     "refund_processed": "Refund processed: {{ credits }} credits returned to the payment",
     "dispute_opened": "A payment of {{ account }} is disputed",
+    "auto_recharge_failed": "Auto-recharge of {{ account }} failed",
 }
 
 

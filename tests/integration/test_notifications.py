@@ -447,3 +447,46 @@ def test_refund_dispute_and_failed_payment_each_notify_once_when_replayed(sessio
     assert "Reason: Your card was declined. (card_declined)" in texts["Your payment did not go through"]
     assert "Disputed: 2.50 USD" in texts["A payment of acme is disputed"]
     assert [e["type"] for e in receiver.events][1:] == ["refund_processed", "dispute_opened", "payment_failed"]
+
+
+@pytest.mark.parametrize(
+    ("kind", "payload", "expected"),
+    [
+        (
+            "auto_recharge_failed",
+            {
+                "package": "starter",
+                "credits": "10000.000",
+                "status": "failed",
+                "code": "card_declined",
+                "message": "Declined.",
+            },
+            "Declined. (card_declined)",
+        ),
+        (
+            "auto_recharge_failed",
+            {
+                "package": "starter",
+                "credits": "1.000",
+                "status": "requires_action",
+                "code": "authentication_required",
+                "message": "3DS",
+            },
+            "confirm the payment",
+        ),
+        (
+            "payment_failed",
+            {"payment": "pi_1", "amount": None, "currency": None, "code": None, "message": None},
+            "Reference: pi_1",
+        ),
+        ("something_new", {"a": "<b>"}, "a: <b>"),
+    ],
+)
+def test_every_template_renders_text_and_escaped_html(kind, payload, expected):
+    from billing_core.notify.channels import render
+    from billing_core.notify.outbox import Message
+
+    message = Message(1, kind, f"{kind}:1", "email", "acme", "account", payload, 1, T0, "owner@acme.test")
+    subject, plain, html = render(message)
+    assert subject and expected in plain and "<html" in html
+    assert "<b>" not in html  # payload values are escaped in HTML
