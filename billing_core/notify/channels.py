@@ -41,6 +41,8 @@ SUBJECTS = {
     "refund_processed": "Refund processed: {{ credits }} credits returned to the payment",
     "dispute_opened": "A payment of {{ account }} is disputed",
     "auto_recharge_failed": "Auto-recharge of {{ account }} failed",
+    "renewal_failed": "Your subscription renewal payment failed",
+    "trial_ending": "Your trial ends soon",
 }
 
 

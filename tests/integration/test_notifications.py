@@ -479,6 +479,18 @@ def test_refund_dispute_and_failed_payment_each_notify_once_when_replayed(sessio
             {"payment": "pi_1", "amount": None, "currency": None, "code": None, "message": None},
             "Reference: pi_1",
         ),
+        (
+            "renewal_failed",
+            {
+                "invoice": "in_1",
+                "amount": 2900,
+                "currency": "usd",
+                "code": "card_declined",
+                "next_payment_attempt": "2026-04-04T00:00:00+00:00",
+            },
+            "We will try again on 2026-04-04",
+        ),
+        ("trial_ending", {"plan": "pro", "trial_end": "2026-03-15T00:00:00+00:00"}, "pro plan for acme ends on"),
         ("something_new", {"a": "<b>"}, "a: <b>"),
     ],
 )
