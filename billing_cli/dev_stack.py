@@ -90,6 +90,7 @@ class StackUrls:
     database_url: str
     redis_url: str
     api_key: str
+    mail_catcher: str | None = None  # the local SMTP catcher's URL, when billing dev runs one
 
 
 def run_dev_stack(*, web_port: int, emulator_port: int, echo: Callable[[str], None]) -> int:
@@ -124,6 +125,14 @@ def run_dev_stack(*, web_port: int, emulator_port: int, echo: Callable[[str], No
             pg.create_database("billing")
             database_url = pg.libpq_url("billing")
         redis_url = env.get("REDIS_URL") or stack.enter_context(ThrowawayRedis()).url
+        mail_catcher = None
+        if not env.get("SMTP_URL"):
+            # Notifications' email goes to a local catcher that prints each mail here (From, To, Subject, text).
+            from billing_cli.mail_catcher import MailCatcher
+
+            mail_catcher = stack.enter_context(MailCatcher(echo)).url
+            env["SMTP_URL"] = mail_catcher
+            env.setdefault("BILLING_ADMIN_EMAILS", "ops@localhost")
         command.upgrade(alembic_config(database_url), "head")
         engine = make_engine(database_url, pool_size=1)
         _, api_key = create_api_key(make_session_factory(engine), "billing dev", ["admin"])
@@ -172,7 +181,9 @@ def run_dev_stack(*, web_port: int, emulator_port: int, echo: Callable[[str], No
         for name, cmd in _procfile().items():
             manager.add_process(name, cmd, env=env)
 
-        urls = StackUrls(web, env["STRIPE_API_BASE"] if use_emulator else None, database_url, redis_url, api_key)
+        urls = StackUrls(
+            web, env["STRIPE_API_BASE"] if use_emulator else None, database_url, redis_url, api_key, mail_catcher
+        )
         threading.Thread(target=_announce, args=(echo, urls), daemon=True).start()
         manager.loop()
         return manager.returncode or 0
@@ -250,6 +261,11 @@ def _announce(echo: Callable[[str], None], urls: StackUrls) -> None:
         + ("   (emulator; webhooks registered)" if urls.emulator else ""),
         f"  DATABASE_URL    {urls.database_url}",
         f"  REDIS_URL       {urls.redis_url}",
+        *(
+            [f"  SMTP_URL        {urls.mail_catcher}   (mail catcher: every email is printed here, not sent)"]
+            if urls.mail_catcher
+            else []
+        ),
         f"  API key (admin) {urls.api_key}",
         "",
         "In another shell:",

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import click
 
-from billing_cli import config, keys, ops, pricing, reconcile, schema, serve, stripe_sync
+from billing_cli import config, keys, notifications, ops, pricing, reconcile, schema, serve, stripe_sync
 from billing_cli.limits import limits
 
 
@@ -32,6 +32,7 @@ for command in (
     pricing.pricing,
     reconcile.reconcile,
     reconcile.discrepancies,
+    notifications.notifications,
 ):
     main.add_command(command)
 

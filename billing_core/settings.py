@@ -62,6 +62,16 @@ class Settings(BaseSettings):
     reconcile_overlap_seconds: int = Field(default=600, ge=0, alias="BILLING_RECONCILE_OVERLAP_SECONDS")
     # The daily objects pass compares this many days of Stripe's paid objects with the ledger.
     reconcile_days: int = Field(default=3, ge=1, le=90, alias="BILLING_RECONCILE_DAYS")
+    # -- notifications (billing_core/notify/, docs/notifications.md) --
+    # smtp://user:pass@host:port, smtps://... (TLS from the start) or smtp+starttls://...; unset: no email.
+    smtp_url: SecretStr | None = None
+    # The From of every email.
+    email_from: str = Field(default="billing@localhost", min_length=3, alias="BILLING_EMAIL_FROM")
+    # Where the admin kinds (sales paused, discrepancies, dead letters) are emailed, comma-separated.
+    billing_admin_emails: str = ""
+    # Signed outbound webhooks (Billing-Signature); unset URL: none are sent.
+    notify_webhook_url: str | None = None
+    notify_webhook_secret: SecretStr | None = None
 
     @field_validator("database_url")
     @classmethod
@@ -69,7 +79,15 @@ class Settings(BaseSettings):
         return sqlalchemy_url(value)
 
     @field_validator(
-        "redis_url", "stripe_api_key", "stripe_webhook_secret", "stripe_api_base", "limits_redis_url", mode="before"
+        "redis_url",
+        "stripe_api_key",
+        "stripe_webhook_secret",
+        "stripe_api_base",
+        "limits_redis_url",
+        "smtp_url",
+        "notify_webhook_url",
+        "notify_webhook_secret",
+        mode="before",
     )
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
@@ -87,6 +105,9 @@ class Settings(BaseSettings):
     def webhook_secrets(self) -> list[str]:
         raw = self.stripe_webhook_secret.get_secret_value() if self.stripe_webhook_secret else ""
         return [s.strip() for s in raw.split(",") if s.strip()]
+
+    def admin_emails(self) -> list[str]:
+        return [a.strip() for a in self.billing_admin_emails.split(",") if a.strip()]
 
     def __repr__(self) -> str:
         # The URLs may carry passwords: never let them reach a log line through repr().

@@ -64,6 +64,8 @@ app.conf.update(
         "reconcile-events": {"task": "billing.reconcile_events", "schedule": crontab(minute="*/15")},
         # ...and Stripe's paid objects of the last days against the ledger, daily at 02:00 UTC.
         "reconcile-objects": {"task": "billing.reconcile_objects", "schedule": crontab(minute=0, hour=2)},
+        # The notifications outbox: due emails and webhooks, and new admin alerts (one indexed query when idle).
+        "deliver-notifications": {"task": "billing.deliver_notifications", "schedule": 10.0},
     },
     timezone="UTC",
 )

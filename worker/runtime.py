@@ -11,6 +11,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from billing_core.db.engine import make_engine, make_session_factory
 from billing_core.db.wakeups import Wakeups, redis_client
+from billing_core.notify.channels import senders_from_settings
+from billing_core.notify.outbox import Sender
 from billing_core.pricing.catalog import load_price_table
 from billing_core.pricing.limits import TokenLimits
 from billing_core.pricing.versions import PriceBook
@@ -25,6 +27,7 @@ class Runtime:
     prices: PriceBook
     wakeups: Wakeups
     limits: TokenLimits  # token limits and plan quotas (billing_core/pricing/limits.py)
+    notify_senders: dict[str, Sender]  # the configured notification channels (billing_core/notify/channels.py)
 
 
 @lru_cache(maxsize=1)
@@ -46,6 +49,7 @@ def _runtime(pid: int) -> Runtime:
             prefix=settings.limits_prefix,
             policy_cache_seconds=settings.limits_policy_cache_seconds,
         ),
+        senders_from_settings(settings),
     )
 
 

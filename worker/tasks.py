@@ -19,6 +19,7 @@ from billing_core.intake.inbox import BatchResult
 from billing_core.intake.usage_reports import InvalidUsage, accept_reports
 from billing_core.ledger.commands import ExpireGrants, ExpireHolds
 from billing_core.ledger.handlers import execute
+from billing_core.notify import low_balance, outbox
 from billing_core.pricing import limits
 from billing_core.stripe import auto_recharge, subscriptions
 from billing_core.stripe.gateway import StripeUnavailable
@@ -296,3 +297,14 @@ def reconcile_objects(self: Task) -> dict[str, Any]:
         log.warning("objects reconciliation stopped on Stripe (%s); tomorrow's run covers it again", exc)
         return {"stopped": str(exc)}
     return {"run": run.id, "status": run.status, **run.counts}
+
+
+# -- notifications (billing_core/notify/outbox.py) -------------------------------------------------------------
+@app.task(name="billing.deliver_notifications", bind=True, **RETRY)
+def deliver_notifications(self: Task) -> dict[str, int]:
+    """Re-arm low-balance notices of topped-up wallets, bring new admin alerts into the outbox, and send its due
+    notifications (email, signed webhooks)."""
+    rt = runtime()
+    with rt.session_factory.begin() as session:
+        rearmed = low_balance.rearm(session)
+    return {**outbox.deliver_due(rt.session_factory, rt.notify_senders), "low_balance_rearmed": rearmed}

@@ -30,6 +30,7 @@ from sqlalchemy import (
     SmallInteger,
     String,
     Text,
+    UniqueConstraint,
     func,
     text,
 )
@@ -77,6 +78,12 @@ class Wallet(Base):
     # Token limits (pricing/limits.py): the plan (None: the catalog's default) and per-account overrides.
     plan: Mapped[str | None] = mapped_column(Text)
     limit_overrides: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default=text("'{}'::jsonb"))
+    # Set while the low-balance notice of the current downward crossing is written; cleared by a top-up.
+    low_balance_notified_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    __table_args__ = (
+        Index("ix_wallets_low_balance_notified", "id", postgresql_where=text("low_balance_notified_at IS NOT NULL")),
+    )
 
 
 class LedgerEntry(Base):
@@ -614,3 +621,33 @@ class Discrepancy(Base):
     note: Mapped[str | None] = mapped_column(Text)
 
     __table_args__ = (Index("ix_discrepancies_open", "found_at", postgresql_where=text("resolved_at IS NULL")),)
+
+
+# -- notifications: the outbox (billing_core/notify/outbox.py) -----------------------------------------------
+class Notification(Base):
+    """One message on one channel (``email``, ``webhook``), once per ``(dedupe_key, channel)``."""
+
+    __tablename__ = "notifications"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    kind: Mapped[str] = mapped_column(Text)
+    dedupe_key: Mapped[str] = mapped_column(Text)
+    channel: Mapped[str] = mapped_column(String(16))
+    account: Mapped[str | None] = mapped_column(String(128))
+    audience: Mapped[str] = mapped_column(String(16), server_default="account")
+    payload: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default=text("'{}'::jsonb"))
+    status: Mapped[str] = mapped_column(String(16), server_default="pending")
+    attempts: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    next_attempt_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    sent_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    __table_args__ = (
+        CheckConstraint("channel IN ('email', 'webhook')", name="notifications_channel"),
+        CheckConstraint("audience IN ('account', 'admins')", name="notifications_audience"),
+        CheckConstraint("status IN ('pending', 'sent', 'dead', 'skipped')", name="notifications_status"),
+        UniqueConstraint("dedupe_key", "channel", name="uq_notifications_dedupe_channel"),
+        Index("ix_notifications_due", "next_attempt_at", postgresql_where=text("status = 'pending'")),
+        Index("ix_notifications_status_id", "status", "id"),
+    )

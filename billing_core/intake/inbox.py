@@ -48,6 +48,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.types import TypeEngine
 
 from billing_core.db import unit_of_work
+from billing_core.notify.alerts import record_alert
 
 K = TypeVar("K")
 B = TypeVar("B")
@@ -225,6 +226,18 @@ class Inbox:
                 self._mark_failed,
                 {"ids": list(ids), "err": error[:2000], "max": self.max_attempts, "to": status},
             ).all()
+            now = unit_of_work.utcnow()
+            for row in rows:
+                if row.status == "dead":
+                    # The operators hear of each dead letter (the notifications outbox delivers admin alerts),
+                    # in the transaction that makes it dead; a replayed row that dies again is a new alert.
+                    record_alert(
+                        session,
+                        "dead_lettered_event",
+                        f"dead_letter:{self.table.name}:{row.id}:{now.isoformat()}",
+                        {"inbox": self.table.name, "id": str(row.id), "error": error[:500]},
+                        now=now,
+                    )
         return {row.id: row.status for row in rows}
 
     def reopen(self, session_factory: sessionmaker[Session], key: str) -> Any | None:

@@ -39,6 +39,7 @@ from billing_core.intake.usage_reports import partition_of
 from billing_core.ledger.book import Book
 from billing_core.ledger.commands import PurchaseCredits
 from billing_core.ledger.handlers import purchase_credits
+from billing_core.notify.outbox import notify
 from billing_core.pricing.catalog import PriceTable
 from billing_core.pricing.packages import Package, find_package
 from billing_core.pricing.sales_guard import sales_state
@@ -384,6 +385,27 @@ def charge(
     return record(session_factory, intent, now=now)
 
 
+def _notify_failed(session: Session, attempt: Attempt, status: str, code: str, message: str, now: datetime) -> None:
+    """The customer hears once per attempt that it failed (in the transaction that records the failure)."""
+    notify(
+        session,
+        "auto_recharge_failed",
+        f"auto_recharge_failed:{attempt.id}",
+        account=attempt.account,
+        payload={
+            "account": attempt.account,
+            "package": attempt.package,
+            "credits": format_credits(attempt.credits_mc),
+            "amount": attempt.amount,
+            "currency": attempt.currency,
+            "status": status,  # failed, or requires_action (the bank wants the customer: 3-D Secure)
+            "code": code,
+            "message": message,
+        },
+        now=now,
+    )
+
+
 def fail(
     session_factory: sessionmaker[Session], attempt_id: int, code: str, message: str, *, now: datetime | None = None
 ) -> str:
@@ -401,6 +423,9 @@ def fail(
             return str(attempt.status)
         params = {"status": FAILED, "code": code, "message": message[:1000], "pi": None, "now": now_, "id": attempt_id}
         session.execute(_FINISH_ATTEMPT, params)
+        found = session.execute(_ATTEMPT, {"id": attempt_id}).first()
+        if found is not None:
+            _notify_failed(session, _attempt(found), FAILED, code, message[:1000], now_)
         if settings is not None and settings.last_attempt_id == attempt_id and settings.state == PENDING:
             session.execute(_SET_STATE, {"state": FAILED, "wallet": wallet_id, "now": now_})
         return FAILED
@@ -504,6 +529,7 @@ def apply_payment_intent(book: Book, intent: StripeObject) -> str:
         )
         if settings is not None and settings.last_attempt_id == attempt.id and settings.state == PENDING:
             session.execute(_SET_STATE, {"state": FAILED, "wallet": locked.wallet_id, "now": now})
+        _notify_failed(session, attempt, outcome, code, message, now)
         return PROCESSED
     session.execute(_NOTE_INTENT, {"pi": pi_id, "now": now, "id": attempt.id})
     return PROCESSED

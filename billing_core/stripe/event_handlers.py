@@ -29,6 +29,7 @@ from billing_core.ledger.commands import ClawBack, HoldDisputed, SettleDispute, 
 from billing_core.ledger.disputes import hold_disputed, settle_dispute, taken_for_payment
 from billing_core.ledger.handlers import claw_back
 from billing_core.ledger.wallet_rows import link_stripe_customer, unlink_stripe_customer
+from billing_core.notify.outbox import notify
 from billing_core.stripe.purchases import (
     IGNORED,
     PROCESSED,
@@ -38,6 +39,7 @@ from billing_core.stripe.purchases import (
     purchase_for,
     record_payment_failure,
 )
+from billing_core.units import format_credits
 
 StripeObject = dict[str, Any]
 
@@ -105,6 +107,25 @@ def on_payment_failed(book: Book, obj: StripeObject, facts: StripeFacts) -> str:
     """Nothing was credited, so nothing moves; the failure is recorded (``payment_failures``, by the failed
     session or payment intent) with the account it was for."""
     record_payment_failure(book.session, obj, book.now)
+    account = (obj.get("metadata") or {}).get("account") or obj.get("client_reference_id")
+    if isinstance(account, str) and account:
+        error = obj.get("last_payment_error") or {}
+        amount = obj.get("amount") if obj.get("object") == "payment_intent" else obj.get("amount_total")
+        notify(
+            book.session,
+            "payment_failed",
+            f"payment_failed:{obj['id']}",  # one notice per failed session or payment intent
+            account=account,
+            payload={
+                "account": account,
+                "payment": obj["id"],
+                "amount": amount if isinstance(amount, int) else None,
+                "currency": obj.get("currency"),
+                "code": error.get("decline_code") or error.get("code"),
+                "message": error.get("message"),
+            },
+            now=book.now,
+        )
     return PROCESSED
 
 
@@ -166,6 +187,21 @@ def on_charge_refunded(book: Book, charge: StripeObject, facts: StripeFacts) -> 
         )
         claw_back(Book(book.session, book.now), cmd)
         taken_mc += amount_mc
+        notify(
+            book.session,
+            "refund_processed",
+            f"refund_processed:{refund['id']}",
+            account=purchase.account,
+            payload={
+                "account": purchase.account,
+                "refund": refund["id"],
+                "credits": format_credits(amount_mc),
+                "amount": refund["amount"],
+                "currency": refund.get("currency") or charge.get("currency"),
+                "payment_intent": purchase.payment_intent,
+            },
+            now=book.now,
+        )
     return PROCESSED
 
 
@@ -237,7 +273,23 @@ def _dispute_fields(book: Book, dispute: StripeObject, facts: StripeFacts) -> di
 
 def _hold_dispute(book: Book, dispute: StripeObject, facts: StripeFacts) -> str:
     cmd = HoldDisputed.validated(**_dispute_fields(book, dispute, facts))
-    hold_disputed(Book(book.session, book.now), cmd)
+    view = hold_disputed(Book(book.session, book.now), cmd)
+    if view.status == "open":  # not when it was closed before this event came
+        notify(
+            book.session,
+            "dispute_opened",
+            f"dispute_opened:{dispute['id']}",  # created and funds_withdrawn both hold: one notice
+            account=cmd.account,
+            payload={
+                "account": cmd.account,
+                "dispute": dispute["id"],
+                "amount": cmd.amount,
+                "currency": cmd.currency,
+                "credits_held": format_credits(view.held_mc),
+                "reason": dispute.get("reason"),
+            },
+            now=book.now,
+        )
     return PROCESSED
 
 

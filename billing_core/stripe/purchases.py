@@ -21,7 +21,9 @@ from billing_core.db.tables import Grant, LedgerEntry, Wallet
 from billing_core.ledger.book import Book
 from billing_core.ledger.commands import PurchaseCredits
 from billing_core.ledger.handlers import purchase_credits
-from billing_core.units import parse_credits, round_mc
+from billing_core.notify import low_balance
+from billing_core.notify.outbox import notify
+from billing_core.units import format_credits, parse_credits, round_mc
 
 PROCESSED, IGNORED = "processed", "ignored"
 
@@ -112,6 +114,23 @@ def credit_checkout(book: Book, session: dict[str, Any]) -> str:
         },
     )
     purchase_credits(book, cmd)
+    # The receipt, in the same transaction as the purchase: a replayed event writes nothing new.
+    notify(
+        book.session,
+        "purchase_receipt",
+        f"purchase_receipt:{session['id']}",
+        account=cmd.account,
+        payload={
+            "account": cmd.account,
+            "credits": format_credits(cmd.amount_mc),
+            "package": metadata.get("package"),
+            "amount_total": session.get("amount_total"),
+            "currency": session.get("currency"),
+            "checkout_session": session["id"],
+        },
+        now=book.now,
+    )
+    low_balance.rearm(book.session, [cmd.account])
     return PROCESSED
 
 

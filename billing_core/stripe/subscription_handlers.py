@@ -7,7 +7,10 @@ event's transaction. Without a gateway (tests, replays from the payload) the pay
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 from billing_core.ledger.book import Book
+from billing_core.notify.outbox import notify
 from billing_core.stripe.event_handlers import (
     EventHandler,
     PurchaseKnown,
@@ -43,6 +46,33 @@ def read_subscription(stripe: StripeReader, sub: StripeObject, known: PurchaseKn
 def on_subscription_changed(book: Book, sub: StripeObject, facts: StripeFacts) -> str:
     """Created, updated, deleted, trial ending: the row becomes what Stripe shows now."""
     return PROCESSED if store_subscription(book, facts.subscription or sub) is not None else IGNORED
+
+
+def on_trial_will_end(book: Book, sub: StripeObject, facts: StripeFacts) -> str:
+    """Stripe's warning three days before a trial ends: the row as Stripe shows it, and the customer told once
+    per trial end (``trial_ending:<sub_id>:<trial_end>``)."""
+    current = facts.subscription or sub
+    stored = store_subscription(book, current)
+    if stored is None:
+        return IGNORED
+    account, terms = stored
+    # The event's own object: by the time it is handled Stripe may show the trial over already (then too late).
+    trial_end = sub.get("trial_end")
+    if isinstance(trial_end, int) and trial_end > book.now.timestamp():
+        notify(
+            book.session,
+            "trial_ending",
+            f"trial_ending:{sub['id']}:{trial_end}",
+            account=account,
+            payload={
+                "account": account,
+                "subscription": sub["id"],
+                "plan": terms.plan,
+                "trial_end": datetime.fromtimestamp(trial_end, UTC).isoformat(),
+            },
+            now=book.now,
+        )
+    return PROCESSED
 
 
 # -- checkout in subscription mode ------------------------------------------------------------------------------
@@ -97,6 +127,28 @@ def on_invoice_changed(book: Book, invoice: StripeObject, facts: StripeFacts) ->
         return IGNORED  # not one of our customers' invoices
     error = ((facts.payment_intent or {}).get("last_payment_error") or {}).get("code")
     store_invoice(book, current, account, payment_error=error)
+    if error and current.get("status") == "open" and current.get("billing_reason") == "subscription_cycle":
+        attempt = int(current.get("attempt_count") or 0)
+        retry_at = current.get("next_payment_attempt")
+        notify(
+            book.session,
+            "renewal_failed",
+            f"renewal_failed:{current['id']}:{attempt}",  # once per failed attempt, however many events tell it
+            account=account,
+            payload={
+                "account": account,
+                "invoice": current["id"],
+                "subscription": invoice_subscription(current),
+                "amount": current.get("amount_due"),
+                "currency": current.get("currency"),
+                "code": error,
+                "attempt_count": attempt,
+                "next_payment_attempt": (
+                    datetime.fromtimestamp(retry_at, UTC).isoformat() if isinstance(retry_at, int) else None
+                ),
+            },
+            now=book.now,
+        )
     if current.get("status") == "paid":
         grant_for_invoice(book, account, current, sub)
     return PROCESSED
@@ -107,7 +159,7 @@ SUBSCRIPTION_HANDLERS: dict[str, EventHandler] = {
     "customer.subscription.created": EventHandler(on_subscription_changed, read=read_subscription),
     "customer.subscription.updated": EventHandler(on_subscription_changed, read=read_subscription),
     "customer.subscription.deleted": EventHandler(on_subscription_changed, read=read_subscription),
-    "customer.subscription.trial_will_end": EventHandler(on_subscription_changed, read=read_subscription),
+    "customer.subscription.trial_will_end": EventHandler(on_trial_will_end, read=read_subscription),
     "invoice.created": EventHandler(on_invoice_changed, read=read_invoice),
     "invoice.finalized": EventHandler(on_invoice_changed, read=read_invoice),
     "invoice.updated": EventHandler(on_invoice_changed, read=read_invoice),

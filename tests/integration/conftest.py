@@ -45,6 +45,7 @@ TABLES = (
     "discrepancies",
     "reconciliation_runs",
     "reconciliation_checkpoints",
+    "notifications",
 )
 
 

@@ -218,6 +218,11 @@ def test_a_declined_card_fails_and_stops_until_the_settings_are_saved(
     # the payment_failed webhook changes nothing
     [event] = stack.events("payment_intent.payment_failed", attempt.payment_intent_id)
     assert stack.deliver(session_factory, event) == "processed"
+    # the customer is told once (email and webhook rows), though the gateway's answer and the webhook both say it
+    assert probe.rows("SELECT kind, channel, payload->>'code' AS code FROM notifications ORDER BY id") == [
+        ("auto_recharge_failed", "email", "card_declined"),
+        ("auto_recharge_failed", "webhook", "card_declined"),
+    ]
     # further debits, the sweep: no new attempt
     probe.run(DebitUsage("ar_decl", 10 * CREDIT, "use:ar_decl:2"))
     assert check_and_charge(stack, session_factory, "ar_decl") == []
@@ -269,6 +274,9 @@ def test_without_a_saved_card_the_attempt_fails_without_charging(
 
     [attempt] = attempts(probe, "ar_nocard")
     assert (attempt.status, attempt.failure_code, attempt.payment_intent_id) == ("failed", "no_payment_method", None)
+    assert probe.rows("SELECT kind, payload->>'status' AS status FROM notifications WHERE channel = 'email'") == [
+        ("auto_recharge_failed", "failed")
+    ]
     assert state(session_factory, "ar_nocard").state == FAILED
     assert recharge_intents(stack) == []
 

@@ -183,6 +183,11 @@ class Year:
             return session.execute(text("SELECT plan FROM wallets WHERE account = :a"), {"a": self.account}).scalar()
 
 
+def failed_invoice(session_factory: Any) -> str:
+    with session_factory() as session:
+        return str(session.execute(text("SELECT id FROM invoices WHERE status = 'open'")).scalar_one())
+
+
 def test_a_year_of_a_monthly_plan_matches_the_hand_written_table(stripe_url, session_factory):
     year = Year(stripe_url, session_factory)
     pro, business = year.price(2900, PRO), year.price(9900, BUSINESS)
@@ -225,6 +230,13 @@ def test_a_year_of_a_monthly_plan_matches_the_hand_written_table(stripe_url, ses
         ).one()
     assert (failed.attempt_count, failed.last_payment_error) == (1, "card_declined")
     assert failed.next_payment_attempt == at(2026, 4, 4)  # the first retry, three days on
+    with session_factory() as session:
+        notices = session.execute(
+            text("SELECT kind, dedupe_key, payload->>'code' FROM notifications WHERE channel = 'email' ORDER BY id")
+        ).all()
+    assert [tuple(n) for n in notices] == [
+        ("renewal_failed", f"renewal_failed:{failed_invoice(session_factory)}:1", "card_declined")
+    ]
     step("renewal 3 declined: March's 500 ended with the period, nothing granted", at(2026, 4, 1, 4), "0")
     year.control(f"customers/{customer['id']}/card", outcome="succeed")
     types = year.advance(clock, at(2026, 4, 4, 1))  # Smart Retries: 3 days later
@@ -293,6 +305,9 @@ def test_a_trial_grants_the_trial_allowance_until_the_trial_ends(stripe_url, ses
     assert year.spendable(at(2026, 3, 15)) == Decimal("0")  # the trial's credits end with the trial
     types = year.advance(clock, at(2026, 3, 15, 1))
     assert "customer.subscription.trial_will_end" in types and "invoice.paid" in types
+    with session_factory() as session:
+        notices = session.execute(text("SELECT kind FROM notifications WHERE channel = 'email'")).scalars().all()
+    assert notices == ["trial_ending"]  # once, though the subscription's other events tell the same trial
     # the trial's 200 roll over (cap 500) into the first paid month with its 1,000
     year.sweep(at(2026, 3, 15, 2))
     assert year.spendable(at(2026, 3, 15, 2)) == Decimal("1200")

@@ -51,6 +51,9 @@ def test_a_row_failing_every_time_ends_dead_after_max_attempts(session_factory, 
         apply_partition(session_factory, partition_of("acme"))
     assert probe.rows("SELECT status, attempts FROM usage_inbox") == [("dead", MAX_ATTEMPTS)]
     assert probe.available("acme") == 100_000
+    # the operators are alerted once (an admin alert, which the notifications outbox delivers)
+    [alert] = probe.rows("SELECT kind, payload->>'inbox' AS inbox FROM admin_alerts")
+    assert tuple(alert) == ("dead_lettered_event", "usage_inbox")
 
 
 def refuse(session_factory, payload: object) -> list[str]:
