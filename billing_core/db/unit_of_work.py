@@ -10,7 +10,7 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import datetime
 from types import TracebackType
 from typing import TypeVar
 
@@ -19,15 +19,11 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
+from billing_core.clock import utcnow as utcnow  # re-exported: callers have long found it here
 from billing_core.ledger.book import Book, ConcurrentDuplicate
 
 T = TypeVar("T")
 RETRYABLE_SQLSTATES = {"40001", "40P01", "55P03"}  # serialization failure, deadlock, lock not available
-
-
-def utcnow() -> datetime:
-    # datetime.now(UTC) rather than utcnow(): aware, and freezegun patches it in tests.
-    return datetime.now(UTC)
 
 
 class UnitOfWork:

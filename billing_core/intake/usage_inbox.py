@@ -30,7 +30,6 @@ from billing_core.ledger.batch_debit import APPLIED, DUPLICATE, debit_usage_batc
 from billing_core.ledger.book import Book, bulk_execute
 from billing_core.ledger.commands import CaptureHold, DebitUsage
 from billing_core.ledger.handlers import capture_hold
-from billing_core.notify import low_balance
 
 LEDGER_KEY_PREFIX = "usage:"
 MAX_ATTEMPTS = 8
@@ -374,11 +373,6 @@ def _capture_for_report(book: Book, row: Row[Any]) -> Verdict:
 
 def _apply_and_record(uow: unit_of_work.UnitOfWork, rows: list[Row[Any]]) -> BatchResult:
     verdicts = _apply_rows(uow.book, rows)
-    # Low-balance notices of the wallets this batch debited below their threshold (their locks are ours already:
-    # only the accounts of applied debits, so that this never locks a wallet the batch did not).
-    applied = {v[0] for v in verdicts if v[1] == "applied" and v[2] is not None}
-    debited = sorted({r.account for r in rows if r.id in applied})
-    low_balance.check_crossings(uow.session, debited, uow.book.now)
     USAGE_INBOX.mark_done(
         uow.session,
         [v[0] for v in verdicts],

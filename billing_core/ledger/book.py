@@ -26,6 +26,7 @@ from billing_core.errors import IdempotencyConflict, UnknownAccount
 from billing_core.ledger import grant_rows, wallet_rows
 from billing_core.ledger.grants import PRIORITY_BY_SOURCE, GrantLot, in_spending_order, plan_draws
 from billing_core.ledger.system_accounts import system_account_ids
+from billing_core.notify import low_balance
 
 
 class ConcurrentDuplicate(Exception):
@@ -38,15 +39,26 @@ NON_STR_KEYS = orjson.OPT_NON_STR_KEYS  # as json.dumps, which writes {1: x} as 
 # and a lock were two). The entry is read from the statement's snapshot: one committed by a concurrent first
 # attempt while this statement waited for the lock is not seen, and the flush's insert then finds the key taken
 # (``ConcurrentDuplicate``): the command is retried and replays.
-_WALLET_COLUMNS = "w.id, w.account, w.available_account_id, w.held_account_id, w.negative_since, w.stripe_customer_id"
+# The wallet's columns and its available balance as the lock finds it (under the wallet lock nothing else moves
+# it): the flush compares it with the balance after, to notice a low-balance or depleted crossing in Python
+# instead of a statement per transaction.
+_WALLET_COLUMNS = (
+    "w.id, w.account, w.available_account_id, w.held_account_id, w.negative_since, w.stripe_customer_id, "
+    "wa.balance_mc AS available_mc, w.low_balance_threshold_mc, w.low_balance_notified_at IS NOT NULL AS low_notified"
+)
+_WALLET_BALANCE_JOIN = "JOIN ledger_accounts wa ON wa.id = w.available_account_id"
+_LOCK_WALLETS = text(
+    f"SELECT {_WALLET_COLUMNS} FROM wallets w {_WALLET_BALANCE_JOIN} "
+    "WHERE w.account = ANY(CAST(:accounts AS text[])) ORDER BY w.id FOR UPDATE OF w"
+)
 _LOCK_WALLET_FINDING = text(
     f"SELECT {_WALLET_COLUMNS}, e.id AS entry_id, e.kind AS entry_kind, e.fingerprint AS entry_fp, "
-    "e.created_at AS entry_created_at FROM wallets w LEFT JOIN ledger_entries e ON e.idempotency_key = :key "
-    "WHERE w.account = :account FOR UPDATE OF w"
+    f"e.created_at AS entry_created_at FROM wallets w {_WALLET_BALANCE_JOIN} "
+    "LEFT JOIN ledger_entries e ON e.idempotency_key = :key WHERE w.account = :account FOR UPDATE OF w"
 )
 _LOCK_HOLD_WALLET_FINDING = text(
     f"SELECT {_WALLET_COLUMNS}, e.id AS entry_id, e.kind AS entry_kind, e.fingerprint AS entry_fp, "
-    "e.created_at AS entry_created_at FROM holds h JOIN wallets w ON w.id = h.wallet_id "
+    f"e.created_at AS entry_created_at FROM holds h JOIN wallets w ON w.id = h.wallet_id {_WALLET_BALANCE_JOIN} "
     "LEFT JOIN ledger_entries e ON e.idempotency_key = :key WHERE h.id = :h FOR UPDATE OF w"
 )
 # The entries of a flush, in idempotency-key order (the unique index is a lock: one order for everyone).
@@ -124,8 +136,26 @@ class WalletState:
     held_account_id: int
     negative_since: datetime | None
     stripe_customer_id: str | None = None
+    available_mc: int = 0  # the available account's balance, as of the lock and each flush since
+    low_balance_threshold_mc: int | None = None  # None: the default (notify.low_balance.DEFAULT_THRESHOLD_MC)
+    low_notified: bool = False  # a low-balance notice went out and no top-up has re-armed it since
     lots: list[GrantLot] | None = None  # loaded on first use: open grants (remaining <> 0)
     touched: bool = False
+
+    @classmethod
+    def of_row(cls, row: Any) -> WalletState:
+        """From a row of ``_WALLET_COLUMNS``."""
+        return cls(
+            row.id,
+            row.account,
+            row.available_account_id,
+            row.held_account_id,
+            row.negative_since,
+            row.stripe_customer_id,
+            row.available_mc,
+            row.low_balance_threshold_mc,
+            row.low_notified,
+        )
 
     def debt_lot(self) -> GrantLot | None:
         assert self.lots is not None
@@ -239,17 +269,8 @@ class Book:
         return {a: self.wallets[a] for a in accounts if a in self.wallets}
 
     def _lock_existing(self, accounts: list[str]) -> None:
-        rows = self.session.execute(
-            text(
-                "SELECT id, account, available_account_id, held_account_id, negative_since, stripe_customer_id "
-                "FROM wallets WHERE account = ANY(CAST(:accounts AS text[])) ORDER BY id FOR UPDATE"
-            ),
-            {"accounts": accounts},
-        ).all()
-        for r in rows:
-            self.wallets[r.account] = WalletState(
-                r.id, r.account, r.available_account_id, r.held_account_id, r.negative_since, r.stripe_customer_id
-            )
+        for r in self.session.execute(_LOCK_WALLETS, {"accounts": accounts}).all():
+            self.wallets[r.account] = WalletState.of_row(r)
 
     def lock_wallet(self, account: str, *, create: bool = False) -> WalletState:
         return self.lock_wallets([account], create=create)[account]
@@ -287,14 +308,7 @@ class Book:
             return known
         if self.entries:
             raise RuntimeError("wallets must all be locked before the first entry is drafted")
-        wallet = WalletState(
-            row.id,
-            row.account,
-            row.available_account_id,
-            row.held_account_id,
-            row.negative_since,
-            row.stripe_customer_id,
-        )
+        wallet = WalletState.of_row(row)
         self.wallets[row.account] = wallet
         return wallet
 
@@ -535,6 +549,7 @@ class Book:
             self._flush_at_once(ordered, entry_params, together)
             self._write_system_balances({a: d for a, d in system.items() if a not in together})
         self._write_flags()
+        self._watch_balances()
         self.entries = []
         self.new_lots = []
         self.holds = []
@@ -693,6 +708,30 @@ class Book:
             else:
                 continue
             wallet_rows.set_negative_since(self.session, wallet.id, wallet.negative_since)
+
+    def _watch_balances(self) -> None:
+        """Low-balance and depleted notices of the wallets whose available balance this flush moved, from the
+        balance their lock read: nothing is read or written unless one crossed (``notify.low_balance``)."""
+        moves = []
+        for wallet in self.wallets.values():
+            delta = self.deltas.get(wallet.available_account_id, 0)
+            if not delta:
+                continue
+            after = wallet.available_mc + delta
+            moves.append(
+                low_balance.BalanceMove(
+                    wallet.id,
+                    wallet.account,
+                    wallet.available_mc,
+                    after,
+                    wallet.low_balance_threshold_mc,
+                    wallet.low_notified,
+                )
+            )
+            wallet.available_mc = after
+        if moves:
+            for wallet_id, notified in low_balance.watch(self.session, moves, self.now).items():
+                next(w for w in self.wallets.values() if w.id == wallet_id).low_notified = notified
 
     def _write_system_balances(self, deltas: dict[int, int]) -> None:
         # One statement per system account, ascending id: a multi-row UPDATE locks rows in plan order,

@@ -35,6 +35,7 @@ _TEXT_ENV = Environment(loader=_ENV.loader, autoescape=False, trim_blocks=True, 
 SUBJECTS = {
     "purchase_receipt": "Receipt: {{ credits }} credits added to {{ account }}",
     "low_balance": "Your credit balance is low: {{ available }} credits left",
+    "balance_depleted": "Your credits are used up",
     "sales_paused": "Credit sales are paused",
     "sales_resumed": "Credit sales have resumed",
     "payment_failed": "Your payment did not go through",

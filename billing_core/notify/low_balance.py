@@ -1,15 +1,17 @@
-"""Low balance: one notice per downward crossing of the account's threshold, re-armed by a top-up.
+"""Balance notices: low balance (once per downward crossing of the account's threshold, re-armed by a top-up)
+and balance depleted (once each time available credits reach zero from above).
 
-``wallets.low_balance_notified_at`` is the armed flag (NULL: armed). ``check_crossings`` runs in the usage
-batch's transaction, after its debits, over the batch's accounts only (their wallets are already locked by the
-batch): one UPDATE that matches nothing unless a wallet is armed and below its threshold (default 1,000
-credits), which disarms it and writes the notice. ``rearm`` clears the flag of wallets back at or above their
-threshold: after a purchase for its account, and for every flagged wallet on each delivery tick (grants,
-released holds, refunds of usage).
+The posting engine (``ledger.book``) locks each wallet together with its available balance, threshold and
+armed flag, and after its flush hands ``watch`` the wallets whose available balance moved, before and after:
+the decisions are taken in Python, and a statement runs only when something crossed. So every change of
+available credits notices (usage, holds and captures, clawbacks, expiries, grants and refunds re-arming) at no
+cost when nothing crosses. ``wallets.low_balance_notified_at`` is the flag (NULL: armed). ``rearm`` remains for
+what the engine does not see: a threshold lowered below the balance (on each delivery tick, for every wallet).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -21,15 +23,9 @@ from billing_core.units import format_credits
 
 DEFAULT_THRESHOLD_MC = 1_000_000  # 1,000 credits
 
-_CROSSED = text(
-    """
-    UPDATE wallets w SET low_balance_notified_at = :now
-    FROM ledger_accounts a
-    WHERE w.account = ANY(CAST(:accounts AS text[])) AND a.id = w.available_account_id
-        AND w.low_balance_notified_at IS NULL
-        AND a.balance_mc < COALESCE(w.low_balance_threshold_mc, :default)
-    RETURNING w.account, a.balance_mc, COALESCE(w.low_balance_threshold_mc, :default)
-    """
+_SET_FLAGS = text(
+    "UPDATE wallets w SET low_balance_notified_at = CASE WHEN v.armed THEN NULL ELSE CAST(:now AS timestamptz) END "
+    "FROM unnest(CAST(:ids AS bigint[]), CAST(:armed AS boolean[])) AS v(id, armed) WHERE w.id = v.id"
 )
 _REARM = """
     UPDATE wallets w SET low_balance_notified_at = NULL
@@ -41,25 +37,46 @@ _REARM_ALL = text(_REARM)
 _REARM_SOME = text(_REARM + " AND w.account = ANY(CAST(:accounts AS text[]))")
 
 
-def check_crossings(session: Session, accounts: list[str], now: datetime) -> int:
-    """Disarm and notify the armed wallets of ``accounts`` now below their threshold; how many crossed."""
-    if not accounts:
-        return 0
-    crossed = session.execute(_CROSSED, {"accounts": accounts, "now": now, "default": DEFAULT_THRESHOLD_MC}).all()
-    for account, available_mc, threshold_mc in crossed:
-        notify(
-            session,
-            "low_balance",
-            f"low_balance:{account}:{now.isoformat()}",
-            account=account,
-            payload={
-                "account": account,
-                "available": format_credits(available_mc),
-                "threshold": format_credits(threshold_mc),
-            },
-            now=now,
-        )
-    return len(crossed)
+@dataclass(frozen=True)
+class BalanceMove:
+    """A locked wallet's available balance before and after one flush, with its notice state."""
+
+    wallet_id: int
+    account: str
+    before_mc: int
+    after_mc: int
+    threshold_mc: int | None
+    notified: bool
+
+
+def watch(session: Session, moves: list[BalanceMove], now: datetime) -> dict[int, bool]:
+    """Write the notices ``moves`` call for, and the flags they change: wallet id → its new flag (True: a
+    low-balance notice is out). Called under the wallets' locks, in the transaction that moved them."""
+    flags: dict[int, bool] = {}
+    for move in moves:
+        threshold = DEFAULT_THRESHOLD_MC if move.threshold_mc is None else move.threshold_mc
+        if not move.notified and move.after_mc < threshold and move.after_mc < move.before_mc:
+            flags[move.wallet_id] = True
+            _notice(session, "low_balance", move, now, threshold=format_credits(threshold))
+        elif move.notified and move.after_mc >= threshold:
+            flags[move.wallet_id] = False
+        if move.before_mc > 0 >= move.after_mc:
+            _notice(session, "balance_depleted", move, now)
+    if flags:
+        session.execute(_SET_FLAGS, {"ids": list(flags), "armed": [not f for f in flags.values()], "now": now})
+    return flags
+
+
+def _notice(session: Session, kind: str, move: BalanceMove, now: datetime, **extra: Any) -> None:
+    # One crossing per wallet and transaction: the wallet lock orders them, so the time names the occurrence.
+    notify(
+        session,
+        kind,
+        f"{kind}:{move.account}:{now.isoformat()}",
+        account=move.account,
+        payload={"account": move.account, "available": format_credits(move.after_mc), **extra},
+        now=now,
+    )
 
 
 def rearm(session: Session, accounts: list[str] | None = None) -> int:

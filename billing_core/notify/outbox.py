@@ -23,7 +23,7 @@ from sqlalchemy import bindparam, text
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Session, sessionmaker
 
-from billing_core.db.unit_of_work import utcnow
+from billing_core.clock import utcnow
 
 log = logging.getLogger(__name__)
 

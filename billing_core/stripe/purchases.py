@@ -21,7 +21,6 @@ from billing_core.db.tables import Grant, LedgerEntry, Wallet
 from billing_core.ledger.book import Book
 from billing_core.ledger.commands import PurchaseCredits
 from billing_core.ledger.handlers import purchase_credits
-from billing_core.notify import low_balance
 from billing_core.notify.outbox import notify
 from billing_core.units import format_credits, parse_credits, round_mc
 
@@ -130,7 +129,6 @@ def credit_checkout(book: Book, session: dict[str, Any]) -> str:
         },
         now=book.now,
     )
-    low_balance.rearm(book.session, [cmd.account])
     return PROCESSED
 
 

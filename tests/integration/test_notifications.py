@@ -372,10 +372,12 @@ def test_low_balance_once_per_downward_crossing_rearmed_by_a_top_up(session_fact
     assert deliver_due(session_factory, senders(smtp.port))["sent"] == 1
     assert [m["Subject"] for m in smtp.inbox.mails] == ["Your credit balance is low: 900.000 credits left"]
 
-    # a top-up re-arms it (the delivery tick's rearm), and the next crossing notifies again
+    # a top-up re-arms it in its own transaction (the tick's rearm finds nothing left), and the next crossing
+    # notifies again
     probe.run(GrantCredits("acme", 500_000, "top-up"))  # 1,300
     with session_factory.begin() as s:
-        assert low_balance.rearm(s) == 1
+        assert s.execute(text("SELECT low_balance_notified_at FROM wallets WHERE account = 'acme'")).scalar() is None
+        assert low_balance.rearm(s) == 0
     _spend(session_factory, "u4", "400")  # 900 again
     assert deliver_due(session_factory, senders(smtp.port))["sent"] == 1
     assert len(smtp.inbox.mails) == 2
@@ -399,6 +401,46 @@ def test_a_custom_threshold_and_a_purchase_rearms_at_once(session_factory, probe
         assert s.execute(text("SELECT low_balance_notified_at FROM wallets WHERE account = 'acme'")).scalar() is None
     _spend(session_factory, "u2", "100")  # 140 -> 40: crossed again
     assert sum(1 for r in rows(session_factory) if r.kind == "low_balance") == 4
+
+
+def test_holds_releases_captures_and_grants_notice_crossings_and_depletion_once(session_factory, probe, smtp):
+    """Every change of available credits is watched, not only usage batches: a hold takes the balance below its
+    threshold, a capture to zero depletes it, a replay of either writes nothing, and the grant that tops the
+    wallet up re-arms the low-balance notice in its own transaction."""
+    from billing_core.ledger.commands import CaptureHold, GrantCredits, PlaceHold, ReleaseHold
+
+    probe.run(GrantCredits("acme", 1_500_000, "fund"))
+    with session_factory.begin() as s:
+        s.execute(text("UPDATE wallets SET email = 'owner@acme.test' WHERE account = 'acme'"))
+    assert _kinds(session_factory) == []
+
+    hold = probe.run(PlaceHold("acme", 600_000, "h1"))  # 900 available: crossed by a hold
+    probe.run(PlaceHold("acme", 600_000, "h1"))  # replayed
+    assert _kinds(session_factory) == ["low_balance"]
+    probe.run(ReleaseHold(hold.hold.id, "r1"))  # 1,500 again: re-armed by the release
+    assert _flag(session_factory) is None
+
+    second = probe.run(PlaceHold("acme", 1_500_000, "h2"))  # 0 available: crossed and depleted at once
+    assert _kinds(session_factory) == ["low_balance", "low_balance", "balance_depleted"]
+    probe.run(CaptureHold(second.hold.id, 1_500_000, "c2"))  # held → spent: available does not move
+    probe.run(CaptureHold(second.hold.id, 1_500_000, "c2"))
+    assert _kinds(session_factory) == ["low_balance", "low_balance", "balance_depleted"]
+
+    probe.run(GrantCredits("acme", 200_000, "top-up"))  # 200: above zero, still below 1,000: no re-arm
+    assert _flag(session_factory) is not None
+    probe.run(PlaceHold("acme", 200_000, "h3"))  # depleted again: a second occurrence
+    assert _kinds(session_factory) == ["low_balance", "low_balance", "balance_depleted", "balance_depleted"]
+
+    assert deliver_due(session_factory, senders(smtp.port))["sent"] == 4
+    subjects = [m["Subject"] for m in smtp.inbox.mails]
+    assert subjects.count("Your credits are used up") == 2
+    assert "Your credit balance is low: 900.000 credits left" in subjects
+    probe.assert_consistent()
+
+
+def _flag(session_factory) -> Any:
+    with session_factory() as s:
+        return s.execute(text("SELECT low_balance_notified_at FROM wallets WHERE account = 'acme'")).scalar()
 
 
 def _kinds(session_factory, channel: str = "email") -> list[str]:
@@ -491,6 +533,7 @@ def test_refund_dispute_and_failed_payment_each_notify_once_when_replayed(sessio
             "We will try again on 2026-04-04",
         ),
         ("trial_ending", {"plan": "pro", "trial_end": "2026-03-15T00:00:00+00:00"}, "pro plan for acme ends on"),
+        ("balance_depleted", {"available": "0.000"}, "The credits of acme are used up: 0.000 credits"),
         ("something_new", {"a": "<b>"}, "a: <b>"),
     ],
 )
