@@ -44,6 +44,8 @@ SUBJECTS = {
     "auto_recharge_failed": "Auto-recharge of {{ account }} failed",
     "renewal_failed": "Your subscription renewal payment failed",
     "trial_ending": "Your trial ends soon",
+    "quota_warning": "{{ account }} has used {{ percentage }}% of its monthly token quota",
+    "quota_exhausted": "{{ account }} has used its monthly token quota",
 }
 
 

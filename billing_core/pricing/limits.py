@@ -52,6 +52,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from billing_core.db.engine import compiled_sql
 from billing_core.db.tables import UsageRecord, Wallet
 from billing_core.errors import LimitsUnavailable, QuotaExceeded, RateLimited, UnknownPlan
+from billing_core.notify.quota import quota_notices
 from billing_core.pricing.catalog import PriceTable
 from billing_core.pricing.plans import LIMIT_FIELDS
 
@@ -261,12 +262,46 @@ class LimitState:
         return next(w for w in self.windows if w.period == period)
 
 
+# The levels of the monthly quota that notify (percent of the limit): a warning, then exhausted.
+QUOTA_LEVELS = (80, 100)
+
+
+@dataclass(frozen=True)
+class QuotaCrossing:
+    """An account whose monthly counter went from below ``level`` percent of its quota to at or above it in one
+    ``admit`` (the highest level crossed, when one call crosses both)."""
+
+    account: str
+    level: int  # 80 or 100 (QUOTA_LEVELS)
+    before: int
+    current: int  # the month's tokens after the increment
+    limit: int
+    period_start: datetime  # the month's window (UTC)
+    resets_at: datetime
+    upgrade_url: str | None
+    at: datetime  # the time the counters were taken at
+
+    @property
+    def percentage(self) -> float:
+        return WindowState("month", self.current, self.limit, self.resets_at).percentage
+
+
+def crossed_level(before: int, after: int, limit: int) -> int | None:
+    """The highest quota level (percent) that ``before`` -> ``after`` tokens crossed upwards, or None. Integer
+    arithmetic: ``after * 100 >= level * limit`` is "at or above level percent" without a float's rounding."""
+    for level in reversed(QUOTA_LEVELS):
+        if before * 100 < level * limit <= after * 100:
+            return level
+    return None
+
+
 @dataclass(frozen=True)
 class Admitted:
     """What ``admit``/``record`` added, to be given back by ``release`` if the work it admitted is not kept."""
 
     stems: tuple[str, ...]  # the windows' key stems at the time
     added: tuple[tuple[str, int], ...]  # (account, tokens added to each of its windows)
+    crossings: tuple[QuotaCrossing, ...] = ()  # monthly quota levels crossed by this call (usually none)
 
     @property
     def keys(self) -> tuple[tuple[str, int], ...]:
@@ -320,10 +355,14 @@ def _exceeds(current: int, tokens: int, limit: int | None) -> bool:
 # once (INCRBY answers the new value: no GET first, half the commands); an account whose checked tokens take a
 # window over its limit (month, day, hour: the refusal names the window that resets last) undoes every increment
 # of the call and refuses. Redis runs a script alone: nobody sees the undone increments.
-# Returns {0} when admitted, {account line (1-based), window (1 hour, 2 day, 3 month), current} when refused.
+# Returns {account line (1-based), window (1 hour, 2 day, 3 month), current} when refused; when admitted, {0}
+# followed by (account line, month counter after the increment) for each account with a monthly quota that
+# took tokens: the caller compares before (after - added) and after against its levels (quota notices), so the
+# common answer, accounts without a quota, stays {0}.
 ADMIT_LUA = r"""
 local done = {}
 local touched = {}
+local months = {0}
 local function undo()
   for _, d in ipairs(done) do redis.call('DECRBY', d[1], d[2]) end
 end
@@ -352,12 +391,16 @@ for a, c, r, h, d, m in string.gmatch(ARGV[7], "([^\t\n]+)\t(%d+)\t(%d+)\t(-?%d+
         end
       end
     end
+    if limits[3] >= 0 then
+      months[#months + 1] = i
+      months[#months + 1] = now[3]
+    end
   end
 end
 for k = 1, #touched, 1000 do  -- in chunks (Lua's unpack limit)
   redis.call('SADD', KEYS[1], unpack(touched, k, math.min(k + 999, #touched)))
 end
-return {0}
+return months
 """
 # KEYS: counters; ARGV: the tokens to take back from each (a compensation: never below zero).
 RELEASE_LUA = """
@@ -656,7 +699,39 @@ class TokenLimits:
             limit = policy.limit(period)
             assert limit is not None, "only a limited window refuses"
             raise refusal_for(account, period, int(result[2]), limit, checked[account], policy, now)
-        return Admitted(tuple(stems), tuple(added))
+        crossings: tuple[QuotaCrossing, ...] = ()
+        if len(result) > 1:  # accounts with a monthly quota took tokens: did one cross a level?
+            crossings = self._crossings(result, accounts, added, policies, now)
+        return Admitted(tuple(stems), tuple(added), crossings)
+
+    @staticmethod
+    def _crossings(
+        result: Sequence[Any],
+        accounts: Sequence[str],
+        added: Sequence[tuple[str, int]],
+        policies: Mapping[str, LimitPolicy],
+        now: datetime,
+    ) -> tuple[QuotaCrossing, ...]:
+        # Pairs (account line, month counter after) follow the 0; a counter that was below a level before this
+        # call's tokens and is at or above it after crossed it here, and only here (INCRBY is atomic).
+        found: list[QuotaCrossing] = []
+        month: tuple[datetime, datetime] | None = None
+        for k in range(1, len(result) - 1, 2):
+            line, after = int(result[k]) - 1, int(result[k + 1])
+            policy = policies.get(accounts[line])
+            limit = None if policy is None else policy.monthly
+            if policy is None or limit is None:
+                continue
+            before = after - added[line][1]
+            level = crossed_level(before, after, limit)
+            if level is not None:
+                month = month or window("month", now)
+                found.append(
+                    QuotaCrossing(
+                        accounts[line], level, before, after, limit, month[0], month[1], policy.upgrade_url, now
+                    )
+                )
+        return tuple(found)
 
     def record(self, batch: Mapping[str, int], now: datetime | None = None) -> Admitted | None:
         """Count ``batch`` without checking (its usage was admitted before, when its hold was placed)."""
@@ -705,9 +780,17 @@ class TokenLimits:
                     target[report.account] = target.get(report.account, 0) + tokens
             if not checked and not recorded:
                 return None
-            found = self.policies(session, checked, table) if checked else {}
+            # Recorded accounts' policies too (the same one query): their limits are not checked, but their
+            # monthly quota is what a settled hold's tokens may cross.
+            found = self.policies(session, [*checked, *recorded], table)
             admitted = self.admit(checked, found, now, record=recorded)
-            return None if admitted is None else (lambda: self.release(admitted))
+            if admitted is None:
+                return None
+            if admitted.crossings:
+                # In this transaction, with the reports that crossed: rolled back with them (and the counters
+                # given back), so a level is notified exactly when its usage is stored. No statement otherwise.
+                quota_notices(session, admitted.crossings)
+            return lambda: self.release(admitted)
 
         return admit_reports
 
