@@ -37,12 +37,14 @@ def print_run(run: Any) -> None:
     "--objects",
     "objects",
     is_flag=True,
-    help="Run the objects pass instead: paid Checkout Sessions of the last --days days against the ledger.",
+    help="Run the objects pass instead: the last --days days' paid sessions and invoices, refunds and disputes "
+    "against the ledger.",
 )
 @click.option("--days", type=click.IntRange(1, 90), help="The objects pass's window (default BILLING_RECONCILE_DAYS).")
 def reconcile(since: datetime | None, show_runs: bool, objects: bool, days: int | None) -> None:
     """Read Stripe's events since the checkpoint; store and apply those the webhooks missed; print the run.
-    With --objects: compare Stripe's paid sessions with the ledger instead (see ``billing discrepancies``)."""
+    With --objects: compare Stripe's paid sessions and invoices, refunds and disputes with the ledger instead
+    (see ``billing discrepancies``)."""
     from billing_core.reconcile.events import AnotherRunInProgress, recent_runs, reconcile_events
     from billing_core.reconcile.objects import reconcile_objects
     from billing_core.stripe.gateway import GatewayError, StripeGateway

@@ -15,6 +15,7 @@ from billing_core.settings import Settings, load_settings
 from billing_core.stripe.gateway import StripeGateway
 from webhook_receiver import (
     accounts,
+    admin_discrepancies,
     admin_grants,
     admin_refunds,
     catalog,
@@ -69,6 +70,7 @@ def create_app(settings: Settings | None = None, *, enqueue: Enqueue | None = No
         catalog.bp,
         admin_grants.bp,
         admin_refunds.bp,
+        admin_discrepancies.bp,
         auto_recharge_api.bp,
         subscriptions_bp,
         openapi.bp,

@@ -25,6 +25,7 @@ from billing_core.pricing.limits import LimitPolicy, LimitState
 from billing_core.pricing.packages import Package
 from billing_core.pricing.plans import LimitOverrides
 from billing_core.pricing.quotes import Quote
+from billing_core.reconcile.discrepancies import Found
 from billing_core.stripe.auto_recharge import Attempt, AutoRechargeView
 from billing_core.stripe.subscription_views import MAX_PAGE as MAX_INVOICES_PAGE
 from billing_core.stripe.subscription_views import InvoicePage, SubscriptionView
@@ -1032,3 +1033,54 @@ class InvoicesAnswer(Answer):
             has_more=page.next_cursor is not None,
             next_cursor=page.next_cursor,
         )
+
+
+# -- admin discrepancies (``/v1/admin/discrepancies``, billing_core/reconcile/discrepancies.py) ---------------
+MAX_DISCREPANCIES_PAGE = 100
+
+
+class DiscrepanciesQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    status: Literal["open", "all"] = Field("open", description="open ones only (default), or resolved ones too")
+    limit: int = Field(50, ge=1, le=MAX_DISCREPANCIES_PAGE, description=f"at most {MAX_DISCREPANCIES_PAGE}")
+    cursor: str | None = Field(None, pattern=r"^[0-9]{1,18}$", description="next_cursor of the previous page")
+
+
+class ResolveDiscrepancyBody(Body):
+    note: str = Field(min_length=1, max_length=2000, description="how it was resolved; recorded with who resolved it")
+
+
+class DiscrepancyAnswer(Answer):
+    id: int
+    kind: str = Field(description="amount_differs · state_differs · missing_in_stripe")
+    status: Literal["open", "resolved"]
+    stripe_id: str | None = Field(description="the Stripe object: cs_, in_, re_, dp_...")
+    account: str | None
+    expected: Any = Field(description="what Stripe shows (credits_mc, amount, status)")
+    found: Any = Field(description="what the ledger holds")
+    found_at: Time
+    resolved_at: Time | None
+    resolved_by: str | None
+    note: str | None
+
+    @classmethod
+    def of(cls, item: Found) -> DiscrepancyAnswer:
+        return cls(
+            id=item.id,
+            kind=item.kind,
+            status="open" if item.resolved_at is None else "resolved",
+            stripe_id=item.stripe_id,
+            account=item.account,
+            expected=item.expected,
+            found=item.found,
+            found_at=item.found_at,
+            resolved_at=item.resolved_at,
+            resolved_by=item.resolved_by,
+            note=item.note,
+        )
+
+
+class DiscrepanciesAnswer(Answer):
+    data: list[DiscrepancyAnswer]
+    has_more: bool
+    next_cursor: str | None

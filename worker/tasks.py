@@ -279,8 +279,8 @@ def reconcile_events(self: Task) -> dict[str, Any]:
 
 @app.task(name="billing.reconcile_objects", bind=True, **RETRY)
 def reconcile_objects(self: Task) -> dict[str, Any]:
-    """The objects pass: the last days' paid Checkout Sessions against the ledger (missing: credited;
-    different: a discrepancy and an admin alert, once)."""
+    """The objects pass: the last days' paid Checkout Sessions and invoices, refunds and disputes against the
+    ledger (missing: applied through the normal path; different: a discrepancy and an admin alert, once)."""
     from billing_core.reconcile.objects import reconcile_objects as run_objects_pass
 
     rt = runtime()

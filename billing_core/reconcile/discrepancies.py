@@ -1,6 +1,7 @@
 """Discrepancies: what a reconciliation pass found that it must not heal by itself (an amount or state that
 differs from Stripe's, a ledger entry without its Stripe object). Each is recorded once (``dedupe_key``) and
-stays open until an operator resolves it with a note (``billing discrepancies resolve``)."""
+stays open until an operator resolves it with a note (``billing discrepancies resolve``,
+``POST /v1/admin/discrepancies/<id>/resolve``); a resolution is never overwritten."""
 
 from __future__ import annotations
 
@@ -13,14 +14,21 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session, sessionmaker
 
 from billing_core.db.tables import Discrepancy
-from billing_core.errors import BillingError
+from billing_core.errors import BillingError, InvalidCommand
 
 _TABLE: Table = Discrepancy.__table__  # type: ignore[assignment]
 columns = _TABLE.c
+_MAX_ID = 2**63
 
 
 class UnknownDiscrepancy(BillingError):
     code = "unknown_discrepancy"
+
+
+class DiscrepancyResolved(BillingError):
+    """Resolved before (by whom, when and how: in its details); the first resolution stands."""
+
+    code = "discrepancy_resolved"
 
 
 @dataclass(frozen=True)
@@ -82,19 +90,30 @@ def _found(row: Any) -> Found:
     )
 
 
-def listed(session_factory: sessionmaker[Session], *, include_resolved: bool = False, limit: int = 100) -> list[Found]:
-    """Open discrepancies (all with ``include_resolved``), oldest first."""
+def listed(
+    session_factory: sessionmaker[Session],
+    *,
+    include_resolved: bool = False,
+    limit: int = 100,
+    after: int | None = None,
+) -> list[Found]:
+    """Open discrepancies (all with ``include_resolved``), oldest first; ``after``: those after this id."""
     query = select(_TABLE).order_by(columns.id).limit(limit)
     if not include_resolved:
         query = query.where(columns.resolved_at.is_(None))
+    if after is not None:
+        query = query.where(columns.id > after)
     with session_factory() as session:
         return [_found(row) for row in session.execute(query)]
 
 
 def resolve(session_factory: sessionmaker[Session], discrepancy_id: int, *, note: str, by: str) -> Found:
-    """Close an open discrepancy with a note; resolving a resolved one again keeps the first resolution."""
+    """Close an open discrepancy with a note. Raises ``InvalidCommand`` (a blank note), ``UnknownDiscrepancy``,
+    ``DiscrepancyResolved`` (the first resolution is kept)."""
     if not note.strip():
-        raise BillingError("a resolution needs a note", field="note")
+        raise InvalidCommand("a resolution needs a note", field="note")
+    if not 0 < discrepancy_id < _MAX_ID:
+        raise UnknownDiscrepancy(f"no discrepancy {discrepancy_id}", id=discrepancy_id)  # not a bigint: none
     with session_factory.begin() as session:
         row = session.execute(
             update(_TABLE)
@@ -102,8 +121,15 @@ def resolve(session_factory: sessionmaker[Session], discrepancy_id: int, *, note
             .values(resolved_at=func.now(), resolved_by=by, note=note)
             .returning(*_TABLE.c)
         ).first()
-        if row is None:
-            row = session.execute(select(_TABLE).where(columns.id == discrepancy_id)).first()
-        if row is None:
-            raise UnknownDiscrepancy(f"no discrepancy {discrepancy_id}")
-        return _found(row)
+        if row is not None:
+            return _found(row)
+        row = session.execute(select(_TABLE).where(columns.id == discrepancy_id)).first()
+    if row is None:
+        raise UnknownDiscrepancy(f"no discrepancy {discrepancy_id}", id=discrepancy_id)
+    raise DiscrepancyResolved(
+        f"discrepancy {discrepancy_id} was resolved already by {row.resolved_by}",
+        id=discrepancy_id,
+        resolved_by=row.resolved_by,
+        resolved_at=row.resolved_at.isoformat(),
+        note=row.note,
+    )

@@ -130,6 +130,23 @@ class StripeGateway:
                 return
             params["starting_after"] = page["data"][-1]["id"]
 
+    def _page(
+        self,
+        list_method: Callable[..., Any],
+        filters: Params,
+        created_gte: int | None,
+        starting_after: str | None,
+        limit: int,
+    ) -> dict[str, Any]:
+        """One page of a list, for callers that walk the pages themselves (reconciliation paces its requests)."""
+        params: Params = {**filters, "limit": limit}
+        if created_gte is not None:
+            params["created"] = {"gte": created_gte}
+        if starting_after is not None:
+            params["starting_after"] = starting_after
+        page = self._call(list_method, params=params)
+        return {"data": _data(page), "has_more": bool(page["has_more"])}
+
     # -- customers -----------------------------------------------------------------------------------------
 
     def create_customer(
@@ -341,6 +358,18 @@ class StripeGateway:
         """Every refund of a charge (all pages), newest first."""
         return list(self._pages(self._client.v1.refunds.list, {"charge": charge, "limit": 100}))
 
+    def list_refunds_page(
+        self, *, created_gte: int | None = None, starting_after: str | None = None, limit: int = 100
+    ) -> dict[str, Any]:
+        """One page of every refund (all charges), newest first, from ``created_gte`` on: ``{"data", "has_more"}``."""
+        return self._page(self._client.v1.refunds.list, {}, created_gte, starting_after, limit)
+
+    def list_disputes_page(
+        self, *, created_gte: int | None = None, starting_after: str | None = None, limit: int = 100
+    ) -> dict[str, Any]:
+        """One page of disputes, newest first, from ``created_gte`` on: ``{"data", "has_more"}``."""
+        return self._page(self._client.v1.disputes.list, {}, created_gte, starting_after, limit)
+
     def create_refund(
         self,
         *,
@@ -489,6 +518,19 @@ class StripeGateway:
             params["starting_after"] = starting_after
         page = self._call(self._client.v1.invoices.list, params=params)
         return {"data": _data(page), "has_more": bool(page["has_more"])}
+
+    def list_invoices_page(
+        self,
+        *,
+        created_gte: int | None = None,
+        status: str | None = None,
+        starting_after: str | None = None,
+        limit: int = 100,
+    ) -> dict[str, Any]:
+        """One page of invoices (every customer's), newest first, from ``created_gte`` on, optionally of one
+        ``status`` (``paid``): ``{"data", "has_more"}``."""
+        filters: Params = {"status": status} if status is not None else {}
+        return self._page(self._client.v1.invoices.list, filters, created_gte, starting_after, limit)
 
     def create_billing_portal_session(self, *, customer: str, return_url: str) -> dict[str, Any]:
         """A Billing Portal session: send the customer to its ``url``; the portal links back to ``return_url``."""

@@ -284,23 +284,48 @@ def grant_for_invoice(book: Book, account: str, invoice: StripeObject, sub: Stri
         _grant_upgrade(book, account, invoice, sub_id)
 
 
-def _grant_period(book: Book, account: str, invoice: StripeObject, sub_id: str, sub: StripeObject | None) -> None:
+@dataclass(frozen=True)
+class PeriodGrant:
+    """What a first or renewal invoice grants: its plan's terms, the period its line bills, the amount and
+    the grant's expiry."""
+
+    terms: PlanTerms
+    start: datetime
+    end: datetime
+    trial: bool
+    amount_mc: int
+    expires: datetime
+
+
+def period_grant(invoice: StripeObject, sub: StripeObject | None, yearly_mode: str) -> PeriodGrant | None:
+    """The allowance a paid first or renewal invoice grants (None when its line is not one of our plans');
+    ``yearly_mode`` is the ``plan_yearly_grants`` setting. Reconciliation compares the ledger with it."""
     lines = [line for line in _lines(invoice) if not _is_proration(line)]
     if not lines:
-        return
+        return None
     terms = PlanTerms.of_price(_line_price(lines[0]))
     start, end = _line_period(lines[0])
     if terms is None or start is None or end is None:
-        return
+        return None
     trial_end = _at((sub or {}).get("trial_end"))
     trial = int(invoice.get("total") or 0) == 0 and trial_end is not None and end <= trial_end
-    yearly_monthly = terms.interval == "year" and not trial and _yearly_mode(book) == "monthly"
     if trial:
         amount, expires = terms.trial_allowance_mc, end
-    elif yearly_monthly:
+    elif terms.interval == "year" and yearly_mode == "monthly":
         amount, expires = terms.allowance_mc, min(add_months(start, 1), end)
     else:
         amount, expires = terms.allowance_mc * terms.months, end
+    return PeriodGrant(terms, start, end, trial, amount, expires)
+
+
+def _grant_period(book: Book, account: str, invoice: StripeObject, sub_id: str, sub: StripeObject | None) -> None:
+    mode = _yearly_mode(book)
+    planned = period_grant(invoice, sub, mode)
+    if planned is None:
+        return
+    terms, start, end, trial = planned.terms, planned.start, planned.end, planned.trial
+    amount, expires = planned.amount_mc, planned.expires
+    yearly_monthly = terms.interval == "year" and not trial and mode == "monthly"
     meta = {"invoice": invoice["id"], "plan": terms.plan, "interval": terms.interval, "trial": trial}
     _roll_over(book, account, f"rollover:{invoice['id']}", sub_id, start, terms.rollover_cap_mc, expires, meta)
     _grant(

@@ -192,7 +192,7 @@ def test_billing_reconcile_runs_the_pass_and_prints_the_run(shop, session_factor
         assert probe.available(account) == credits, account
     objects = _billing(database_url, stack.emulator_url, "reconcile", "--objects", "--days", "2")
     assert objects.returncode == 0, objects.stderr
-    assert "run 2 objects: done" in objects.stdout and '"checked": 10' in objects.stdout
+    assert "run 2 objects: done" in objects.stdout and '"checked_sessions": 10' in objects.stdout
     listed = _billing(database_url, stack.emulator_url, "reconcile", "--runs")
     assert listed.returncode == 0 and "run 1 events: done" in listed.stdout and "run 2 objects" in listed.stdout
 
@@ -233,8 +233,8 @@ def test_objects_pass_credits_missing_sessions_and_reports_an_altered_amount_onc
     expected, dropped = _sell(stack, api, session_factory)
     run = reconcile_objects(session_factory, stack.gateway, pace=_fast())
     assert run.status == "done" and run.kind == "objects"
-    assert run.counts["checked"] == SESSIONS
-    assert run.counts["missing"] == run.counts["applied"] == len(dropped)
+    assert run.counts["checked_sessions"] == SESSIONS
+    assert run.counts["missing_sessions"] == run.counts["applied_sessions"] == len(dropped)
     assert run.counts.get("discrepancies", 0) == 0
     for account, credits in expected.items():
         assert probe.available(account) == credits, account
@@ -252,7 +252,7 @@ def test_objects_pass_credits_missing_sessions_and_reports_an_altered_amount_onc
         )
     before = _ledger(probe)
     second = reconcile_objects(session_factory, stack.gateway, pace=_fast())
-    assert second.counts["discrepancies"] == 1 and second.counts.get("applied", 0) == 0
+    assert second.counts["discrepancies"] == 1 and second.counts.get("applied_sessions", 0) == 0
     assert _ledger(probe) == before  # reported, not "healed"
     found = probe.rows("SELECT kind, stripe_id, expected, found FROM discrepancies")
     assert [tuple(r) for r in found] == [
