@@ -177,12 +177,14 @@ def check_hold_tokens(account: str, items: Sequence[Any] | None, mode: str = "sy
 
 def record_captured_tokens(account: str, items: Sequence[Any] | None, mode: str = "system") -> None:
     """Count the tokens of a hold captured over HTTP (``POST /v1/holds/<id>/capture`` with items): usage that
-    never comes as a usage report must still count against the account's windows. Never refused (the hold
-    was admitted), and never an error once the capture is committed: Redis down only leaves it uncounted."""
+    never comes as a usage report must still count against the account's windows, and may cross a quota level
+    (its notice is written then). Never refused (the hold was admitted), and never an error once the capture
+    is committed: Redis down only leaves it uncounted."""
     tokens = count_tokens(items or (), mode)
     if tokens:
+        rt = runtime()
         try:
-            token_limits().record({account: tokens})
+            token_limits().record_settled(rt.session_factory, {account: tokens}, rt.prices.current())
         except LimitsUnavailable:  # failing closed refuses new work; work already done is not refused
             log.warning("token limits: a capture's %s tokens were not counted (Redis unreachable)", tokens)
 

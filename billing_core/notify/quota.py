@@ -9,8 +9,9 @@ tokens back and writes no notice. One notice per account, month and level: the d
 were given back, or two racing processes) a no-op, and the next month's counter starts at zero, which re-arms
 both levels. A call that crosses both levels at once sends ``quota_exhausted`` alone.
 
-Holds do not cross a level: placing one checks the quota without counting (its tokens count when its usage is
-reported or captured).
+Placing a hold does not cross a level: it checks the quota without counting. Its tokens count when its usage is
+reported, or when it is captured over HTTP (``TokenLimits.record_settled``, after the capture's commit, which
+writes the crossing's notice in a short transaction of its own).
 """
 
 from __future__ import annotations

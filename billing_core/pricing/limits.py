@@ -737,6 +737,28 @@ class TokenLimits:
         """Count ``batch`` without checking (its usage was admitted before, when its hold was placed)."""
         return self.admit({}, {}, now, record=batch)
 
+    def record_settled(
+        self,
+        session_factory: sessionmaker[Session],
+        batch: Mapping[str, int],
+        table: PriceTable,
+        now: datetime | None = None,
+    ) -> int:
+        """Count the tokens of holds settled outside a usage request (a capture over HTTP, after its commit)
+        and notify the quota levels they crossed, in a short transaction of their own: the capture is done
+        whatever happens here. The policies come from the same cache as the checks'. How many notices were
+        new."""
+        batch = {a: t for a, t in batch.items() if t > 0}
+        if not batch:
+            return 0
+        with session_factory() as session:
+            policies = self.policies(session, batch, table)
+        admitted = self.admit({}, policies, now, record=batch)
+        if admitted is None or not admitted.crossings:
+            return 0
+        with session_factory.begin() as session:
+            return quota_notices(session, admitted.crossings)
+
     def release(self, admitted: Admitted | None) -> None:
         """Take back what ``admit`` added (the work it admitted was not stored). Never raises: a counter left
         too high refuses too early for at most its window, which is the safe side."""

@@ -187,3 +187,18 @@ def test_settled_hold_tokens_cross_too_and_the_levels_use_integer_arithmetic(lim
         assert other is not None and other.crossings == ()
     assert [crossed_level(b, a, 5) for b, a in [(3, 4), (4, 5), (4, 4), (0, 5), (0, 3)]] == [80, 100, None, 100, None]
     assert crossed_level(7_999, 8_000, QUOTA) == 80 and crossed_level(8_000, 9_999, QUOTA) is None
+
+
+def test_a_hold_captured_over_http_notifies_the_level_its_tokens_cross(session_factory, limits, on_free):
+    # a capture's tokens are counted after its commit (record_settled), with the account's policy from the
+    # database: crossing 80 % writes its notice in a transaction of its own, once
+    table = PriceTable.default()
+    with freeze_time("2026-12-10 12:00:00"):
+        assert limits.record_settled(session_factory, {"acme": 7_000}, table) == 0
+        assert notices(session_factory) == []
+        assert limits.record_settled(session_factory, {"acme": 1_500}, table) > 0  # a row per channel
+        assert limits.record_settled(session_factory, {"acme": 100}, table) == 0
+        assert limits.record_settled(session_factory, {"acme": 0}, table) == 0
+    [notice] = notices(session_factory)
+    assert (notice.kind, notice.dedupe_key) == ("quota_warning", "quota:acme:2026-12:80")
+    assert (notice.payload["current"], notice.payload["limit"]) == (8_500, QUOTA)
