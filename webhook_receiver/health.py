@@ -47,7 +47,7 @@ def readyz():
 
 
 @bp.get("/metrics")
-@endpoint(answers={200: None}, keyed=False, tags=("meta",))
+@endpoint(answers={200: None}, keyed=False, tags=("meta",), media_type="text/plain")
 def metrics() -> Response:
     """Prometheus metrics of every worker process of this receiver (text exposition format)."""
     body, content_type = render()

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from flask import Blueprint, Flask, Response, current_app, jsonify, render_template
@@ -21,19 +22,40 @@ def openapi_document(app: Flask) -> dict[str, Any]:
         DOC.app = app
         # spectree keeps its document per SpecTree instance; the receiver keeps one per app instead.
         document = DOC._generate_spec()
+        _raw_answers(app, document)
         app.extensions["openapi"] = document
     return document
 
 
+# Flask's ``<name>`` and ``<int:name>`` path variables, as OpenAPI's ``{name}``.
+_VARIABLE = re.compile(r"<(?:[a-z_]+:)?([A-Za-z_][A-Za-z0-9_]*)>")
+# What each raw media type's body is, for the document.
+_RAW_SCHEMAS = {"application/json": {"type": "object"}}
+
+
+def _raw_answers(app: Flask, document: dict[str, Any]) -> None:
+    """Routes that answer no model (``endpoint(media_type=...)``): their 2xx answers are of that media type,
+    where spectree would otherwise describe them as JSON of the error model."""
+    for rule in app.url_map.iter_rules():
+        media_type = getattr(app.view_functions.get(rule.endpoint), "answer_media_type", None)
+        if media_type is None:
+            continue
+        operations = document["paths"].get(_VARIABLE.sub(r"{\1}", rule.rule), {})
+        for method in rule.methods or ():
+            for status, answer in operations.get(method.lower(), {}).get("responses", {}).items():
+                if status.startswith("2"):
+                    answer["content"] = {media_type: {"schema": _RAW_SCHEMAS.get(media_type, {"type": "string"})}}
+
+
 @bp.get("/openapi.json")
-@endpoint(answers={200: None}, keyed=False, tags=("meta",))
+@endpoint(answers={200: None}, keyed=False, tags=("meta",), media_type="application/json")
 def openapi_json() -> Response:
     """This document."""
     return jsonify(openapi_document(current_app))
 
 
 @bp.get("/docs")
-@endpoint(answers={200: None}, keyed=False, tags=("meta",))
+@endpoint(answers={200: None}, keyed=False, tags=("meta",), media_type="text/html")
 def docs() -> str:
     """The API reference, rendered from this document."""
     document = openapi_document(current_app)

@@ -72,11 +72,14 @@ def endpoint(
     query: type[BaseModel] | None = None,
     keyed: bool = True,
     tags: tuple[str, ...] = (),
+    media_type: str | None = None,
 ) -> Callable[[F], F]:
     """Declare a view's request and answers. With ``body`` the view receives ``body=`` the validated model
     (an unknown field, a bad value: 422 through ``from_validation_error``); with ``query`` it receives
     ``query=``. ``documented_body`` documents a body the view validates itself (usage reports). ``errors``
-    maps a status to the error codes it answers with, for the document."""
+    maps a status to the error codes it answers with, for the document. ``media_type`` names what a route that
+    answers no model sends (an HTML page, Prometheus' text format): ``openapi.openapi_document`` documents its
+    2xx answers as that type."""
     codes = {**(KEY_ERRORS if keyed else {}), **(errors or {})}
     if body is not None or query is not None:
         codes.setdefault(422, "invalid_request · invalid_amount")
@@ -100,6 +103,8 @@ def endpoint(
         if body is None and query is None:
             # Nothing to validate: the view itself is the route, with no wrapper to call on the way.
             view.__wrapped__ = documented  # type: ignore[attr-defined]
+            if media_type is not None:
+                view.answer_media_type = media_type  # type: ignore[attr-defined]
             return view
 
         @wraps(view)

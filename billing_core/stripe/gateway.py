@@ -12,6 +12,7 @@ The SDK retries connection errors, 409s and 5xx twice with backoff; POSTs always
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -93,8 +94,17 @@ def _data(page: dict[str, Any]) -> list[dict[str, Any]]:
     return data
 
 
+def stripe_key(idempotency_key: str) -> str:
+    """The key as Stripe's ``Idempotency-Key`` header can carry it: HTTP headers are Latin-1 and Stripe takes
+    at most 255 characters, while our keys may be any text. Others are sent as the hash of the key (stable:
+    a retry sends the same one)."""
+    if idempotency_key.isascii() and idempotency_key.isprintable() and len(idempotency_key) <= 255:
+        return idempotency_key
+    return "sha256:" + hashlib.sha256(idempotency_key.encode()).hexdigest()
+
+
 def _options(idempotency_key: str | None) -> Params | None:
-    return {"idempotency_key": idempotency_key} if idempotency_key else None
+    return {"idempotency_key": stripe_key(idempotency_key)} if idempotency_key else None
 
 
 class StripeGateway:
@@ -423,7 +433,7 @@ class StripeGateway:
             params["payment_method"] = payment_method
         create: Callable[..., Any] = self._client.v1.payment_intents.create
         try:
-            return self._call(create, params=params, options={"idempotency_key": idempotency_key})
+            return self._call(create, params=params, options=_options(idempotency_key))
         except StripeRejected as rejected:
             cause = rejected.__cause__
             if isinstance(cause, stripe.CardError) and isinstance(cause.json_body, dict):

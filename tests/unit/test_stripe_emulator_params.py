@@ -49,3 +49,13 @@ def test_integer_bounds_and_missing_values() -> None:
     assert (missing.value.code, missing.value.param) == ("parameter_missing", "amount")
     assert get_int({"amount": "-3"}, "amount") == -3
     assert get_int({"amount": ""}, "amount") is None
+
+
+def test_idempotency_keys_stripe_cannot_carry_are_sent_as_their_hash():
+    from billing_core.stripe.gateway import stripe_key
+
+    assert stripe_key("checkout:acme:1") == "checkout:acme:1"
+    hashed = stripe_key("café-1")  # not Latin-1-safe ASCII: a header could not carry it
+    assert hashed.startswith("sha256:") and hashed == stripe_key("café-1") and hashed.isascii()
+    assert stripe_key("k" * 256).startswith("sha256:") and len(stripe_key("k" * 256)) <= 255
+    assert stripe_key("line\nbreak") != "line\nbreak"
