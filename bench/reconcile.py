@@ -18,21 +18,29 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import threading
 import time
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
+from alembic import command as alembic_command
 from sqlalchemy import text
 from werkzeug.serving import make_server
 
+from bench.cpu import machine_jiffies
+from billing_cli.schema import alembic_config
+from billing_cli.throwaway import ThrowawayPostgres
 from billing_core.db.engine import make_engine, make_session_factory
 from billing_core.reconcile.events import reconcile_events
 from billing_core.reconcile.pacing import pacer
 from billing_core.stripe.gateway import StripeGateway
 from stripe_emulator import EmulatorState, create_app
+from stripe_emulator.app import _QuietRequestHandler
 
 API_KEY = "sk_test_bench_reconcile"
+BENCH_DB = "bench_reconcile"
 
 
 def populate(state: EmulatorState, count: int) -> None:
@@ -43,21 +51,38 @@ def populate(state: EmulatorState, count: int) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.reconcile", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--database-url", required=True)
+    parser.add_argument("--database-url", help="default: a throwaway (durable) cluster, migrated, then removed")
     parser.add_argument("--objects", type=int, default=100_000)
     parser.add_argument("--limit", type=int, default=100, help="the emulator's requests per second")
     parser.add_argument("--rps", type=float, default=95.0, help="the pass's own pace")
     args = parser.parse_args(argv)
+    cluster: ThrowawayPostgres | None = None
+    try:
+        if args.database_url:
+            url = args.database_url
+        else:
+            print("bench.reconcile: starting a durable throwaway PostgreSQL cluster", file=sys.stderr)
+            cluster = ThrowawayPostgres(durable=True).start()
+            cluster.create_database(BENCH_DB)
+            url = cluster.url(BENCH_DB)
+            alembic_command.upgrade(alembic_config(url), "head")
+        return measure(args, url)
+    finally:
+        if cluster is not None:
+            cluster.stop()
+
+
+def measure(args: argparse.Namespace, url: str) -> int:
 
     state = EmulatorState()
     print(f"bench.reconcile: {args.objects} events into the emulator", file=sys.stderr)
     populate(state, args.objects)
     app = create_app(state)
-    server = make_server("127.0.0.1", 0, app, threaded=True)
+    server = make_server("127.0.0.1", 0, app, threaded=True, request_handler=_QuietRequestHandler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     base = f"http://127.0.0.1:{server.server_port}"
     gateway = StripeGateway(API_KEY, api_base=base)
-    engine = make_engine(args.database_url)
+    engine = make_engine(url)
     session_factory = make_session_factory(engine)
     with engine.begin() as conn:
         conn.execute(text("TRUNCATE stripe_events, discrepancies, reconciliation_runs, reconciliation_checkpoints"))
@@ -70,13 +95,22 @@ def main(argv: list[str] | None = None) -> int:
         app.extensions["stripe_emulator"].api_faults.configure({"requests_per_second": args.limit, "retry_after": 1})
         print(f"bench.reconcile: measured pass ({args.limit} req/s limit, paced at {args.rps})", file=sys.stderr)
         pace = pacer(args.rps)
+        load_before, jiffies_before, cpu_before = os.getloadavg(), machine_jiffies(), time.process_time()
         started = time.perf_counter()
         run = reconcile_events(session_factory, gateway, since=since, pace=pace)
         seconds = time.perf_counter() - started
+        cpu, jiffies_after = time.process_time() - cpu_before, machine_jiffies()
     finally:
         server.shutdown()
         engine.dispose()
     ceiling = args.limit * 100
+    pages = max(run.counts.get("pages", 0), 1)
+    machine: dict[str, Any] = {"cores": os.cpu_count(), "load_before": [round(v, 2) for v in load_before]}
+    if jiffies_before is not None and jiffies_after is not None:
+        busy = (jiffies_after[0] - jiffies_before[0]) / max(jiffies_after[1] - jiffies_before[1], 1)
+        machine["busy_share"] = round(busy, 3)
+        # Cores busy with anything but this process (PostgreSQL's share for the pass included): other work.
+        machine["other_cores"] = round(busy * (os.cpu_count() or 1) - cpu / seconds, 2)
     rate = run.counts.get("read", 0) / seconds if seconds else 0.0
     print(
         json.dumps(
@@ -92,6 +126,11 @@ def main(argv: list[str] | None = None) -> int:
                 "ceiling_objects_per_second": ceiling,
                 "fraction_of_ceiling": round(rate / ceiling, 3),
                 "goal_met": rate >= 0.8 * ceiling,
+                "pages_per_second": round(run.counts.get("pages", 0) / seconds, 1),
+                # This process: the pass and the emulator answering it (one interpreter, one GIL).
+                "process_cpu_ms_per_page": round(cpu * 1000 / pages, 2),
+                "process_cores": round(cpu / seconds, 2),
+                "machine": machine,
             },
             indent=2,
         )
