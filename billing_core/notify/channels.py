@@ -43,6 +43,10 @@ SUBJECTS = {
     "auto_recharge_failed": "Auto-recharge of {{ account }} failed",
     "renewal_failed": "Your subscription renewal payment failed",
     "trial_ending": "Your trial ends soon",
+    # Internal checks (reconcile/health.py), for the operators:
+    "ledger_invariant_violated": "Ledger check failed: {{ checks | join(', ') }}",
+    "inbox_lag": "Inbox lag: {{ inbox }} has rows pending for over {{ lag_seconds }} s",
+    "outbox_backlog": "Notifications backlog: {{ due }} due and unsent",
 }
 
 
