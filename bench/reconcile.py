@@ -1,17 +1,21 @@
 """Reconciliation's throughput: Stripe objects checked per second by the events pass, against an emulator that
 answers at most ``--limit`` requests per second (429 with ``Retry-After`` beyond it, as Stripe's limiter does).
 
-    .venv/bin/python -m bench.reconcile --database-url URL [--objects 100000] [--limit 100] [--rps 95]
+    .venv/bin/python -m bench.reconcile [--database-url URL] [--objects 100000] [--limit 100] [--rps 95]
 
 ``URL``: a PostgreSQL database migrated to head (``billing db upgrade``); its ``stripe_events`` and
-``reconciliation_*`` rows are emptied first. The emulator runs in this process with ``--objects`` events put
-straight into its state (a customer each). A first, unpaced pass stores them all in the inbox (nothing is
-applied: their type has no handler); the measured pass then reads the same window again, paced at ``--rps``,
-where nothing is missing: the steady state of a 15-minute run, scaled up. The ceiling is ``--limit`` pages of
-100 per second; the goal (reported, never asserted) is 80 % of it (8,000 objects/s for the defaults).
+``reconciliation_*`` rows are emptied first. Without it, a durable (fsync on) throwaway cluster is started,
+migrated, and removed at the end. The emulator runs in this process (its HTTP server on threads, sharing the
+interpreter with the pass) with ``--objects`` events put straight into its state (a customer each). A first,
+unpaced pass stores them all in the inbox (nothing is applied: their type has no handler); the measured pass
+then reads the same window again, paced at ``--rps``, where nothing is missing: the steady state of a 15-minute
+run, scaled up. The ceiling is ``--limit`` pages of 100 per second; the goal (reported, never asserted) is 80 %
+of it (8,000 objects/s for the defaults).
 
-One JSON object goes to stdout, progress to stderr. Skeleton: the daily objects pass is not measured yet, and
-the emulator's list (a sort of every object per page) costs more per page than Stripe's at 100,000 objects.
+Besides the rate, the JSON reports this process's CPU per page (the pass and the emulator answering it) and
+the machine's state during the pass: ``other_cores`` is the CPU used by everything else (PostgreSQL included),
+so a figure taken while other work runs on the machine says so. One JSON object goes to stdout, progress to
+stderr. The daily objects pass is not measured here (yet).
 """
 
 from __future__ import annotations
