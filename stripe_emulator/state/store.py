@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
 
+import orjson
+
 from stripe_emulator.params import StripeError, no_such
 
 API_VERSION = "2026-10-28.endive"  # what stripe 16.1.0 pins; events say which version shaped them
@@ -100,6 +102,11 @@ _CREATED_OPS: dict[str, Callable[[int, int], bool]] = {
     "lt": lambda a, b: a < b,
     "lte": lambda a, b: a <= b,
 }
+
+
+def _dumps(obj: dict[str, Any]) -> str:
+    # orjson: a page of 100 Checkout Sessions (~0.5 MB) dumps several times faster than with ``json``.
+    return orjson.dumps(obj).decode()
 
 
 class Store:
@@ -246,7 +253,7 @@ class Store:
         thousands of them at the rate limit); other kinds change after they are made, so they are dumped now."""
         with self.lock:
             page, has_more = self._page(kind, query)
-            parts = [self._event_json(o) if kind == "event" else json.dumps(o) for o in page]
+            parts = [self._event_json(o) if kind == "event" else _dumps(o) for o in page]
             return (
                 '{"object": "list", "data": ['
                 + ", ".join(parts)
@@ -259,7 +266,7 @@ class Store:
         pending = event.get("pending_webhooks")
         kept = self._event_texts.get(event["id"])
         if kept is None or kept[0] != pending:
-            kept = (pending, json.dumps(event))
+            kept = (pending, _dumps(event))
             self._event_texts[event["id"]] = kept
         return kept[1]
 
