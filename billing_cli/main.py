@@ -32,6 +32,7 @@ for command in (
     pricing.pricing,
     reconcile.reconcile,
     reconcile.discrepancies,
+    reconcile.health,
     notifications.notifications,
 ):
     main.add_command(command)

@@ -117,3 +117,26 @@ def resolve_command(discrepancy_id: int, note: str) -> None:
             fail(exc.message)
     when = item.resolved_at.astimezone(UTC).isoformat() if item.resolved_at else "-"
     click.echo(f"discrepancy {item.id} resolved by {item.resolved_by} at {when}: {item.note}")
+
+
+@click.command()
+@click.option("--record", is_flag=True, help="Also record each problem as an admin alert (as beat's run does).")
+def health(record: bool) -> None:
+    """The internal checks beat runs every 5 minutes: the ledger's invariants, inbox lag, the outbox's backlog
+    (thresholds from BILLING_HEALTH_*); exit 0 when healthy, 1 with the problems."""
+    from billing_core.reconcile.health import Thresholds, find_problems, run_health_checks
+
+    settings = settings_or_exit()
+    thresholds = Thresholds(
+        inbox_lag=timedelta(seconds=settings.health_inbox_lag_seconds),
+        outbox_backlog=settings.health_outbox_backlog,
+        outbox_age=timedelta(seconds=settings.health_outbox_age_seconds),
+    )
+    with sessions(settings) as session_factory:
+        check = run_health_checks if record else find_problems
+        report = check(session_factory, thresholds=thresholds)
+    for problem in report.problems:
+        click.echo(str(problem))
+    alerted = f", {len(report.alerted)} new alert(s)" if record else ""
+    click.echo(f"health {'ok' if report.ok else f'FAILED ({len(report.problems)} problems)'}{alerted}")
+    raise SystemExit(0 if report.ok else 1)

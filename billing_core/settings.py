@@ -62,6 +62,12 @@ class Settings(BaseSettings):
     reconcile_overlap_seconds: int = Field(default=600, ge=0, alias="BILLING_RECONCILE_OVERLAP_SECONDS")
     # The daily objects pass compares this many days of Stripe's paid objects with the ledger.
     reconcile_days: int = Field(default=3, ge=1, le=90, alias="BILLING_RECONCILE_DAYS")
+    # -- internal checks on beat (billing_core/reconcile/health.py) --
+    # An inbox row pending longer than this is an alert; so is an outbox with more rows due and unsent than
+    # the backlog, or whose oldest due row was created longer ago than the age.
+    health_inbox_lag_seconds: int = Field(default=300, ge=1, alias="BILLING_HEALTH_INBOX_LAG_SECONDS")
+    health_outbox_backlog: int = Field(default=500, ge=0, alias="BILLING_HEALTH_OUTBOX_BACKLOG")
+    health_outbox_age_seconds: int = Field(default=900, ge=1, alias="BILLING_HEALTH_OUTBOX_AGE_SECONDS")
     # -- notifications (billing_core/notify/, docs/notifications.md) --
     # smtp://user:pass@host:port, smtps://... (TLS from the start) or smtp+starttls://...; unset: no email.
     smtp_url: SecretStr | None = None

@@ -66,6 +66,8 @@ app.conf.update(
         "reconcile-objects": {"task": "billing.reconcile_objects", "schedule": crontab(minute=0, hour=2)},
         # The notifications outbox: due emails and webhooks, and new admin alerts (one indexed query when idle).
         "deliver-notifications": {"task": "billing.deliver_notifications", "schedule": 10.0},
+        # Internal checks: the ledger's invariants, inbox lag, the outbox's backlog (admin alerts, once each).
+        "health-checks": {"task": "billing.health_checks", "schedule": crontab(minute="*/5")},
     },
     timezone="UTC",
 )

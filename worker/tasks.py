@@ -308,3 +308,20 @@ def deliver_notifications(self: Task) -> dict[str, int]:
     with rt.session_factory.begin() as session:
         rearmed = low_balance.rearm(session)
     return {**outbox.deliver_due(rt.session_factory, rt.notify_senders), "low_balance_rearmed": rearmed}
+
+
+# -- internal checks (billing_core/reconcile/health.py) --------------------------------------------------------
+@app.task(name="billing.health_checks", bind=True, **RETRY)
+def health_checks(self: Task) -> dict[str, Any]:
+    """The ledger's invariants, inbox lag and the outbox's backlog; each problem an admin alert, once."""
+    from billing_core.reconcile.health import Thresholds, run_health_checks
+
+    thresholds = Thresholds(
+        inbox_lag=timedelta(seconds=SETTINGS.health_inbox_lag_seconds),
+        outbox_backlog=SETTINGS.health_outbox_backlog,
+        outbox_age=timedelta(seconds=SETTINGS.health_outbox_age_seconds),
+    )
+    report = run_health_checks(runtime().session_factory, thresholds=thresholds)
+    for problem in report.problems:
+        log.warning("health check: %s", problem)
+    return {"problems": [str(p) for p in report.problems], "alerted": len(report.alerted)}

@@ -46,6 +46,10 @@ SUBJECTS = {
     "trial_ending": "Your trial ends soon",
     "quota_warning": "{{ account }} has used {{ percentage }}% of its monthly token quota",
     "quota_exhausted": "{{ account }} has used its monthly token quota",
+    # Internal checks (reconcile/health.py), for the operators:
+    "ledger_invariant_violated": "Ledger check failed: {{ checks | join(', ') }}",
+    "inbox_lag": "Inbox lag: {{ inbox }} has rows pending for over {{ lag_seconds }} s",
+    "outbox_backlog": "Notifications backlog: {{ due }} due and unsent",
 }
 
 

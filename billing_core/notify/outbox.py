@@ -32,6 +32,7 @@ STATUSES = ("pending", "sent", "dead", "skipped")
 # Kinds for the operators (BILLING_ADMIN_EMAILS), whatever account they mention.
 ADMIN_KINDS = frozenset(
     {"sales_paused", "sales_resumed", "reconciliation_discrepancy", "dead_letter", "dead_lettered_event"}
+    | {"ledger_invariant_violated", "inbox_lag", "outbox_backlog"}  # internal checks (reconcile/health.py)
 )
 MAX_ATTEMPTS = 10
 BACKOFF_BASE = timedelta(seconds=30)

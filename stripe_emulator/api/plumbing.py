@@ -82,6 +82,13 @@ class ApiFaults:
             return not limited
 
 
+@dataclass(frozen=True)
+class RawJson:
+    """An answer already serialised (a list of events): sent as it is, with no ``expand[]`` asked."""
+
+    text: str
+
+
 @dataclass
 class Emulator:
     """What ``create_app`` puts in ``app.extensions["stripe_emulator"]``."""
@@ -187,6 +194,8 @@ def stripe_endpoint(
                     if idem_key and error.status == 402:
                         current.remember(key, idem_key, fingerprint, error.status, error.body())
                     raise
+                if isinstance(result, RawJson):
+                    return Response(result.text + "\n", 200, headers, mimetype="application/json")
                 status, body = result if isinstance(result, tuple) else (200, result)
                 body = current.expand(json.loads(json.dumps(body)), [str(p) for p in get_list(params, "expand")])
                 if idem_key:
