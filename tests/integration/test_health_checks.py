@@ -36,8 +36,9 @@ def _alerts(probe: Any) -> list[tuple[str, str]]:
 
 
 def _healthy_ledger(probe: Any) -> None:
-    probe.run(PurchaseCredits("acme", 10_000, "buy", external_ref="cs_1"))
-    probe.run(DebitUsage("acme", 2_000, "use"))
+    # A minute before the checks: the debit's low-balance notice is due, but not late.
+    probe.run(PurchaseCredits("acme", 10_000, "buy", external_ref="cs_1"), now=NOW - timedelta(minutes=1))
+    probe.run(DebitUsage("acme", 2_000, "use"), now=NOW - timedelta(minutes=1))
 
 
 def test_a_healthy_pipeline_alerts_nothing(session_factory, probe):
