@@ -28,6 +28,7 @@ from webhook_receiver import (
     webhooks,
 )
 from webhook_receiver import auto_recharge as auto_recharge_api
+from webhook_receiver import console
 from webhook_receiver.enqueue import CelerySender, Enqueue
 from webhook_receiver.rate_limits import install as install_limits
 from webhook_receiver.runtime import Runtime
@@ -77,4 +78,5 @@ def create_app(settings: Settings | None = None, *, enqueue: Enqueue | None = No
     ):
         app.register_blueprint(blueprint)
     install_limits(app, settings)  # per-key request limits and the token limits
+    console.install(app, settings)  # the operators' console at /admin (session cookie, CSRF)
     return app

@@ -48,6 +48,7 @@ _TABLE: Table = ApiKey.__table__  # type: ignore[assignment]  # a declarative cl
 keys = _TABLE.c
 _VIEW = select(keys.id, keys.name, keys.prefix, keys.scopes, keys.created_at, keys.revoked_at)
 _FIND = _VIEW.where(keys.key_hash == bindparam("h"), keys.revoked_at.is_(None))
+_FIND_BY_ID = _VIEW.where(keys.id == bindparam("k"), keys.revoked_at.is_(None))
 _LIST = _VIEW.order_by(keys.id)
 _CREATE = (
     insert(_TABLE)
@@ -102,6 +103,15 @@ def find_api_key(session: Session, key: str) -> ApiKeyView | None:
     if not key.startswith(KEY_PREFIX) or len(key) > 100:
         return None
     row = session.execute(_FIND, {"h": hash_key(key)}).first()
+    return None if row is None else _view(row)
+
+
+def live_api_key(session: Session, key_id: int) -> ApiKeyView | None:
+    """The key with this id unless it was revoked: what a console session, which keeps only the id, checks on
+    every request (so revoking the key ends its sessions)."""
+    if not 0 < key_id < 2**63:
+        return None
+    row = session.execute(_FIND_BY_ID, {"k": key_id}).first()
     return None if row is None else _view(row)
 
 
