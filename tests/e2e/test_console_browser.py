@@ -101,8 +101,12 @@ def test_an_operator_signs_in_adjusts_an_account_replays_a_dead_letter_and_sees_
     account = f"console_{run_id}"
     buy_starter(stack, account)
     wait_until(lambda: stack.available_mc(account) == STARTER_MC, what="the purchase credited")
-    items = [{"type": "llm_tokens", "provider": "openai", "model": "gpt-4o", "input_tokens": 1200, "output_tokens": 300}]
-    usage = stack.api("POST", "/v1/usage", json={"idempotency_key": f"console-{run_id}", "account": account, "items": items})
+    items = [
+        {"type": "llm_tokens", "provider": "openai", "model": "gpt-4o", "input_tokens": 1200, "output_tokens": 300}
+    ]
+    usage = stack.api(
+        "POST", "/v1/usage", json={"idempotency_key": f"console-{run_id}", "account": account, "items": items}
+    )
     assert usage.status_code == 202, usage.text
     wait_until(lambda: stack.available_mc(account) == STARTER_MC - 6_000, what="the usage applied")
     dead_id = f"evt_dead_{run_id}"

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import secrets
 from datetime import timedelta
-
 from typing import Any
 
 from flask import Flask, Response, current_app, render_template
@@ -83,4 +82,3 @@ def _endpoints() -> dict[str, Any]:
 @bp.errorhandler(CSRFError)
 def _csrf_refused(exc: CSRFError) -> tuple[str, int]:
     return render_template("console/refused.html", reason=exc.description), 400
-

@@ -99,7 +99,12 @@ def set_setting_value(key: str) -> Response:
             before, _, _ = setting_source(session, key)
             stored = set_setting(session, key, parse_value(request.form.get("value", "")), now=utcnow(), actor=who)
             record_audit(
-                session, actor=who, action=SETTING_ACTION, target=f"setting:{key}", before={key: before}, after={key: stored}
+                session,
+                actor=who,
+                action=SETTING_ACTION,
+                target=f"setting:{key}",
+                before={key: before},
+                after={key: stored},
             )
     except BillingError as exc:
         flash(f"Not saved: {exc.message}", "error")

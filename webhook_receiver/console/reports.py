@@ -52,9 +52,7 @@ def charts() -> str:
         sold = credits_sold_by_day(session, days=CHART_DAYS, now=now)
         used = usage_by_day(session, days=CHART_DAYS, now=now)
         money = circulation(session, now=now)
-    return render_template(
-        "console/charts.html", data=chart_data(sold, used, now.date()), sold=sold, circulation=money
-    )
+    return render_template("console/charts.html", data=chart_data(sold, used, now.date()), sold=sold, circulation=money)
 
 
 @bp.get("/accounts")
@@ -81,6 +79,4 @@ def audit() -> str:
     target = request.args.get("target") or None
     with runtime().read_session_factory() as session:
         rows = list_audit(session, limit=AUDIT_PAGE, before_id=before, action=action, target=target)
-    return render_template(
-        "console/audit.html", rows=rows, action=action, target=target, more=len(rows) == AUDIT_PAGE
-    )
+    return render_template("console/audit.html", rows=rows, action=action, target=target, more=len(rows) == AUDIT_PAGE)
