@@ -17,7 +17,7 @@ from flask import Flask, Response, current_app, render_template
 from flask_wtf.csrf import CSRFError, CSRFProtect
 
 from billing_core.settings import Settings
-from webhook_receiver.console import pages, signin  # noqa: F401  (their routes register on ``bp``)
+from webhook_receiver.console import actions, pages, reports, signin  # noqa: F401  (their routes register on ``bp``)
 from webhook_receiver.console.blueprint import bp
 
 __all__ = ["bp", "install"]
