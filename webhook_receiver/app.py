@@ -20,6 +20,7 @@ from webhook_receiver import (
     admin_refunds,
     catalog,
     check,
+    console,
     errors,
     health,
     holds,
@@ -28,7 +29,6 @@ from webhook_receiver import (
     webhooks,
 )
 from webhook_receiver import auto_recharge as auto_recharge_api
-from webhook_receiver import console
 from webhook_receiver.enqueue import CelerySender, Enqueue
 from webhook_receiver.rate_limits import install as install_limits
 from webhook_receiver.runtime import Runtime

@@ -15,6 +15,7 @@ from typing import Any
 
 from flask import Flask, Response, current_app, render_template
 from flask_wtf.csrf import CSRFError, CSRFProtect
+from werkzeug.wrappers import Response as BaseResponse
 
 from billing_core.settings import Settings
 from webhook_receiver.console import actions, pages, reports, signin  # noqa: F401  (their routes register on ``bp``)
@@ -62,7 +63,7 @@ def install(app: Flask, settings: Settings) -> None:
 
 
 @bp.before_request
-def _guard() -> Response | None:
+def _guard() -> BaseResponse | tuple[str, int] | None:
     return signin.guard(_csrf)
 
 
