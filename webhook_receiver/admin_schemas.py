@@ -226,7 +226,7 @@ class AccountMatchAnswer(Answer):
             held=m.held_mc,
             negative_since=m.negative_since,
             created_at=m.created_at,
-            matched_by=m.matched_by,  # type: ignore[arg-type]  # the query writes only these three
+            matched_by=m.matched_by,
         )
 
 
@@ -324,7 +324,7 @@ class RotatedApiKeyAnswer(Answer):
 
 # -- audit --------------------------------------------------------------------------------------------------
 class AuditQuery(Query):
-    limit: int = Field(50, ge=1, le=MAX_LIST)
+    limit: int = Field(50, ge=1, le=MAX_LIST - 1)
     cursor: str | None = Field(None, pattern=r"^[0-9]{1,18}$", description="next_cursor of the previous page")
     actor: str | None = Field(None, max_length=500)
     action: str | None = Field(None, max_length=64)
