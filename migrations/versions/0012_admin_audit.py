@@ -64,7 +64,7 @@ def upgrade() -> None:
     op.create_index(
         "ix_ledger_entries_purchase_occurred",
         "ledger_entries",
-        ["created_at"],
+        ["occurred_at"],
         postgresql_where=sa.text("kind = 'purchase'"),
     )
 

@@ -191,10 +191,18 @@ def test_an_operator_signs_in_adjusts_an_account_replays_a_dead_letter_and_sees_
         assert page.locator(f"tr[data-letter='{dead_id}']").count() == 0
         shot(page, "05-dead-letter-replayed")
 
-        # and the audit log shows both actions under the operator's key
+        # when they change a setting, it is stored (as billing config set would)
+        page.click("nav >> text=Settings")
+        page.fill("input[aria-label=sales_alert_threshold_percent]", "75")
+        page.locator("form:has(input[aria-label=sales_alert_threshold_percent]) button").click()
+        page.wait_for_selector(".flash.ok")
+        stored = "SELECT value FROM billing_config WHERE key = 'sales_alert_threshold_percent'"
+        assert stack.scalar(stored) == 75
+
+        # and the audit log shows every action under the operator's key
         page.click("nav >> text=Audit log")
         log = page.locator("table#audit").inner_text()
-        assert account in log and dead_id in log
+        assert account in log and dead_id in log and "setting:sales_alert_threshold_percent" in log
         shot(page, "06-audit")
 
         # when a form is posted without its CSRF token (a forged cross-site request), it is refused

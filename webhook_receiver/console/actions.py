@@ -1,27 +1,22 @@
 """The console's actions: adjust a balance, replay a dead letter, resolve a discrepancy, change a setting.
-Each is the ``billing_core`` call the admin API makes, with its audit row under the operator's key; the page
+Each is the audited ``billing_core.admin`` function the admin API calls, under the operator's key; the page
 answers with a redirect (so a reload never posts twice) and a one-line flash."""
 
 from __future__ import annotations
 
-from flask import flash, redirect, request, url_for
+from flask import current_app, flash, redirect, request, url_for
 from werkzeug.wrappers import Response
 
 from billing_core.admin.adjustments import adjust as adjust_balance
-from billing_core.admin.audit import record_audit
-from billing_core.db.config import parse_value, set_setting, setting_source
-from billing_core.db.unit_of_work import utcnow
+from billing_core.admin.operations import replay_dead_letter as replay_audited
+from billing_core.admin.operations import resolve_discrepancy as resolve_audited
+from billing_core.admin.settings import update_setting
+from billing_core.db.config import parse_value
 from billing_core.errors import BillingError
-from billing_core.intake.dead_letters import replay
-from billing_core.reconcile.discrepancies import resolve
 from billing_core.units import format_credits, parse_credits
 from webhook_receiver.console.blueprint import bp
 from webhook_receiver.console.signin import actor
 from webhook_receiver.runtime import runtime
-
-REPLAY_ACTION = "dead_letter.replay"
-RESOLVE_ACTION = "discrepancy.resolve"
-SETTING_ACTION = "setting.update"
 
 
 @bp.post("/accounts/<account>/adjust")
@@ -48,66 +43,36 @@ def adjust(account: str) -> Response:
 def replay_dead_letter() -> Response:
     letter_id = request.form.get("letter_id", "")
     rt = runtime()
-    status = replay(rt.session_factory, rt.gateway, letter_id)
-    if status is None:
+    done = replay_audited(rt.session_factory, rt.gateway, letter_id, actor=actor())
+    if done is None:
         flash(f"{letter_id} is not a dead letter (replayed already?).", "error")
     else:
-        # The replay commits in its own transactions (a handler may call Stripe first); the audit row follows.
-        with rt.session_factory.begin() as session:
-            record_audit(
-                session,
-                actor=actor(),
-                action=REPLAY_ACTION,
-                target=f"dead_letter:{letter_id}",
-                before={"status": "dead"},
-                after={"status": status},
-            )
-        flash(f"Replayed {letter_id}: {status}.", "ok")
+        flash(f"Replayed {done.id} ({done.kind}): {done.status}.", "ok")
     return redirect(url_for("console.dead_letters"))
 
 
 @bp.post("/discrepancies/<int:discrepancy_id>/resolve")
 def resolve_discrepancy(discrepancy_id: int) -> Response:
-    rt = runtime()
-    who = actor()
     try:
-        found = resolve(rt.session_factory, discrepancy_id, note=request.form.get("note", ""), by=who)
+        resolve_audited(runtime().session_factory, discrepancy_id, note=request.form.get("note", ""), actor=actor())
     except BillingError as exc:
         flash(f"Not resolved: {exc.message}", "error")
     else:
-        with rt.session_factory.begin() as session:
-            record_audit(
-                session,
-                actor=who,
-                action=RESOLVE_ACTION,
-                target=f"discrepancy:{discrepancy_id}",
-                before={"resolved": False},
-                after={"resolved": True, "kind": found.kind, "account": found.account},
-                note=found.note,
-            )
         flash(f"Discrepancy {discrepancy_id} resolved.", "ok")
     return redirect(url_for("console.discrepancies"))
 
 
 @bp.post("/settings/<key>")
 def set_setting_value(key: str) -> Response:
-    rt = runtime()
-    who = actor()
     try:
-        # The change and its audit row in one transaction: neither without the other.
-        with rt.session_factory.begin() as session:
-            before, _, _ = setting_source(session, key)
-            stored = set_setting(session, key, parse_value(request.form.get("value", "")), now=utcnow(), actor=who)
-            record_audit(
-                session,
-                actor=who,
-                action=SETTING_ACTION,
-                target=f"setting:{key}",
-                before={key: before},
-                after={key: stored},
-            )
+        stored = update_setting(
+            runtime().session_factory, key, parse_value(request.form.get("value", "")), actor=actor()
+        )
     except BillingError as exc:
         flash(f"Not saved: {exc.message}", "error")
     else:
-        flash(f"{key} is now {stored!r}.", "ok")
+        guard = current_app.extensions.get("billing_sales_guard")
+        if guard is not None:
+            guard.invalidate()  # as the admin API: this process sees its own change at once
+        flash(f"{key} is now {stored.value!r}.", "ok")
     return redirect(url_for("console.settings"))

@@ -7,7 +7,7 @@ import uuid
 
 from flask import abort, render_template, request
 
-from billing_core.db.config import BillingConfig, read_config
+from billing_core.admin.settings import list_settings
 from billing_core.db.unit_of_work import utcnow
 from billing_core.intake.dead_letters import list_dead
 from billing_core.intake.health import pipeline_health
@@ -88,9 +88,4 @@ def discrepancies() -> str:
 @bp.get("/settings")
 def settings() -> str:
     with runtime().read_session_factory() as session:
-        current = read_config(session)
-    fields = [
-        (name, getattr(current, name), field.description, field.default)
-        for name, field in BillingConfig.model_fields.items()
-    ]
-    return render_template("console/settings.html", fields=fields)
+        return render_template("console/settings.html", settings=list_settings(session))
