@@ -21,6 +21,7 @@ from webhook_receiver.runtime import runtime
 
 @bp.post("/accounts/<account>/adjust")
 def adjust(account: str) -> Response:
+    """Console form: adjust an account's balance (audited)."""
     form = request.form
     try:
         result = adjust_balance(
@@ -41,6 +42,7 @@ def adjust(account: str) -> Response:
 
 @bp.post("/dead-letters/replay")
 def replay_dead_letter() -> Response:
+    """Console form: replay a dead letter (audited)."""
     letter_id = request.form.get("letter_id", "")
     rt = runtime()
     done = replay_audited(rt.session_factory, rt.gateway, letter_id, actor=actor())
@@ -53,6 +55,7 @@ def replay_dead_letter() -> Response:
 
 @bp.post("/discrepancies/<int:discrepancy_id>/resolve")
 def resolve_discrepancy(discrepancy_id: int) -> Response:
+    """Console form: resolve a discrepancy with a note (audited)."""
     try:
         resolve_audited(runtime().session_factory, discrepancy_id, note=request.form.get("note", ""), actor=actor())
     except BillingError as exc:
@@ -64,6 +67,7 @@ def resolve_discrepancy(discrepancy_id: int) -> Response:
 
 @bp.post("/settings/<key>")
 def set_setting_value(key: str) -> Response:
+    """Console form: change a database setting (audited)."""
     try:
         stored = update_setting(
             runtime().session_factory, key, parse_value(request.form.get("value", "")), actor=actor()

@@ -41,6 +41,7 @@ def _duration(seconds: float | None) -> str:
 
 @bp.get("/")
 def health() -> str:
+    """Console: the pipeline's health (inbox lag, dead letters, outbox, last reconciliation)."""
     now = utcnow()
     with runtime().read_session_factory() as session:
         state = pipeline_health(session, now)
@@ -49,6 +50,7 @@ def health() -> str:
 
 @bp.get("/accounts/<account>")
 def account(account: str) -> str:
+    """Console: an account's balance, grants, subscription, history and the adjust form."""
     rt = runtime()
     now = utcnow()
     with rt.session_factory() as session:
@@ -75,11 +77,13 @@ def account(account: str) -> str:
 
 @bp.get("/dead-letters")
 def dead_letters() -> str:
+    """Console: the dead letters, each with a replay button."""
     return render_template("console/dead_letters.html", letters=list_dead(runtime().session_factory, limit=200))
 
 
 @bp.get("/discrepancies")
 def discrepancies() -> str:
+    """Console: what reconciliation found and did not heal, with a resolve form."""
     show_all = request.args.get("status") == "all"
     found = listed(runtime().session_factory, include_resolved=show_all, limit=200)
     return render_template("console/discrepancies.html", found=found, show_all=show_all)
@@ -87,5 +91,6 @@ def discrepancies() -> str:
 
 @bp.get("/settings")
 def settings() -> str:
+    """Console: the database settings and a form to change each."""
     with runtime().read_session_factory() as session:
         return render_template("console/settings.html", settings=list_settings(session))

@@ -47,6 +47,7 @@ def chart_data(sold: list[DaySales], used: list[DayUsage], today: date, days: in
 
 @bp.get("/charts")
 def charts() -> str:
+    """Console: credits sold and credits used per day (charts)."""
     now = utcnow()
     with runtime().read_session_factory() as session:
         sold = credits_sold_by_day(session, days=CHART_DAYS, now=now)
@@ -57,6 +58,7 @@ def charts() -> str:
 
 @bp.get("/accounts")
 def accounts() -> str:
+    """Console: search accounts by account, email or Stripe customer."""
     q = request.args.get("q", "").strip()
     found = []
     if q:
@@ -67,6 +69,7 @@ def accounts() -> str:
 
 @bp.get("/low-balances")
 def low_balances_page() -> str:
+    """Console: accounts below their low-balance threshold."""
     with runtime().read_session_factory() as session:
         rows = low_balances(session, limit=200)
     return render_template("console/low_balances.html", rows=rows)
@@ -74,6 +77,7 @@ def low_balances_page() -> str:
 
 @bp.get("/audit")
 def audit() -> str:
+    """Console: the audit log, newest first."""
     before = request.args.get("before", type=int)
     action = request.args.get("action") or None
     target = request.args.get("target") or None

@@ -57,6 +57,7 @@ def actor() -> str:
 
 @bp.route("/sign-in", methods=["GET", "POST"])
 def sign_in() -> Response | str | tuple[str, int]:
+    """The console's sign-in form (GET) and sign-in with an admin API key (POST; a session cookie)."""
     if request.method == "GET":
         return render_template("console/sign_in.html", error=None)
     presented = request.form.get("api_key", "").strip()
@@ -74,5 +75,6 @@ def sign_in() -> Response | str | tuple[str, int]:
 
 @bp.post("/sign-out")
 def sign_out() -> Response:
+    """Sign out of the console (clears the session cookie)."""
     session.clear()
     return redirect(url_for("console.sign_in"))
