@@ -173,6 +173,10 @@ def run_dev_stack(*, web_port: int, emulator_port: int, echo: Callable[[str], No
             GUNICORN_CMD_ARGS=f"{env.get('GUNICORN_CMD_ARGS', '')} --control-socket {scratch / 'gunicorn.ctl'}",
             # The sweeps beat runs every few seconds would bury the banner and the requests under routine lines.
             BILLING_QUIET_SWEEPS="1",
+            # The console's session secret, shared by the web workers (a stack of its own unless one is set),
+            # and its cookie allowed over the plain http this stack serves on 127.0.0.1.
+            BILLING_CONSOLE_SECRET=env.get("BILLING_CONSOLE_SECRET") or secrets.token_urlsafe(32),
+            BILLING_CONSOLE_COOKIE_SECURE=env.get("BILLING_CONSOLE_COOKIE_SECURE", "0"),
             PYTHONUNBUFFERED="1",
             # The venv's console scripts (gunicorn, celery) even when the venv is not activated.
             PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
@@ -257,6 +261,7 @@ def _announce(echo: Callable[[str], None], urls: StackUrls) -> None:
         "billing dev is up. Ctrl-C stops everything (the embedded data is thrown away).",
         f"  receiver        {web}   (health {web}/readyz, metrics {web}/metrics)",
         f"  API reference   {web}/docs   (OpenAPI: {web}/openapi.json)",
+        f"  console         {web}/admin   (sign in with the admin API key below)",
         f"  stripe          {urls.emulator or 'api.stripe.com'}"
         + ("   (emulator; webhooks registered)" if urls.emulator else ""),
         f"  DATABASE_URL    {urls.database_url}",

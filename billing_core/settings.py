@@ -78,6 +78,14 @@ class Settings(BaseSettings):
     # Signed outbound webhooks (Billing-Signature); unset URL: none are sent.
     notify_webhook_url: str | None = None
     notify_webhook_secret: SecretStr | None = None
+    # -- the operators' console at /admin (webhook_receiver/console/) --
+    # Signs the console's session cookie and CSRF tokens; unset: the console answers 503 and the API runs on.
+    # Every web process of one deployment needs the same value (a cookie signed by one must verify in another).
+    console_secret: SecretStr | None = Field(default=None, alias="BILLING_CONSOLE_SECRET")
+    # The cookie is sent over HTTPS only; ``billing dev`` turns it off, as it serves plain http on localhost.
+    console_cookie_secure: bool = Field(default=True, alias="BILLING_CONSOLE_COOKIE_SECURE")
+    # A sign-in lasts this long (the key's revocation ends it sooner, on the next request).
+    console_session_minutes: int = Field(default=480, ge=1, le=10_080, alias="BILLING_CONSOLE_SESSION_MINUTES")
 
     @field_validator("database_url")
     @classmethod
@@ -93,6 +101,7 @@ class Settings(BaseSettings):
         "smtp_url",
         "notify_webhook_url",
         "notify_webhook_secret",
+        "console_secret",
         mode="before",
     )
     @classmethod

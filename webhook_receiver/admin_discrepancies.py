@@ -6,12 +6,12 @@ Thin: the query and body are validated here, the work is ``billing_core.reconcil
 
 from __future__ import annotations
 
-from flask import Blueprint, g
+from flask import Blueprint
 
+from billing_core.admin.operations import resolve_discrepancy as resolve_audited
 from billing_core.errors import BillingError
-from billing_core.reconcile.discrepancies import DiscrepancyResolved, UnknownDiscrepancy, listed, resolve
-from billing_core.types import MAX_ACTOR_LEN
-from webhook_receiver.auth import require
+from billing_core.reconcile.discrepancies import DiscrepancyResolved, UnknownDiscrepancy, listed
+from webhook_receiver.auth import key_actor, require
 from webhook_receiver.errors import ApiError
 from webhook_receiver.rendering import render
 from webhook_receiver.runtime import runtime
@@ -26,11 +26,6 @@ from webhook_receiver.spec import endpoint
 bp = Blueprint("admin_discrepancies", __name__)
 
 STATUS_BY_ERROR: dict[type[BillingError], int] = {UnknownDiscrepancy: 404, DiscrepancyResolved: 409}
-
-
-def _actor() -> str:
-    key = g.api_key
-    return f"api_key:{key.id} {key.name}"[:MAX_ACTOR_LEN]
 
 
 @bp.get("/v1/admin/discrepancies")
@@ -67,10 +62,10 @@ def list_discrepancies(query: DiscrepanciesQuery):
     tags=("admin",),
 )
 def resolve_discrepancy(discrepancy_id: int, body: ResolveDiscrepancyBody):
-    """Close an open discrepancy with a note; the API key that resolved it is recorded. A resolved one is not
-    resolved again (409, with the first resolution)."""
+    """Close an open discrepancy with a note; the API key that resolved it is recorded and audited. A resolved
+    one is not resolved again (409, with the first resolution)."""
     try:
-        item = resolve(runtime().session_factory, discrepancy_id, note=body.note, by=_actor())
+        item = resolve_audited(runtime().session_factory, discrepancy_id, note=body.note, actor=key_actor())
     except (UnknownDiscrepancy, DiscrepancyResolved) as exc:
         raise ApiError(STATUS_BY_ERROR[type(exc)], exc.code, exc.message, **exc.details) from None
     return render(DiscrepancyAnswer.of(item))

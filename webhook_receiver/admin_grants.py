@@ -1,26 +1,26 @@
 """``POST /v1/admin/grants``: an operator grants credits (a promotion, a plan allowance, an admin grant).
 
 Seed 003's ``POST /billing/admin/grant`` (``{user_id, credits, reason}`` → ``{success, new_balance}``), on the
-ledger: one ``GrantCredits`` under the client's idempotency key (namespaced ``admin-grant:``), with the
-source's public name mapped to the stored one, the expiry and priority given, and the API key that asked
-recorded on the entry as its ``actor``. A replay answers the first grant (201, ``replayed: true``); the same
-key with another body is 409 ``idempotency_conflict``; a refused body writes nothing.
+ledger: one ``GrantCredits`` under the client's idempotency key (namespaced ``admin-grant:``), with the source's
+public name mapped to the stored one, the expiry and priority given, and the API key that asked recorded on the
+entry as its ``actor`` and in the audit log (same transaction). A replay answers the first grant (201,
+``replayed: true``); the same key with another body is 409 ``idempotency_conflict``; a refused body writes
+nothing.
 """
 
 from __future__ import annotations
 
 from datetime import UTC
 
-from flask import Blueprint, g
+from flask import Blueprint
 
+from billing_core.admin.adjustments import grant as audited_grant
 from billing_core.db.unit_of_work import utcnow
 from billing_core.ledger.balances import read_balance
 from billing_core.ledger.commands import GrantCredits, ledger_key
 from billing_core.ledger.grant_views import find_grant
 from billing_core.ledger.grants import GRANTABLE_SOURCES
-from billing_core.ledger.handlers import execute
-from billing_core.types import MAX_ACTOR_LEN
-from webhook_receiver.auth import require
+from webhook_receiver.auth import key_actor, require
 from webhook_receiver.rendering import render
 from webhook_receiver.runtime import runtime
 from webhook_receiver.schemas import AdminGrantAnswer, AdminGrantBody, BalanceAnswer, GrantDetailAnswer
@@ -29,11 +29,6 @@ from webhook_receiver.spec import endpoint
 bp = Blueprint("admin_grants", __name__)
 
 ADMIN_GRANT_KEY_PREFIX = "admin-grant:"
-
-
-def _actor() -> str:
-    key = g.api_key
-    return f"api_key:{key.id} {key.name}"[:MAX_ACTOR_LEN]
 
 
 @bp.post("/v1/admin/grants")
@@ -55,9 +50,9 @@ def admin_grant(body: AdminGrantBody):
         reason=body.reason,
         metadata=body.metadata or {},
         priority=body.priority,
-        actor=_actor(),
+        actor=key_actor(),
     )
-    receipt = execute(rt.session_factory, cmd)
+    receipt = audited_grant(rt.session_factory, cmd, actor=key_actor(), request_id=body.idempotency_key)
     assert receipt.grant_id is not None, "a grant command answers with its grant"
     with rt.session_factory() as session:
         grant = find_grant(session, receipt.grant_id, utcnow())

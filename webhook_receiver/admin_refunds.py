@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from flask import Blueprint, g
 
+from billing_core.admin.operations import audit_refund
 from billing_core.errors import BillingError, InvalidCommand
 from billing_core.stripe.refunds import STATUS_BY_ERROR, AdminRefund, RefundRequest, refund_payment
 from webhook_receiver.auth import require
@@ -63,6 +64,23 @@ def create_refund(body: AdminRefundBody):
         if status is None:
             raise  # the app's own mapping (idempotency_conflict, stripe_error, stripe_unavailable)
         raise ApiError(status, exc.code, exc.message, **exc.details) from None
+    if not refund.replayed:
+        # After Stripe answered: a network call cannot share the audit row's transaction (DESIGN rule 10).
+        audit_refund(
+            rt.session_factory,
+            actor=request.actor,
+            account=body.account,
+            request_id=body.idempotency_key,
+            reason=body.reason,
+            after={
+                "refund": refund.refund_id,
+                "status": refund.status,
+                "amount": refund.amount,
+                "currency": refund.currency,
+                "credits_mc": refund.credits_mc,
+                "payment_intent": refund.payment_intent,
+            },
+        )
     answer = AdminRefundAnswer(
         refund=RefundObject(id=refund.refund_id, status=refund.status, amount=refund.amount, currency=refund.currency),
         credits=refund.credits_mc,

@@ -15,11 +15,18 @@ from billing_core.settings import Settings, load_settings
 from billing_core.stripe.gateway import StripeGateway
 from webhook_receiver import (
     accounts,
+    admin_accounts,
+    admin_adjustments,
+    admin_audit,
     admin_discrepancies,
     admin_grants,
+    admin_keys,
+    admin_ops,
     admin_refunds,
+    admin_stats,
     catalog,
     check,
+    console,
     errors,
     health,
     holds,
@@ -71,10 +78,17 @@ def create_app(settings: Settings | None = None, *, enqueue: Enqueue | None = No
         admin_grants.bp,
         admin_refunds.bp,
         admin_discrepancies.bp,
+        admin_adjustments.bp,
+        admin_stats.bp,
+        admin_accounts.bp,
+        admin_ops.bp,
+        admin_keys.bp,
+        admin_audit.bp,
         auto_recharge_api.bp,
         subscriptions_bp,
         openapi.bp,
     ):
         app.register_blueprint(blueprint)
     install_limits(app, settings)  # per-key request limits and the token limits
+    console.install(app, settings)  # the operators' console at /admin (session cookie, CSRF)
     return app

@@ -10,7 +10,9 @@ from typing import Any, TypeVar
 from flask import g, request
 
 from billing_core.accounts.api_keys import ApiKeyView, find_api_key, hash_key
+from billing_core.clock import utcnow
 from billing_core.db.unit_of_work import retry_transient
+from billing_core.types import MAX_ACTOR_LEN
 from webhook_receiver.errors import ApiError
 from webhook_receiver.runtime import runtime
 
@@ -35,8 +37,10 @@ def current_key() -> ApiKeyView:
     if not found:
         view = retry_transient(lambda: _lookup(key))
         cache.put(digest, view, now)
-    if view is None:
-        raise ApiError(401, "invalid_api_key", "the API key is unknown or revoked")
+    # A cached view is checked against the clock too: a rotated key's overlap ends at its expiry, not up to
+    # the cache's lifetime later.
+    if view is None or not view.live_at(utcnow()):
+        raise ApiError(401, "invalid_api_key", "the API key is unknown, revoked or expired")
     return view
 
 
@@ -60,3 +64,9 @@ def require(scope: str | None = None) -> Callable[[F], F]:
         return checked  # type: ignore[return-value]
 
     return wrap
+
+
+def key_actor() -> str:
+    """Who is acting, as ledger entries and the audit log record it: the request's API key, by id and name."""
+    key: ApiKeyView = g.api_key
+    return f"api_key:{key.id} {key.name}"[:MAX_ACTOR_LEN]

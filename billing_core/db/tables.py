@@ -83,6 +83,9 @@ class Wallet(Base):
 
     __table_args__ = (
         Index("ix_wallets_low_balance_notified", "id", postgresql_where=text("low_balance_notified_at IS NOT NULL")),
+        # Account search (admin/accounts.py, migration 0012): a name prefix under any collation, an email in any case.
+        Index("ix_wallets_account_prefix", "account", postgresql_ops={"account": "text_pattern_ops"}),
+        Index("ix_wallets_email_lower", text("lower(email)")),
     )
 
 
@@ -113,6 +116,10 @@ class LedgerEntry(Base):
             text("(metadata ->> 'payment_intent')"),
             postgresql_where=text("kind = 'clawback'"),
         ),
+        # The admin stats' windows (migration 0012): a BRIN for usage (cheap on the hottest insert), a partial
+        # btree for purchases.
+        Index("brin_ledger_entries_occurred", "occurred_at", postgresql_using="brin"),
+        Index("ix_ledger_entries_purchase_occurred", "occurred_at", postgresql_where=text("kind = 'purchase'")),
     )
 
 
@@ -245,6 +252,7 @@ class PaymentFailure(Base):
     __table_args__ = (
         Index("ix_payment_failures_account", "account", "failed_at"),
         Index("ix_payment_failures_payment_intent", "payment_intent"),
+        Index("ix_payment_failures_failed_at", "failed_at"),  # the admin stats' window (migration 0012)
     )
 
 
@@ -272,6 +280,8 @@ class ApiKey(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # Set on a rotated key: it keeps working until then (the overlap window); NULL never expires.
+    expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 class StripeEvent(Base):
@@ -311,6 +321,7 @@ class StripeEvent(Base):
             postgresql_where=text("status IN ('pending', 'waiting', 'failed')"),
         ),
         Index("ix_stripe_events_dead", "received_at", postgresql_where=text("status = 'dead'")),
+        Index("ix_stripe_events_received", "received_at"),  # the admin stats' window (migration 0012)
     )
 
 
@@ -650,4 +661,28 @@ class Notification(Base):
         UniqueConstraint("dedupe_key", "channel", name="uq_notifications_dedupe_channel"),
         Index("ix_notifications_due", "next_attempt_at", postgresql_where=text("status = 'pending'")),
         Index("ix_notifications_status_id", "status", "id"),
+    )
+
+
+# -- the admin API's audit log (migration 0012; billing_core/admin/audit.py) ---------------------------------
+class AdminAuditRow(Base):
+    """One mutating admin action: who (``actor``), what (``action``), on what (``target``), the state before and
+    after, and the request's idempotency key; written in the action's own transaction. Append-only."""
+
+    __tablename__ = "admin_audit"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    actor: Mapped[str] = mapped_column(Text)
+    action: Mapped[str] = mapped_column(String(64))
+    target: Mapped[str | None] = mapped_column(Text)
+    before: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    after: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    request_id: Mapped[str | None] = mapped_column(String(255))
+    note: Mapped[str | None] = mapped_column(Text)
+
+    __table_args__ = (
+        Index("ix_admin_audit_actor", "actor", "id"),
+        Index("ix_admin_audit_action", "action", "id"),
+        Index("ix_admin_audit_target", "target", "id"),
     )

@@ -63,6 +63,17 @@ def test_the_walkthrough_subscribes_an_account_and_shows_its_allowance() -> None
             base, stripe = f"http://127.0.0.1:{web_port}", f"http://127.0.0.1:{emulator_port}"
             headers = {"Authorization": f"Bearer {key}"}
 
+            # the console opens with the printed admin key, its cookie usable over billing dev's plain http
+            assert f"console         {base}/admin" in output()
+            browser = requests.Session()
+            form = browser.get(f"{base}/admin/sign-in", timeout=10)
+            token = re.search(r'name="csrf_token" value="([^"]+)"', form.text)
+            assert form.status_code == 200 and token, form.text
+            signed_in = browser.post(
+                f"{base}/admin/sign-in", data={"csrf_token": token.group(1), "api_key": key}, timeout=10
+            )
+            assert signed_in.status_code == 200 and "System health" in signed_in.text, signed_in.text
+
             def post(path: str, body: dict[str, Any]) -> requests.Response:
                 return requests.post(base + path, json=body, headers=headers, timeout=10)
 

@@ -46,6 +46,8 @@ TABLES = (
     "reconciliation_runs",
     "reconciliation_checkpoints",
     "notifications",
+    # the admin API's audit log
+    "admin_audit",
 )
 
 
