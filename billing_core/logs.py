@@ -71,8 +71,8 @@ def _redact_value(value: Any) -> Any:
 
 # -- context ---------------------------------------------------------------------------------------------------
 def new_context(**fields: Any) -> None:
-    """Start the context of a request or a task: ``fields`` alone, nothing inherited."""
-    _CONTEXT.set(fields)
+    """Start the context of a request or a task: ``fields`` alone (``None`` values left out), nothing inherited."""
+    _CONTEXT.set({name: value for name, value in fields.items() if value is not None})
 
 
 def bind(**fields: Any) -> None:
@@ -187,6 +187,21 @@ def prepare(handler: logging.Handler, fmt: str) -> logging.Handler:
     return handler
 
 
+class _Stderr(logging.StreamHandler):  # type: ignore[type-arg,unused-ignore]  # generic under --strict only
+    """Writes to whatever ``sys.stderr`` is when a line is logged (a test runner swaps it, gunicorn redirects it)."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _: Any) -> None:
+        pass
+
+
 def configure(*, default: str = "json", level: int | str | None = None, stream: Any = None) -> str:
     """Route every logger to one handler on ``stream`` (stderr) in the chosen format; warnings too.
 
@@ -197,7 +212,7 @@ def configure(*, default: str = "json", level: int | str | None = None, stream: 
     for handler in list(root.handlers):
         if getattr(handler, "_billing", False):
             root.removeHandler(handler)
-    handler = prepare(logging.StreamHandler(stream or sys.stderr), fmt)
+    handler = prepare(logging.StreamHandler(stream) if stream is not None else _Stderr(), fmt)
     handler._billing = True  # type: ignore[attr-defined]  # ours, to be replaced by the next configure
     root.addHandler(handler)
     chosen = level if level is not None else os.environ.get("LOG_LEVEL", "INFO").upper()

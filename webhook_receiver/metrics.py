@@ -187,10 +187,10 @@ def _gauge_metrics(gauges: Gauges) -> list[Metric]:
         found = gauges.notifications.get(status)
         notifications.add_metric([status], found.count if found else 0)
     pending = gauges.notifications.get("pending")
-    oldest = GaugeMetricFamily(
+    pending_age = GaugeMetricFamily(
         "billing_notifications_oldest_pending_age_seconds", "Age of the oldest pending notification (0 when none)"
     )
-    oldest.add_metric([], max((now - pending.oldest).total_seconds(), 0.0) if pending and pending.oldest else 0.0)
+    pending_age.add_metric([], max((now - pending.oldest).total_seconds(), 0.0) if pending and pending.oldest else 0)
     discrepancies = GaugeMetricFamily(
         "billing_reconciliation_open_discrepancies",
         "Discrepancies reconciliation found and nobody resolved yet, by kind",
@@ -205,7 +205,7 @@ def _gauge_metrics(gauges: Gauges) -> list[Metric]:
     )
     for kind, (status, at) in sorted(gauges.last_reconciliation.items()):
         runs.add_metric([kind, status], at.timestamp())
-    return [*metrics, grants, system, notifications, oldest, discrepancies, runs]
+    return [*metrics, grants, system, notifications, pending_age, discrepancies, runs]
 
 
 def _entries_metric(entries: dict[str, int]) -> Metric:
@@ -225,7 +225,7 @@ def render(database: DatabaseCollector | None = None) -> tuple[bytes, str]:
     else:
         body = generate_latest(REGISTRY)
     if database is not None:
-        body += generate_latest(database)  # type: ignore[arg-type]  # a collector serves as its own registry
+        body += generate_latest(database)  # a collector serves as its own registry
     return body, CONTENT_TYPE_LATEST
 
 
