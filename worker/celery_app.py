@@ -30,6 +30,8 @@ def _settings() -> Settings:
 
 
 SETTINGS = _settings()
+# Before Celery starts: its start-up warnings (running as root, say) go through the same handler as the rest.
+logs.configure()
 # The age after which the sweeper re-enqueues a pending row (worker.tasks reads it here).
 STALE_SECONDS = SETTINGS.sweep_stale_seconds
 
