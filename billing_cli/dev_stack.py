@@ -93,7 +93,11 @@ class StackUrls:
     mail_catcher: str | None = None  # the local SMTP catcher's URL, when billing dev runs one
 
 
-def run_dev_stack(*, web_port: int, emulator_port: int, echo: Callable[[str], None]) -> int:
+# The Procfile's optional processes: ``flower`` needs the ``ops`` extra, and runs only with ``billing dev --flower``.
+OPTIONAL_PROCESSES = frozenset({"flower"})
+
+
+def run_dev_stack(*, web_port: int, emulator_port: int, echo: Callable[[str], None], flower: bool = False) -> int:
     """Run the stack until Ctrl-C; its exit code. ``StackRefused`` before anything starts when it cannot."""
     env = dict(os.environ)
     use_emulator = not env.get("STRIPE_API_KEY") or bool(env.get("STRIPE_API_BASE"))
@@ -167,7 +171,10 @@ def run_dev_stack(*, web_port: int, emulator_port: int, echo: Callable[[str], No
             PORT=str(web_port),
             WEB_CONCURRENCY=env.get("WEB_CONCURRENCY", "2"),
             CELERY_BEAT_SCHEDULE=str(scratch / "celerybeat-schedule"),
+            # One directory for every process: web and worker counters all show on the receiver's /metrics.
             PROMETHEUS_MULTIPROC_DIR=str(scratch / "metrics"),
+            # Lines for a person at a terminal; the Procfile's processes default to JSON (LOG_FORMAT=json).
+            LOG_FORMAT=env.get("LOG_FORMAT", "text"),
             # gunicorn's control socket defaults to one path per user: a second stack (or the end-to-end
             # tests) would take it over and remove it on exit.
             GUNICORN_CMD_ARGS=f"{env.get('GUNICORN_CMD_ARGS', '')} --control-socket {scratch / 'gunicorn.ctl'}",
@@ -183,7 +190,8 @@ def run_dev_stack(*, web_port: int, emulator_port: int, echo: Callable[[str], No
         )
         manager = Manager()
         for name, cmd in _procfile().items():
-            manager.add_process(name, cmd, env=env)
+            if name not in OPTIONAL_PROCESSES or (name == "flower" and flower):
+                manager.add_process(name, cmd, env=env)
 
         urls = StackUrls(
             web, env["STRIPE_API_BASE"] if use_emulator else None, database_url, redis_url, api_key, mail_catcher

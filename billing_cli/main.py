@@ -7,12 +7,15 @@ import click
 
 from billing_cli import config, keys, notifications, ops, pricing, reconcile, schema, serve, stripe_sync
 from billing_cli.limits import limits
+from billing_core import logs
 
 
 @click.group()
 @click.version_option(package_name="credit-billing", prog_name="billing")
 def main() -> None:
     """Credit billing pipeline: operators' commands."""
+    # The commands print their results; the log (warnings, mostly) is text unless LOG_FORMAT says json.
+    logs.configure(default="text", level="WARNING")
 
 
 for command in (

@@ -12,7 +12,8 @@ from billing_cli.environment import fail
 @click.command()
 @click.option("--port", default=8000, show_default=True, type=int, help="The web receiver's port.")
 @click.option("--emulator-port", default=12111, show_default=True, type=int)
-def dev(port: int, emulator_port: int) -> None:
+@click.option("--flower", is_flag=True, help="Also run Celery's Flower on 127.0.0.1:5555 (needs the 'ops' extra).")
+def dev(port: int, emulator_port: int, flower: bool) -> None:
     """Run the whole pipeline locally until Ctrl-C: PostgreSQL, Redis, migrations, the Stripe emulator with
     its webhook endpoint registered, web + worker + beat; prints the URLs and a ready API key.
 
@@ -22,7 +23,7 @@ def dev(port: int, emulator_port: int) -> None:
     from billing_cli.dev_stack import StackRefused, run_dev_stack
 
     try:
-        sys.exit(run_dev_stack(web_port=port, emulator_port=emulator_port, echo=click.echo))
+        sys.exit(run_dev_stack(web_port=port, emulator_port=emulator_port, echo=click.echo, flower=flower))
     except StackRefused as exc:
         fail(f"dev: {exc}", exit_code=2)
 

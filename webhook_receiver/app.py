@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import logging
-
 from flask import Flask
 
+from billing_core import logs
 from billing_core.db.engine import make_engine, make_read_session_factory, make_session_factory
 from billing_core.db.event_writer import EventInbox
 from billing_core.errors import MissingSetting
@@ -30,6 +29,7 @@ from webhook_receiver import (
     errors,
     health,
     holds,
+    metrics,
     openapi,
     usage,
     webhooks,
@@ -47,7 +47,7 @@ def create_app(settings: Settings | None = None, *, enqueue: Enqueue | None = No
         settings = (settings or load_settings()).require("redis_url", "stripe_webhook_secret")
     except MissingSetting as exc:
         raise SystemExit(f"billing web: {exc.message}") from None
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logs.configure()  # LOG_FORMAT: json (the default) or text
     app = Flask("webhook_receiver")
     app.json.sort_keys = False  # type: ignore[attr-defined]
     engine = make_engine(settings.database_url, pool_size=settings.db_pool_size, max_overflow=0)
@@ -67,6 +67,7 @@ def create_app(settings: Settings | None = None, *, enqueue: Enqueue | None = No
         read_session_factory=make_read_session_factory(engine),
     )
     errors.install(app)
+    metrics.install(app, engine)  # the request latency hook and the log context, then the database's figures
     for blueprint in (
         webhooks.bp,
         usage.bp,

@@ -9,6 +9,7 @@ from dataclasses import replace
 
 from flask import Blueprint, g
 
+from billing_core import logs
 from billing_core.db.unit_of_work import utcnow
 from billing_core.errors import AccountFlagged, InsufficientCredits, InvalidAmount, InvalidCommand
 from billing_core.ledger.handlers import execute
@@ -16,6 +17,7 @@ from billing_core.pricing.admission import Admission, admit
 from webhook_receiver.auth import require
 from webhook_receiver.errors import ApiError
 from webhook_receiver.holds import hold_command
+from webhook_receiver.metrics import limit_hit
 from webhook_receiver.rate_limits import request_windows, token_limits
 from webhook_receiver.rendering import render
 from webhook_receiver.runtime import runtime
@@ -47,6 +49,7 @@ def check(body: CheckBody):
             raise ApiError(403, "insufficient_scope", "reserving needs the 'holds:write' scope", required="holds:write")
         if body.idempotency_key is None:
             raise InvalidCommand("reserve needs an idempotency_key (the hold's)", field="idempotency_key")
+    logs.bind(account=body.account, idempotency_key=body.idempotency_key)
     rt = runtime()
     now = utcnow()
     table = rt.prices.current(now)
@@ -61,6 +64,8 @@ def check(body: CheckBody):
         now=now,
         requests=request_windows(),
     )
+    if admission.reason is not None:
+        limit_hit(admission.reason)  # a refusal answered 200 is still a limit hit (when it is one)
     if not (body.reserve and admission.allowed):
         return render(CheckAnswer.of(admission, version=table.version))
     return _reserve(body, admission, table.version)

@@ -15,6 +15,7 @@ from billing_core.intake.stripe_events import MalformedEvent
 from billing_core.intake.usage_reports import UsageKeyModeNotAllowed
 from billing_core.ledger.history import InvalidCursor
 from billing_core.stripe import subscription_checkout as subscriptions
+from webhook_receiver.metrics import limit_hit
 
 # The domain's error codes, mapped to HTTP once, here.
 STATUS_BY_ERROR: dict[type[domain.BillingError], int] = {
@@ -84,6 +85,7 @@ def install(app: Flask) -> None:
 
     @app.errorhandler(domain.BillingError)
     def _domain(exc: domain.BillingError):
+        limit_hit(exc)  # quota_exceeded (rate_limited has its own handler, in rate_limits.py)
         return error_response(status_for(exc), exc.code, exc.message, **exc.details)
 
     @app.errorhandler(DBAPIError)

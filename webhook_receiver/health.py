@@ -6,7 +6,7 @@ import redis
 from flask import Blueprint, Response, jsonify
 from sqlalchemy import text
 
-from webhook_receiver.metrics import render
+from webhook_receiver.metrics import database_collector, render
 from webhook_receiver.runtime import runtime
 from webhook_receiver.schemas import Health
 from webhook_receiver.spec import endpoint
@@ -49,6 +49,7 @@ def readyz():
 @bp.get("/metrics")
 @endpoint(answers={200: None}, keyed=False, tags=("meta",), media_type="text/plain")
 def metrics() -> Response:
-    """Prometheus metrics of every worker process of this receiver (text exposition format)."""
-    body, content_type = render()
+    """Prometheus metrics of every web and worker process sharing ``PROMETHEUS_MULTIPROC_DIR``, and the
+    database's figures (text exposition format)."""
+    body, content_type = render(database_collector())
     return Response(body, content_type=content_type)

@@ -6,6 +6,7 @@ from typing import Any
 
 from flask import Blueprint
 
+from billing_core import logs
 from billing_core.errors import InvalidAmount, InvalidCommand, UnknownHold
 from billing_core.ledger.commands import (
     CAPTURE_KEY_PREFIX,
@@ -73,6 +74,7 @@ def _amount_mc(
 )
 def place_hold(body: PlaceHoldBody):
     """Reserve credits (a price from items, or an amount) until captured, released or expired."""
+    logs.bind(account=body.account, idempotency_key=body.idempotency_key)
     amount, quote = _amount_mc(body.credits, body.items, mode=body.mode, allow_zero=False)
     # Token limits next (429 rate_limited · 402 quota_exceeded): a refused hold reserves nothing.
     check_hold_tokens(body.account, body.items, body.mode)

@@ -40,6 +40,7 @@ from billing_core.pricing.limits import RequestWindow, TokenLimits, UsageGate, c
 from billing_core.settings import Settings
 from webhook_receiver.auth import current_key
 from webhook_receiver.errors import ApiError, error_response, status_for
+from webhook_receiver.metrics import LIMITS_HIT, limit_hit
 from webhook_receiver.runtime import runtime
 
 log = logging.getLogger(__name__)
@@ -53,6 +54,7 @@ SELF_COUNTED = frozenset({"check.check", "holds.place_hold"})
 # flask-limiter's scope of application-wide limits: part of its counter's key.
 _APPLICATION_SCOPE = "global"
 _NO_KEY = ""
+LIMITS_HIT_REQUESTS = LIMITS_HIT.labels("requests", "rate_limited")
 
 
 def _key_id() -> str:
@@ -138,6 +140,7 @@ def install(app: Flask, settings: Settings) -> Limiter:
             except Exception:  # the window could not be read back (Redis just went away): say a second
                 retry_after = 1
         limit = str(exc.limit.limit)
+        LIMITS_HIT_REQUESTS.inc()
         response = error_response(
             429,
             "rate_limited",
@@ -151,6 +154,7 @@ def install(app: Flask, settings: Settings) -> Limiter:
     @app.errorhandler(RateLimited)
     def _rate_limited(exc: RateLimited) -> Any:
         # The domain's refusal (a token limit): the error shape of errors.py, plus the header clients read.
+        limit_hit(exc)
         response = error_response(status_for(exc), exc.code, exc.message, **exc.details)
         response.headers["Retry-After"] = str(exc.details.get("retry_after", 1))
         return response

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from flask import Blueprint
 
+from billing_core import logs
 from billing_core.db import wakeups
 from billing_core.intake.usage_inbox import store_usage, usage_status
 from billing_core.intake.usage_reports import UsageBatch, accept_reports
@@ -45,6 +46,10 @@ def post_usage():
     # Validated here, report by report, rather than by ``endpoint``: a refusal names every problem of every
     # report with its index (``invalid_usage``), and nothing of the request is stored.
     reports = accept_reports(parse_json(read_body(MAX_USAGE_BYTES)), rt.prices.current())
+    if len(reports) == 1:  # a batch's lines carry its size; its keys are in the inbox
+        logs.bind(idempotency_key=reports[0].idempotency_key, account=reports[0].account)
+    else:
+        logs.bind(reports=len(reports))
     # Token limits inside the store's transaction (429 rate_limited · 402 quota_exceeded: nothing stored).
     stored = store_usage(rt.session_factory, reports, source="http", admit=usage_gate())  # DBAPIError: 503
     for partition in sorted(stored.partitions):

@@ -10,11 +10,12 @@ import psycopg
 import stripe
 from flask import Blueprint, Response, request
 
+from billing_core import logs
 from billing_core.db import wakeups
-from billing_core.intake.stripe_events import check_event
+from billing_core.intake.stripe_events import MalformedEvent, check_event
 from webhook_receiver.bodies import parse_json, read_body
 from webhook_receiver.errors import ApiError
-from webhook_receiver.metrics import WEBHOOKS
+from webhook_receiver.metrics import WEBHOOKS, WEBHOOKS_RECEIVED, WEBHOOKS_REJECTED, WEBHOOKS_VERIFIED
 from webhook_receiver.runtime import runtime
 from webhook_receiver.schemas import StripeEvent, WebhookAnswer
 from webhook_receiver.spec import endpoint
@@ -62,19 +63,28 @@ DUPLICATE = b'{"received":true,"duplicate":true}'
 def stripe_webhook() -> Response:
     """A Stripe event, signed (``Stripe-Signature``): stored once by event id, then handled by the workers."""
     rt = runtime()
-    raw = read_body(MAX_WEBHOOK_BYTES)
+    WEBHOOKS_RECEIVED.inc()
     try:
-        payload = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        raise ApiError(400, "malformed_payload", "the body is not UTF-8") from None
-    verify_signature(payload, request.headers.get("Stripe-Signature"), rt.webhook_secrets)
-    event = check_event(parse_json(raw))
+        raw = read_body(MAX_WEBHOOK_BYTES)
+        try:
+            payload = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise ApiError(400, "malformed_payload", "the body is not UTF-8") from None
+        verify_signature(payload, request.headers.get("Stripe-Signature"), rt.webhook_secrets)
+        WEBHOOKS_VERIFIED.inc()
+        event = check_event(parse_json(raw))
+    except (ApiError, MalformedEvent) as exc:
+        missing = exc.code == "invalid_signature" and not request.headers.get("Stripe-Signature")
+        WEBHOOKS_REJECTED.labels("missing_signature" if missing else exc.code).inc()
+        raise
+    logs.bind(event_id=event["id"], event_type=event["type"])
 
     try:
         stored = rt.event_inbox.store(event, raw)
     except psycopg.DataError as exc:
         # Signed, but PostgreSQL cannot hold it (a \u0000 in a string, a timestamp out of range): delivering
         # it again cannot help.
+        WEBHOOKS_REJECTED.labels("malformed_payload").inc()
         raise ApiError(400, "malformed_payload", f"the event cannot be stored: {exc}") from None
     except psycopg.Error:
         WEBHOOKS_UNAVAILABLE.inc()

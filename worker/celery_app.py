@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import logging
 
-from celery import Celery
+from celery import Celery, signals
 from celery.app.trace import LOG_RECEIVED, LOG_SUCCESS
 from celery.schedules import crontab
 
+from billing_core import logs
 from billing_core.errors import MissingSetting
 from billing_core.settings import Settings, load_settings
+from worker import metrics  # noqa: F401  # the task metrics and log context, connected to Celery's signals
 
 
 def _settings() -> Settings:
@@ -28,6 +30,8 @@ def _settings() -> Settings:
 
 
 SETTINGS = _settings()
+# Before Celery starts: its start-up warnings (running as root, say) go through the same handler as the rest.
+logs.configure()
 # The age after which the sweeper re-enqueues a pending row (worker.tasks reads it here).
 STALE_SECONDS = SETTINGS.sweep_stale_seconds
 
@@ -106,3 +110,17 @@ def _quiet_sweeps() -> None:
 
 if SETTINGS.quiet_sweeps:
     _quiet_sweeps()
+
+
+@signals.setup_logging.connect
+def _setup_logging(loglevel: int | None = None, **_: object) -> None:
+    # Connected, so Celery leaves logging alone: one handler, LOG_FORMAT (json by default), secrets redacted.
+    logs.configure(level=loglevel or logging.INFO)
+
+
+@signals.celeryd_after_setup.connect
+def _banner(sender: str, instance: object, **_: object) -> None:
+    # The worker's banner is printed, not logged: in JSON it would be the log's only lines that are not JSON.
+    if logs.log_format() == "json":
+        instance.quiet = True  # type: ignore[attr-defined]
+        logging.getLogger("worker").info("worker %s starting", sender)

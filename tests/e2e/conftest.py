@@ -16,6 +16,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -189,13 +190,21 @@ def _wait_http(url: str, proc: subprocess.Popen[bytes], stack: Stack, name: str)
 
 @pytest.fixture(scope="session")
 def stack() -> Iterator[Stack]:
+    with launch_stack("e2e") as running:
+        yield running
+
+
+@contextmanager
+def launch_stack(name: str, extra_env: dict[str, str] | None = None, web_args: tuple[str, ...] = ()) -> Iterator[Stack]:
+    """A stack of its own (database ``billing_<name>_<xdist worker>``, Redis, processes), stopped on exit;
+    ``extra_env`` on top of the stack's environment, ``web_args`` added to gunicorn's."""
     admin_url = os.environ.get("BILLING_TEST_PG_ADMIN_URL")
     template = os.environ.get("BILLING_TEST_TEMPLATE_DB")
     if not admin_url or not template:
         pytest.exit("end-to-end tests run through scripts/test", returncode=2)
     libpq_admin = sqlalchemy_url(admin_url).replace("postgresql+psycopg://", "postgresql://")
     # One database per pytest-xdist worker: each worker that runs end-to-end tests starts a stack of its own.
-    database = f"billing_e2e_{os.environ.get('PYTEST_XDIST_WORKER', 'main')}"
+    database = f"billing_{name}_{os.environ.get('PYTEST_XDIST_WORKER', 'main')}"
     with psycopg.connect(libpq_admin, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{database}"')
         conn.execute(f'CREATE DATABASE "{database}" TEMPLATE "{template}"')
@@ -221,6 +230,7 @@ def stack() -> Iterator[Stack]:
         # gunicorn's control socket defaults to one path per user, which a dev stack or another run would share.
         "GUNICORN_CMD_ARGS": "--no-control-socket",
         "PYTHONUNBUFFERED": "1",
+        **(extra_env or {}),
     }
     stack = Stack(
         scratch=scratch,
@@ -242,6 +252,9 @@ def stack() -> Iterator[Stack]:
             "web",
             [
                 str(BIN / "gunicorn"),
+                "-c",  # as the Procfile: gunicorn's lines in LOG_FORMAT, dead workers marked in the metrics
+                "python:webhook_receiver.gunicorn_conf",
+                *web_args,
                 "--bind",
                 f"127.0.0.1:{web_port}",
                 "--worker-class",  # as the Procfile
@@ -254,7 +267,7 @@ def stack() -> Iterator[Stack]:
         stack.start_worker()
         stack.spawn(
             "beat",
-            [str(BIN / "celery"), "-A", "worker", "beat", "--schedule", str(scratch / "beat-schedule")],
+            [str(BIN / "celery"), "-A", "worker", "--quiet", "beat", "--schedule", str(scratch / "beat-schedule")],
         )
         _wait_http(f"{stack.emulator_url}/_emulator/webhook_endpoints", emulator, stack, "emulator")
         stack.emulator("/_emulator/webhook_endpoints", url=f"{stack.web_url}/webhooks/stripe", secret=secret)
