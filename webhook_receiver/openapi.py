@@ -23,6 +23,7 @@ def openapi_document(app: Flask) -> dict[str, Any]:
         # spectree keeps its document per SpecTree instance; the receiver keeps one per app instead.
         document = DOC._generate_spec()
         _raw_answers(app, document)
+        _drop_pages(app, document)
         app.extensions["openapi"] = document
     return document
 
@@ -31,6 +32,17 @@ def openapi_document(app: Flask) -> dict[str, Any]:
 _VARIABLE = re.compile(r"<(?:[a-z_]+:)?([A-Za-z_][A-Za-z0-9_]*)>")
 # What each raw media type's body is, for the document.
 _RAW_SCHEMAS = {"application/json": {"type": "object"}}
+
+
+# Blueprints of server-rendered pages for people (sign-in, forms with CSRF tokens, redirects), not the API.
+PAGE_BLUEPRINTS = frozenset({"console"})
+
+
+def _drop_pages(app: Flask, document: dict[str, Any]) -> None:
+    """The console's pages are no part of the API: out of the document (and so of its reference and fuzzing)."""
+    for rule in app.url_map.iter_rules():
+        if rule.endpoint.split(".", 1)[0] in PAGE_BLUEPRINTS:
+            document["paths"].pop(_VARIABLE.sub(r"{\1}", rule.rule), None)
 
 
 def _raw_answers(app: Flask, document: dict[str, Any]) -> None:
