@@ -76,9 +76,10 @@ def _exempt() -> bool:
 def request_windows() -> list[RequestWindow]:
     """The request's API key counters as flask-limiter keeps them (same keys, windows and limits), for an
     endpoint of ``SELF_COUNTED`` to take in its token check; none without a valid key."""
-    prefix, items = current_app.extensions[REQUESTS_EXTENSION]
+    prefix, items, self_counted = current_app.extensions[REQUESTS_EXTENSION]
     key_id = _key_id()
-    if key_id == _NO_KEY:
+    # Not self-counted (the token counters live on another Redis): flask-limiter counted it already.
+    if key_id == _NO_KEY or request.endpoint not in self_counted:
         return []
     return [
         RequestWindow(f"{prefix}:{item.key_for(key_id, _APPLICATION_SCOPE)}", item.get_expiry(), item.amount, str(item))
@@ -105,7 +106,7 @@ def install(app: Flask, settings: Settings) -> Limiter:
     # Self-counting needs the token counters on the Redis flask-limiter uses; otherwise flask-limiter counts all.
     self_counted = SELF_COUNTED if redis_url == (settings.redis_url or "") else frozenset()
     items: list[RateLimitItem] = parse_many(settings.api_rate_limit)
-    app.extensions[REQUESTS_EXTENSION] = (api_prefix, items)
+    app.extensions[REQUESTS_EXTENSION] = (api_prefix, items, self_counted)
     limiter = Limiter(
         key_func=_key_id,
         app=app,

@@ -94,3 +94,24 @@ def test_check_and_holds_count_on_the_keys_counter_once_each(low_limit_app, sess
         assert refused.headers["Retry-After"] == str(error["retry_after"])
     # a check refused at the key's limit reads and writes nothing else: no hold was placed
     assert api.get("/v1/accounts/acme", key=api.key("accounts:read")).status_code == 404
+
+
+def test_token_limits_on_another_redis_leave_the_count_to_flask_limiter_once(
+    database_url, session_factory, redis_db_url
+):
+    # The token counters on a Redis of their own (another database number): flask-limiter counts every request,
+    # and a check must not take one more from the key's counter in its token call.
+    import redis
+
+    limits_url = redis_db_url  # this worker's own database number
+    limits_redis = redis.Redis.from_url(limits_url)
+    limits_redis.flushdb()
+    app = receiver_with(database_url, BILLING_LIMITS_REDIS_URL=limits_url)
+    api = ApiClient(app.test_client(), session_factory)
+    key = api.key("accounts:read")
+    for _ in range(3):
+        assert api.post("/v1/check", json={"account": "acme", "credits": "1"}, key=key).status_code == 200
+    refused = api.post("/v1/check", json={"account": "acme", "credits": "1"}, key=key)
+    assert refused.status_code == 429 and refused.get_json()["error"]["limit"] == "3 per 1 minute"
+    # the token Redis holds no request counter: the key's requests were counted in one place
+    assert [k for k in limits_redis.scan_iter() if b":api:" in k] == []
