@@ -39,26 +39,25 @@ NON_STR_KEYS = orjson.OPT_NON_STR_KEYS  # as json.dumps, which writes {1: x} as 
 # and a lock were two). The entry is read from the statement's snapshot: one committed by a concurrent first
 # attempt while this statement waited for the lock is not seen, and the flush's insert then finds the key taken
 # (``ConcurrentDuplicate``): the command is retried and replays.
-# The wallet's columns and its available balance as the lock finds it (under the wallet lock nothing else moves
-# it): the flush compares it with the balance after, to notice a low-balance or depleted crossing in Python
-# instead of a statement per transaction.
+# The wallet's columns, with its low-balance threshold and flag for the balance watch. Not its balance: a lock
+# that waited reads joined rows from the snapshot taken before the wait, which may predate the last holder's
+# commit; the flush's balance UPDATE returns what each balance came to instead (``_watch_balances``).
 _WALLET_COLUMNS = (
     "w.id, w.account, w.available_account_id, w.held_account_id, w.negative_since, w.stripe_customer_id, "
-    "wa.balance_mc AS available_mc, w.low_balance_threshold_mc, w.low_balance_notified_at IS NOT NULL AS low_notified"
+    "w.low_balance_threshold_mc, w.low_balance_notified_at IS NOT NULL AS low_notified"
 )
-_WALLET_BALANCE_JOIN = "JOIN ledger_accounts wa ON wa.id = w.available_account_id"
 _LOCK_WALLETS = text(
-    f"SELECT {_WALLET_COLUMNS} FROM wallets w {_WALLET_BALANCE_JOIN} "
+    f"SELECT {_WALLET_COLUMNS} FROM wallets w "
     "WHERE w.account = ANY(CAST(:accounts AS text[])) ORDER BY w.id FOR UPDATE OF w"
 )
 _LOCK_WALLET_FINDING = text(
     f"SELECT {_WALLET_COLUMNS}, e.id AS entry_id, e.kind AS entry_kind, e.fingerprint AS entry_fp, "
-    f"e.created_at AS entry_created_at FROM wallets w {_WALLET_BALANCE_JOIN} "
+    "e.created_at AS entry_created_at FROM wallets w "
     "LEFT JOIN ledger_entries e ON e.idempotency_key = :key WHERE w.account = :account FOR UPDATE OF w"
 )
 _LOCK_HOLD_WALLET_FINDING = text(
     f"SELECT {_WALLET_COLUMNS}, e.id AS entry_id, e.kind AS entry_kind, e.fingerprint AS entry_fp, "
-    f"e.created_at AS entry_created_at FROM holds h JOIN wallets w ON w.id = h.wallet_id {_WALLET_BALANCE_JOIN} "
+    "e.created_at AS entry_created_at FROM holds h JOIN wallets w ON w.id = h.wallet_id "
     "LEFT JOIN ledger_entries e ON e.idempotency_key = :key WHERE h.id = :h FOR UPDATE OF w"
 )
 # The entries of a flush, in idempotency-key order (the unique index is a lock: one order for everyone).
@@ -109,11 +108,18 @@ _FLUSH_AT_ONCE: LiteralString = (
     UPDATE ledger_accounts la SET balance_mc = la.balance_mc + v.d
     FROM unnest(CAST(%(bi)b AS bigint[]), CAST(%(bd)b AS bigint[])) AS v(id, d)
     WHERE la.id = v.id
+    RETURNING la.id, la.balance_mc
 ), """
     + _HOLD_ROWS
     + """
-SELECT idempotency_key, id FROM e
+SELECT idempotency_key, id, NULL::bigint AS balance_mc FROM e
+UNION ALL SELECT NULL, id, balance_mc FROM b
 """
+)
+# The customers' balances, with what they came to (the balance watch's "after").
+_ADD_TO_BALANCES: LiteralString = (
+    "UPDATE ledger_accounts la SET balance_mc = la.balance_mc + v.d FROM unnest("
+    "CAST(%(ids)b AS bigint[]), CAST(%(ds)b AS bigint[])) AS v(id, d) WHERE la.id = v.id RETURNING la.id, la.balance_mc"
 )
 # After the entries were written on their own (``_flush_in_steps``): ``e`` is read back from the table.
 _WRITE_HOLDS: LiteralString = (
@@ -136,7 +142,6 @@ class WalletState:
     held_account_id: int
     negative_since: datetime | None
     stripe_customer_id: str | None = None
-    available_mc: int = 0  # the available account's balance, as of the lock and each flush since
     low_balance_threshold_mc: int | None = None  # None: the default (notify.low_balance.DEFAULT_THRESHOLD_MC)
     low_notified: bool = False  # a low-balance notice went out and no top-up has re-armed it since
     lots: list[GrantLot] | None = None  # loaded on first use: open grants (remaining <> 0)
@@ -152,7 +157,6 @@ class WalletState:
             row.held_account_id,
             row.negative_since,
             row.stripe_customer_id,
-            row.available_mc,
             row.low_balance_threshold_mc,
             row.low_notified,
         )
@@ -218,6 +222,7 @@ class Book:
         self.new_lots: list[GrantLot] = []
         self.holds: list[HoldChange] = []
         self.deltas: dict[int, int] = defaultdict(int)
+        self.balances_after: dict[int, int] = {}  # ledger account id -> its balance after this flush's update
         self._last_entry_for_wallet: dict[int, EntryDraft] = {}
 
     # -- reading -------------------------------------------------------------------------------------
@@ -550,13 +555,16 @@ class Book:
             self._write_system_balances({a: d for a, d in system.items() if a not in together})
         self._write_flags()
         self._watch_balances()
+        self.balances_after = {}
         self.entries = []
         self.new_lots = []
         self.holds = []
         self.deltas = defaultdict(int)
 
     def _set_entry_ids(self, ordered: list[EntryDraft], rows: list[Any]) -> None:
-        ids: dict[str, int] = dict(rows)
+        ids: dict[str, int] = {row[0]: row[1] for row in rows if row[0] is not None}
+        # The flush's one statement also answers the balances it moved (key NULL): (account id, balance after).
+        self.balances_after.update((row[1], row[2]) for row in rows if row[0] is None)
         if len(ids) != len(ordered):
             raise ConcurrentDuplicate(next(e.idempotency_key for e in ordered if e.idempotency_key not in ids))
         for e in self.entries:
@@ -687,11 +695,8 @@ class Book:
             )
         customer = self._customer_deltas()
         if customer:
-            self._bulk(
-                "UPDATE ledger_accounts la SET balance_mc = la.balance_mc + v.d FROM unnest("
-                "CAST(%(ids)b AS bigint[]), CAST(%(ds)b AS bigint[])) AS v(id, d) WHERE la.id = v.id",
-                {"ids": list(customer), "ds": list(customer.values())},
-            )
+            rows = self._bulk(_ADD_TO_BALANCES, {"ids": list(customer), "ds": list(customer.values())})
+            self.balances_after.update((account_id, balance) for account_id, balance in rows)
         if self.holds:
             self._bulk(_WRITE_HOLDS, self._hold_params())
 
@@ -711,24 +716,24 @@ class Book:
 
     def _watch_balances(self) -> None:
         """Low-balance and depleted notices of the wallets whose available balance this flush moved, from the
-        balance their lock read: nothing is read or written unless one crossed (``notify.low_balance``)."""
+        balance its UPDATE returned (before = after - delta): nothing more is read, and nothing is written unless
+        one crossed (``notify.low_balance``)."""
         moves = []
         for wallet in self.wallets.values():
             delta = self.deltas.get(wallet.available_account_id, 0)
-            if not delta:
+            after = self.balances_after.get(wallet.available_account_id)
+            if not delta or after is None:
                 continue
-            after = wallet.available_mc + delta
             moves.append(
                 low_balance.BalanceMove(
                     wallet.id,
                     wallet.account,
-                    wallet.available_mc,
+                    after - delta,
                     after,
                     wallet.low_balance_threshold_mc,
                     wallet.low_notified,
                 )
             )
-            wallet.available_mc = after
         if moves:
             for wallet_id, notified in low_balance.watch(self.session, moves, self.now).items():
                 next(w for w in self.wallets.values() if w.id == wallet_id).low_notified = notified

@@ -155,3 +155,26 @@ def test_a_command_survives_its_pooled_connection_being_killed(probe, session_fa
     receipt = probe.run(DebitUsage("acme", 100, "after-restart"))
     assert not receipt.replayed
     assert probe.available("acme") == 900
+
+
+def test_racing_debits_across_the_low_balance_threshold_notify_once_and_deplete_once(probe):
+    # given 2,000 credits, the default 1,000-credit threshold, and 20 threads spending 100 credits each at once
+    probe.run(PurchaseCredits("watched", 2_000_000, "buy"))
+    start = threading.Barrier(20)
+
+    def spend(i: int) -> None:
+        start.wait()
+        probe.run(DebitUsage("watched", 100_000, f"spend-{i}"))
+
+    with ThreadPoolExecutor(20) as pool:
+        list(pool.map(spend, range(20)))
+
+    # then the one debit that crossed 1,000 wrote the low-balance notice and the one that reached zero the
+    # depleted one: each flush compares the balance its own UPDATE returned, never one read before a lock wait
+    notices = probe.rows(
+        "SELECT kind, payload->>'available' AS available FROM notifications "
+        "WHERE account = 'watched' AND channel = 'email' ORDER BY id"
+    )
+    assert [(n.kind, n.available) for n in notices] == [("low_balance", "900.000"), ("balance_depleted", "0.000")]
+    assert probe.wallet("watched").available_mc == 0
+    probe.assert_consistent()
