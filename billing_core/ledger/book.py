@@ -88,6 +88,14 @@ ho AS (
     JOIN e ON e.idempotency_key = v.key
     WHERE h.id = v.id AND h.status = 'pending'
 )"""
+# Which updated balances the balance watch must see: a wallet's available account (``t``, its low-balance
+# threshold, is NULL for every other account) below its threshold while armed, back at or above it while
+# notified, or brought from above zero to zero or below. A superset of what ``notify.low_balance.watch``
+# decides on, so that a flush of well-funded wallets (nearly every one) reads no row back.
+_MAY_CROSS: LiteralString = (
+    "t IS NOT NULL AND ((NOT n AND balance_mc < t) OR (n AND balance_mc >= t) "
+    "OR (balance_mc <= 0 AND balance_mc - d > 0))"
+)
 # Every row the sub-statements touch belongs to a wallet this transaction has locked, or is a new entry: their
 # order inside the statement cannot deadlock. Empty arrays make a sub-statement a no-op.
 _FLUSH_AT_ONCE: LiteralString = (
@@ -106,20 +114,25 @@ _FLUSH_AT_ONCE: LiteralString = (
     WHERE g.id = v.id
 ), b AS (
     UPDATE ledger_accounts la SET balance_mc = la.balance_mc + v.d
-    FROM unnest(CAST(%(bi)b AS bigint[]), CAST(%(bd)b AS bigint[])) AS v(id, d)
+    FROM unnest(CAST(%(bi)b AS bigint[]), CAST(%(bd)b AS bigint[]), CAST(%(bt)b AS bigint[]),
+                CAST(%(bn)b AS boolean[])) AS v(id, d, t, n)
     WHERE la.id = v.id
-    RETURNING la.id, la.balance_mc
+    RETURNING la.id, la.balance_mc, v.d, v.t, v.n
 ), """
     + _HOLD_ROWS
     + """
 SELECT idempotency_key, id, NULL::bigint AS balance_mc FROM e
-UNION ALL SELECT NULL, id, balance_mc FROM b
+UNION ALL SELECT NULL, id, balance_mc FROM b WHERE """
+    + _MAY_CROSS
+    + """
 """
 )
-# The customers' balances, with what they came to (the balance watch's "after").
+# The customers' balances, answering those the balance watch must look at (``_MAY_CROSS``).
 _ADD_TO_BALANCES: LiteralString = (
-    "UPDATE ledger_accounts la SET balance_mc = la.balance_mc + v.d FROM unnest("
-    "CAST(%(ids)b AS bigint[]), CAST(%(ds)b AS bigint[])) AS v(id, d) WHERE la.id = v.id RETURNING la.id, la.balance_mc"
+    "WITH b AS (UPDATE ledger_accounts la SET balance_mc = la.balance_mc + v.d FROM unnest("
+    "CAST(%(bi)b AS bigint[]), CAST(%(bd)b AS bigint[]), CAST(%(bt)b AS bigint[]), CAST(%(bn)b AS boolean[])) "
+    "AS v(id, d, t, n) WHERE la.id = v.id RETURNING la.id, la.balance_mc, v.d, v.t, v.n) "
+    "SELECT id, balance_mc FROM b WHERE " + _MAY_CROSS
 )
 # After the entries were written on their own (``_flush_in_steps``): ``e`` is read back from the table.
 _WRITE_HOLDS: LiteralString = (
@@ -610,6 +623,7 @@ class Book:
                 "ga": [lot.amount_mc for lot in dirty],
                 "bi": list(customer) + list(system),
                 "bd": list(customer.values()) + list(system.values()),
+                **self._watch_params([*customer, *system]),
                 **self._hold_params(),
             },
         )
@@ -695,7 +709,10 @@ class Book:
             )
         customer = self._customer_deltas()
         if customer:
-            rows = self._bulk(_ADD_TO_BALANCES, {"ids": list(customer), "ds": list(customer.values())})
+            rows = self._bulk(
+                _ADD_TO_BALANCES,
+                {"bi": list(customer), "bd": list(customer.values()), **self._watch_params(list(customer))},
+            )
             self.balances_after.update((account_id, balance) for account_id, balance in rows)
         if self.holds:
             self._bulk(_WRITE_HOLDS, self._hold_params())
@@ -714,10 +731,29 @@ class Book:
                 continue
             wallet_rows.set_negative_since(self.session, wallet.id, wallet.negative_since)
 
+    def _watch_params(self, account_ids: list[int]) -> dict[str, list[Any]]:
+        """Each balance's low-balance threshold and flag, for ``_MAY_CROSS``: those of the wallet whose
+        available account it is, NULL for any other account (held, system)."""
+        watched = {w.available_account_id: w for w in self.wallets.values()}
+        thresholds: list[int | None] = []
+        flags: list[bool] = []
+        for account_id in account_ids:
+            wallet = watched.get(account_id)
+            if wallet is None:
+                thresholds.append(None)
+                flags.append(False)
+            else:
+                threshold = wallet.low_balance_threshold_mc
+                thresholds.append(low_balance.DEFAULT_THRESHOLD_MC if threshold is None else threshold)
+                flags.append(wallet.low_notified)
+        return {"bt": thresholds, "bn": flags}
+
     def _watch_balances(self) -> None:
         """Low-balance and depleted notices of the wallets whose available balance this flush moved, from the
         balance its UPDATE returned (before = after - delta): nothing more is read, and nothing is written unless
         one crossed (``notify.low_balance``)."""
+        if not self.balances_after:  # nothing near a threshold or zero: the common case, nothing to do
+            return
         moves = []
         for wallet in self.wallets.values():
             delta = self.deltas.get(wallet.available_account_id, 0)
