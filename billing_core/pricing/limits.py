@@ -447,6 +447,9 @@ return out
 """
 
 
+NOTICE_POLICY_STALE_SECONDS = 300.0
+
+
 @dataclass(frozen=True)
 class RequestWindow:
     """A fixed-window request counter taken in the same round trip as a token check: ``key`` is counted
@@ -502,9 +505,12 @@ class TokenLimits:
         self._last_warning = -math.inf
 
     # -- policies (cached a few seconds per process) --
-    def policies(self, session: Session, accounts: Iterable[str], table: PriceTable) -> dict[str, LimitPolicy]:
+    def policies(
+        self, session: Session, accounts: Iterable[str], table: PriceTable, *, stale_ok_seconds: float = 0.0
+    ) -> dict[str, LimitPolicy]:
         """Each account's policy; the plan and overrides are read from the database at most once every
-        ``policy_cache_seconds`` per account (a change made elsewhere takes effect within that time)."""
+        ``policy_cache_seconds`` per account (a change made elsewhere takes effect within that time), or that
+        plus ``stale_ok_seconds`` for a caller that only notifies (``record_settled``)."""
         wanted = sorted(set(accounts))
         now = self._clock()
         rows: dict[str, tuple[str | None, dict[str, Any]]] = {}
@@ -512,7 +518,7 @@ class TokenLimits:
         with self._lock:
             for account in wanted:
                 cached = self._cache.get(account)
-                if cached is not None and cached[0] > now:
+                if cached is not None and cached[0] + stale_ok_seconds > now:
                     rows[account] = (cached[1], cached[2])
                 else:
                     missing.append(account)
@@ -752,7 +758,10 @@ class TokenLimits:
         if not batch:
             return 0
         with session_factory() as session:
-            policies = self.policies(session, batch, table)
+            # Only the notice of a quota level depends on the policy here (the tokens are counted whatever
+            # it says): a plan read up to NOTICE_POLICY_STALE_SECONDS ago will do, so that a capture served by
+            # another process than its hold's does not read the plan again.
+            policies = self.policies(session, batch, table, stale_ok_seconds=NOTICE_POLICY_STALE_SECONDS)
         admitted = self.admit({}, policies, now, record=batch)
         if admitted is None or not admitted.crossings:
             return 0
