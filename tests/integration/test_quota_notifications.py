@@ -202,3 +202,32 @@ def test_a_hold_captured_over_http_notifies_the_level_its_tokens_cross(session_f
     [notice] = notices(session_factory)
     assert (notice.kind, notice.dedupe_key) == ("quota_warning", "quota:acme:2026-12:80")
     assert (notice.payload["current"], notice.payload["limit"]) == (8_500, QUOTA)
+
+
+def test_a_capture_reads_a_plan_read_minutes_ago_without_asking_the_database_again(session_factory, on_free, engine):
+    # given a process that read acme's plan a minute ago (past the checks' 5 s, within the notices' 5 min)
+    import os
+
+    import redis
+
+    now = [1_000.0]
+    limits = TokenLimits(redis.Redis.from_url(os.environ["REDIS_URL"]), prefix=limits_prefix(), clock=lambda: now[0])
+    table = PriceTable.default()
+    with session_factory() as session:
+        assert limits.policies(session, ["acme"], table)["acme"].monthly == QUOTA
+    now[0] += 60
+    statements: list[str] = []
+
+    def seen(conn, cursor, statement, *args: Any) -> None:
+        statements.append(statement)
+
+    event.listen(engine, "before_cursor_execute", seen)
+    try:
+        with freeze_time("2026-12-10 12:00:00"):
+            # when a capture's tokens cross 80 % of the quota
+            assert limits.record_settled(session_factory, {"acme": 8_500}, table) > 0
+    finally:
+        event.remove(engine, "before_cursor_execute", seen)
+    # then the notice was written from the cached plan: no read of the wallet's plan, only the notice's insert
+    assert not [s for s in statements if "limit_overrides" in s]
+    assert [n.kind for n in notices(session_factory)] == ["quota_warning"]
