@@ -17,14 +17,37 @@ writes the crossing's notice in a short transaction of its own).
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from datetime import datetime
+from typing import Any, Protocol
 
 from sqlalchemy.orm import Session
 
 from billing_core.notify.outbox import notify
 
-if TYPE_CHECKING:  # pricing.limits imports this module to call it
-    from billing_core.pricing.limits import QuotaCrossing
+
+class Crossing(Protocol):
+    """What a notice reads of a quota level crossed (``pricing.limits.QuotaCrossing``; a protocol so that
+    notify, below pricing, does not import it)."""
+
+    @property
+    def account(self) -> str: ...
+    @property
+    def level(self) -> int: ...
+    @property
+    def current(self) -> int: ...
+    @property
+    def limit(self) -> int: ...
+    @property
+    def percentage(self) -> float: ...
+    @property
+    def upgrade_url(self) -> str | None: ...
+    @property
+    def period_start(self) -> datetime: ...
+    @property
+    def resets_at(self) -> datetime: ...
+    @property
+    def at(self) -> datetime: ...
+
 
 KINDS = {80: "quota_warning", 100: "quota_exhausted"}
 METRIC = "tokens_month"  # as the 402 quota_exceeded, the usage view and POST /v1/check name it
@@ -34,7 +57,7 @@ def dedupe_key(account: str, period: str, level: int) -> str:
     return f"quota:{account}:{period}:{level}"
 
 
-def payload(crossing: QuotaCrossing) -> dict[str, Any]:
+def payload(crossing: Crossing) -> dict[str, Any]:
     """Seed 002's quota shape (metric, current, limit, percentage, upgrade_url), with the month it counts."""
     return {
         "account": crossing.account,
@@ -49,7 +72,7 @@ def payload(crossing: QuotaCrossing) -> dict[str, Any]:
     }
 
 
-def quota_notices(session: Session, crossings: Iterable[QuotaCrossing]) -> int:
+def quota_notices(session: Session, crossings: Iterable[Crossing]) -> int:
     """Queue the notice of each crossing in the caller's transaction; how many were new (0: all replays)."""
     written = 0
     for crossing in crossings:
