@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import zlib
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any
@@ -18,13 +17,11 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from billing_core.errors import BillingError, error_field, error_message
+from billing_core.partitions import partition_of
 from billing_core.pricing.catalog import PriceTable
 from billing_core.pricing.items import Item, Items, KeyMode
 from billing_core.pricing.quotes import SYSTEM, price_items
 from billing_core.types import MAX_REPORTS_PER_REQUEST, Account, HoldId, IdempotencyKey, Metadata, Timestamp
-
-# Workers claim one partition at a time; more partitions than worker processes keeps them all busy.
-PARTITIONS = 8
 
 
 class UsageReport(BaseModel):
@@ -95,11 +92,6 @@ class AcceptedReport:
     fingerprint: str
     items: tuple[Item, ...] = ()
     mode: str = "system"
-
-
-def partition_of(account: str) -> int:
-    # crc32 rather than hash(): stable across processes and restarts (PYTHONHASHSEED).
-    return zlib.crc32(account.encode()) % PARTITIONS
 
 
 def _problem(index: int, field: str, code: str, message: str, **extra: Any) -> dict[str, Any]:

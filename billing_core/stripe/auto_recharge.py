@@ -35,11 +35,11 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from billing_core.db import unit_of_work
 from billing_core.errors import UnknownPackage
-from billing_core.intake.usage_reports import partition_of
 from billing_core.ledger.book import Book
 from billing_core.ledger.commands import PurchaseCredits
 from billing_core.ledger.handlers import purchase_credits
 from billing_core.notify.outbox import notify
+from billing_core.partitions import partition_of
 from billing_core.pricing.catalog import PriceTable
 from billing_core.pricing.packages import Package, find_package
 from billing_core.pricing.sales_guard import sales_state
