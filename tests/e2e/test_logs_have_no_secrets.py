@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import re
 import threading
-import time
 import uuid
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -115,8 +114,7 @@ def test_a_full_run_logs_json_with_context_and_no_secret(logged_stack: tuple[Sta
     assert hooks and hooks[0]["signature"].startswith("t=")
     secrets["notify signature"] = hooks[0]["signature"]
     metrics = requests.get(stack.web_url + "/metrics", timeout=10).text
-    time.sleep(1)  # the last lines flushed
-    stack.stop()
+    stack.stop()  # waits for every process to exit: their last lines are written (unbuffered) by then
 
     # then every line of every process is a JSON object with its level and message
     lines: dict[str, list[dict[str, Any]]] = {}
