@@ -1,8 +1,8 @@
 """The pipeline's health at a glance, for the operators' console: how far behind the inboxes are, how many
 letters are dead, how much the notifications outbox holds, and when reconciliation last ran.
 
-One statement of scalar subqueries, each answered from a partial index (the open, dead and due rows are few
-next to the processed ones), so the console's front page stays cheap however long the history grows.
+The backlogs are the figures ``/metrics`` reads (``db.gauges.read_gauges``: one statement over partial
+indexes), summed the way an operator reads them; only the last runs, with their errors, are read here.
 """
 
 from __future__ import annotations
@@ -13,21 +13,11 @@ from datetime import datetime
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
-_SNAPSHOT = text(
-    """
-    SELECT
-        (SELECT count(*) FROM stripe_events WHERE status IN ('pending', 'waiting', 'failed')) AS events_open,
-        (SELECT min(received_at) FROM stripe_events WHERE status IN ('pending', 'waiting', 'failed'))
-            AS events_oldest,
-        (SELECT count(*) FROM usage_inbox WHERE status IN ('pending', 'failed')) AS usage_open,
-        (SELECT min(received_at) FROM usage_inbox WHERE status IN ('pending', 'failed')) AS usage_oldest,
-        (SELECT count(*) FROM stripe_events WHERE status = 'dead')
-            + (SELECT count(*) FROM usage_inbox WHERE status = 'dead') AS dead_letters,
-        (SELECT count(*) FROM notifications WHERE status = 'pending') AS outbox_pending,
-        (SELECT min(created_at) FROM notifications WHERE status = 'pending') AS outbox_oldest,
-        (SELECT count(*) FROM notifications WHERE status = 'dead') AS outbox_dead
-    """
-)
+from billing_core.db import gauges
+
+# The statuses that still wait for a worker (dead letters are counted apart).
+_OPEN_EVENTS = ("pending", "waiting", "failed")
+_OPEN_USAGE = ("pending", "failed")
 # The newest run of each kind (the index on (kind, id) answers each from its end).
 _LAST_RUNS = text(
     """
@@ -72,14 +62,21 @@ def _lag(oldest: datetime | None, now: datetime) -> float | None:
     return None if oldest is None else max(0.0, (now - oldest).total_seconds())
 
 
+def _backlog(rows: dict[str, gauges.Backlog], statuses: tuple[str, ...], now: datetime) -> Backlog:
+    found = [rows[s] for s in statuses if s in rows]
+    oldest = min((b.oldest for b in found if b.oldest is not None), default=None)
+    return Backlog(sum(b.count for b in found), _lag(oldest, now))
+
+
 def pipeline_health(session: Session, now: datetime) -> PipelineHealth:
-    row = session.execute(_SNAPSHOT).one()
+    figures = gauges.read_gauges(session.connection())
     runs = tuple(LastRun(*r) for r in session.execute(_LAST_RUNS))
+    dead = figures.stripe_events.get("dead"), figures.usage_inbox.get("dead")
     return PipelineHealth(
-        stripe_events=Backlog(row.events_open, _lag(row.events_oldest, now)),
-        usage=Backlog(row.usage_open, _lag(row.usage_oldest, now)),
-        dead_letters=row.dead_letters,
-        outbox=Backlog(row.outbox_pending, _lag(row.outbox_oldest, now)),
-        outbox_dead=row.outbox_dead,
+        stripe_events=_backlog(figures.stripe_events, _OPEN_EVENTS, now),
+        usage=_backlog(figures.usage_inbox, _OPEN_USAGE, now),
+        dead_letters=sum(b.count for b in dead if b is not None),
+        outbox=_backlog(figures.notifications, ("pending",), now),
+        outbox_dead=_backlog(figures.notifications, ("dead",), now).open,
         reconciliation=runs,
     )
