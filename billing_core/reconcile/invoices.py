@@ -18,7 +18,7 @@ from sqlalchemy import Table, literal_column, select
 from sqlalchemy.orm import Session
 
 from billing_core.db.tables import Grant, LedgerEntry, Wallet
-from billing_core.reconcile.object_run import ObjectsRun, StripeObject
+from billing_core.reconcile.object_run import LedgerSide, ObjectsRun, StripeObject
 from billing_core.stripe.subscriptions import FIRST_OR_RENEWAL, invoice_subscription, period_grant
 
 KIND = "invoices"
@@ -99,7 +99,7 @@ def _has(run: ObjectsRun, key: str) -> bool:
 
 
 def _check_orphans(run: ObjectsRun, seen: set[str]) -> None:
-    """Invoice grants of the window whose invoice the listing did not show paid: asked for one by one."""
+    """Invoice grants of the window whose invoice the listing did not show paid."""
     with run.session_factory() as session:
         rows = session.execute(
             _PLAN_GRANTS.where(
@@ -107,20 +107,15 @@ def _check_orphans(run: ObjectsRun, seen: set[str]) -> None:
                 entries.created_at >= run.window_start,
             )
         ).all()
-    for key, account, amount_mc in rows:
-        invoice_id = key.removeprefix("invoice:")
-        if invoice_id in seen:
-            continue
-        invoice = run.retrieve(partial(run.gateway.retrieve_invoice, invoice_id))
-        if invoice is not None and invoice.get("status") == "paid":
-            continue  # created before the window, its grant written within it
-        kind = "missing_in_stripe" if invoice is None else "state_differs"
-        run.report(
-            KIND,
-            kind=kind,
-            dedupe_key=f"{kind}:invoice:{invoice_id}",
-            stripe_id=invoice_id,
-            account=account,
-            expected={"credits_mc": amount_mc, "status": "paid"},
-            found=None if invoice is None else {"status": invoice.get("status")},
-        )
+    ledger = [
+        LedgerSide("invoice", key.removeprefix("invoice:"), account, {"credits_mc": amount_mc, "status": "paid"})
+        for key, account, amount_mc in rows
+    ]
+    run.check_unseen(
+        KIND,
+        ledger,
+        seen,
+        run.gateway.retrieve_invoice,
+        lambda invoice: invoice.get("status") == "paid",
+        lambda invoice: {"status": invoice.get("status")},
+    )

@@ -43,6 +43,16 @@ StripeObject = dict[str, Any]
 ListPage = Callable[..., dict[str, Any]]
 
 
+@dataclass(frozen=True)
+class LedgerSide:
+    """What the ledger wrote for one Stripe object (``noun`` names its type in dedupe keys)."""
+
+    noun: str
+    stripe_id: str
+    account: str
+    expected: dict[str, Any]
+
+
 class ObjectsGateway(StripeReader, Protocol):
     """What the objects pass needs of ``StripeGateway``: a page of each type, one object of each, and what the
     handlers read."""
@@ -163,6 +173,35 @@ class ObjectsRun:
         return False
 
     # -- what is not healed ----------------------------------------------------------------------------------
+    def check_unseen(
+        self,
+        object_type: str,
+        ledger: list[LedgerSide],
+        seen: set[str],
+        retrieve_one: Callable[[str], StripeObject],
+        settled: Callable[[StripeObject], bool],
+        found: Callable[[StripeObject], dict[str, Any]],
+    ) -> None:
+        """The ledger's side of the window that the listing did not show settled, asked for one by one: an
+        object Stripe does not know is ``missing_in_stripe``, one it shows unsettled ``state_differs``, and a
+        settled one (created before the window, written within it) is fine."""
+        for side in ledger:
+            if side.stripe_id in seen:
+                continue
+            obj = self.retrieve(partial(retrieve_one, side.stripe_id))
+            if obj is not None and settled(obj):
+                continue
+            kind = "missing_in_stripe" if obj is None else "state_differs"
+            self.report(
+                object_type,
+                kind=kind,
+                dedupe_key=f"{kind}:{side.noun}:{side.stripe_id}",
+                stripe_id=side.stripe_id,
+                account=side.account,
+                expected=side.expected,
+                found=None if obj is None else found(obj),
+            )
+
     def report(self, object_type: str, /, **fields: Any) -> None:
         """Record a discrepancy and alert the admins, both once per ``dedupe_key``."""
         with self.session_factory.begin() as session:

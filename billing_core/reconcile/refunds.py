@@ -18,7 +18,7 @@ from sqlalchemy import String, bindparam, text
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session
 
-from billing_core.reconcile.object_run import ObjectsRun, StripeObject
+from billing_core.reconcile.object_run import LedgerSide, ObjectsRun, StripeObject
 
 KIND = "refunds"
 
@@ -85,23 +85,23 @@ def _has(run: ObjectsRun, key: str) -> bool:
 
 
 def _check_orphans(run: ObjectsRun, seen: set[str]) -> None:
-    """Clawbacks of the window whose refund the listing did not show succeeded: asked for one by one."""
+    """Clawbacks of the window whose refund the listing did not show succeeded."""
     with run.session_factory() as session:
         rows = session.execute(_CLAWBACKS_SINCE, {"since": run.window_start}).all()
-    for row in rows:
-        refund_id = row.idempotency_key.removeprefix("refund:")
-        if refund_id in seen:
-            continue
-        refund = run.retrieve(partial(run.gateway.retrieve_refund, refund_id))
-        if refund is not None and refund.get("status") == "succeeded":
-            continue  # created before the window, clawed back within it
-        kind = "missing_in_stripe" if refund is None else "state_differs"
-        run.report(
-            KIND,
-            kind=kind,
-            dedupe_key=f"{kind}:refund:{refund_id}",
-            stripe_id=refund_id,
-            account=row.account,
-            expected={"amount": _minor(row.amount), "status": "succeeded"},
-            found=None if refund is None else {"status": refund.get("status"), "amount": refund.get("amount")},
+    ledger = [
+        LedgerSide(
+            "refund",
+            row.idempotency_key.removeprefix("refund:"),
+            row.account,
+            {"amount": _minor(row.amount), "status": "succeeded"},
         )
+        for row in rows
+    ]
+    run.check_unseen(
+        KIND,
+        ledger,
+        seen,
+        run.gateway.retrieve_refund,
+        lambda refund: refund.get("status") == "succeeded",
+        lambda refund: {"status": refund.get("status"), "amount": refund.get("amount")},
+    )

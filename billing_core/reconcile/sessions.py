@@ -10,14 +10,13 @@
 from __future__ import annotations
 
 from functools import partial
-from typing import Any
 
 from sqlalchemy import Table, literal_column, select
 from sqlalchemy.orm import Session
 
 from billing_core.db.tables import Grant, LedgerEntry, Wallet
 from billing_core.errors import BillingError
-from billing_core.reconcile.object_run import ObjectsRun, StripeObject
+from billing_core.reconcile.object_run import LedgerSide, ObjectsRun, StripeObject
 from billing_core.stripe.purchases import is_paid
 from billing_core.units import parse_credits
 
@@ -90,7 +89,7 @@ def _has(run: ObjectsRun, key: str) -> bool:
 
 
 def _check_orphans(run: ObjectsRun, seen: set[str]) -> None:
-    """Purchases of the window whose session the listing did not show paid: asked for one by one."""
+    """Purchases of the window whose session the listing did not show paid."""
     with run.session_factory() as session:
         rows = session.execute(
             _PURCHASES.where(
@@ -98,20 +97,15 @@ def _check_orphans(run: ObjectsRun, seen: set[str]) -> None:
                 entries.created_at >= run.window_start,
             )
         ).all()
-    for key, account, amount_mc in rows:
-        session_id = key.removeprefix("checkout:")
-        if session_id in seen:
-            continue
-        stripe_session: Any = run.retrieve(partial(run.gateway.retrieve_checkout_session, session_id))
-        if stripe_session is not None and is_paid(stripe_session):
-            continue  # created before the window, paid within it
-        kind = "missing_in_stripe" if stripe_session is None else "state_differs"
-        run.report(
-            KIND,
-            kind=kind,
-            dedupe_key=f"{kind}:checkout:{session_id}",
-            stripe_id=session_id,
-            account=account,
-            expected={"credits_mc": amount_mc, "status": "paid"},
-            found=None if stripe_session is None else {"payment_status": stripe_session.get("payment_status")},
-        )
+    ledger = [
+        LedgerSide("checkout", key.removeprefix("checkout:"), account, {"credits_mc": amount_mc, "status": "paid"})
+        for key, account, amount_mc in rows
+    ]
+    run.check_unseen(
+        KIND,
+        ledger,
+        seen,
+        run.gateway.retrieve_checkout_session,
+        is_paid,
+        lambda session: {"payment_status": session.get("payment_status")},
+    )

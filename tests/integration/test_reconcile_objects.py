@@ -261,6 +261,30 @@ def test_ledger_entries_without_their_stripe_object_are_discrepancies_once(shop,
     assert _alerts(probe) == 2
 
 
+def test_a_purchase_and_a_plan_grant_stripe_never_made_are_discrepancies_once(shop, session_factory, probe):
+    # given a purchase and an invoice's plan grant the ledger holds under Stripe ids Stripe never issued
+    from billing_core.ledger.commands import GrantCredits, PurchaseCredits
+
+    stack, _client = shop
+    probe.run(PurchaseCredits("gho_ann", 5_000_000, "checkout:cs_ghost"))
+    probe.run(GrantCredits("gho_ann", 3_000_000, "invoice:in_ghost", source="plan"))
+    before = _ledger(probe)
+
+    # when the pass runs twice
+    run = reconcile_objects(session_factory, stack.gateway, pace=_fast())
+    again = reconcile_objects(session_factory, stack.gateway, pace=_fast())
+
+    # then each is one missing_in_stripe discrepancy, with what the ledger holds as expected; nothing changes
+    assert run.counts["discrepancies_sessions"] == run.counts["discrepancies_invoices"] == 1
+    assert again.counts.get("discrepancies", 0) == 0
+    assert _ledger(probe) == before
+    found = probe.rows("SELECT kind, stripe_id, account, expected, found FROM discrepancies ORDER BY stripe_id")
+    assert [tuple(r) for r in found] == [
+        ("missing_in_stripe", "cs_ghost", "gho_ann", {"credits_mc": 5_000_000, "status": "paid"}, None),
+        ("missing_in_stripe", "in_ghost", "gho_ann", {"credits_mc": 3_000_000, "status": "paid"}, None),
+    ]
+
+
 # -- the admin API -------------------------------------------------------------------------------------------------
 
 
