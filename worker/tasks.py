@@ -19,7 +19,7 @@ from billing_core.intake.inbox import BatchResult
 from billing_core.intake.usage_reports import InvalidUsage, accept_reports
 from billing_core.ledger.commands import ExpireGrants, ExpireHolds
 from billing_core.ledger.handlers import execute
-from billing_core.notify import low_balance, outbox
+from billing_core.notify import outbox
 from billing_core.pricing import limits
 from billing_core.stripe import auto_recharge, subscriptions
 from billing_core.stripe.gateway import StripeUnavailable
@@ -302,12 +302,8 @@ def reconcile_objects(self: Task) -> dict[str, Any]:
 # -- notifications (billing_core/notify/outbox.py) -------------------------------------------------------------
 @app.task(name="billing.deliver_notifications", bind=True, **RETRY)
 def deliver_notifications(self: Task) -> dict[str, int]:
-    """Re-arm low-balance notices of topped-up wallets, bring new admin alerts into the outbox, and send its due
-    notifications (email, signed webhooks)."""
-    rt = runtime()
-    with rt.session_factory.begin() as session:
-        rearmed = low_balance.rearm(session)
-    return {**outbox.deliver_due(rt.session_factory, rt.notify_senders), "low_balance_rearmed": rearmed}
+    """Bring new admin alerts into the outbox and send its due notifications (email, signed webhooks)."""
+    return outbox.deliver_due(runtime().session_factory, runtime().notify_senders)
 
 
 # -- internal checks (billing_core/reconcile/health.py) --------------------------------------------------------

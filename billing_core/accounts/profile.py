@@ -14,6 +14,7 @@ from billing_core.db import unit_of_work
 from billing_core.errors import BillingError
 from billing_core.ledger.balances import AccountBalance, read_balance
 from billing_core.ledger.wallet_rows import keep_first_stripe_customer, update_profile
+from billing_core.notify import low_balance
 from billing_core.pricing.limits import store_account_limits
 from billing_core.types import StripeCustomerId
 
@@ -69,6 +70,10 @@ def update_account(
         wallet = uow.book.lock_wallet(account, create=True)
         if changes:
             update_profile(uow.session, wallet.id, changes)
+        if "low_balance_threshold_mc" in changes:
+            # A threshold lowered to or below the balance re-arms a notice sent under the old one; the posting
+            # engine watches every balance change, and this is the one change of a threshold.
+            low_balance.rearm(uow.session, [account])
         # Token limits (pricing/limits.py): the plan (checked against the catalog by the caller), overrides.
         limits = {k: v for k, v in (("plan", plan), ("overrides", limit_overrides)) if v is not UNSET}
         if limits:

@@ -5,8 +5,8 @@ The posting engine (``ledger.book``) locks each wallet together with its availab
 armed flag, and after its flush hands ``watch`` the wallets whose available balance moved, before and after:
 the decisions are taken in Python, and a statement runs only when something crossed. So every change of
 available credits notices (usage, holds and captures, clawbacks, expiries, grants and refunds re-arming) at no
-cost when nothing crosses. ``wallets.low_balance_notified_at`` is the flag (NULL: armed). ``rearm`` remains for
-what the engine does not see: a threshold lowered below the balance (on each delivery tick, for every wallet).
+cost when nothing crosses. ``wallets.low_balance_notified_at`` is the flag (NULL: armed). ``rearm`` covers what
+the engine does not see: a threshold lowered to or below the balance (``accounts.profile.update_account``).
 """
 
 from __future__ import annotations

@@ -575,3 +575,16 @@ def test_every_template_renders_text_and_escaped_html(kind, payload, expected):
     subject, plain, html = render(message)
     assert subject and expected in plain and "<html" in html
     assert "<b>" not in html  # payload values are escaped in HTML
+
+
+def test_a_threshold_lowered_below_the_balance_rearms_the_notice_at_once(session_factory, probe):
+    from billing_core.accounts.profile import update_account
+    from billing_core.ledger.commands import DebitUsage, GrantCredits
+
+    probe.run(GrantCredits("acme", 1_500_000, "fund"))
+    probe.run(DebitUsage("acme", 600_000, "spend-1"))  # 900 < 1,000: notified, disarmed
+    assert _flag(session_factory) is not None
+    update_account(session_factory, "acme", low_balance_threshold_mc=500_000)  # 900 >= 500: armed again
+    assert _flag(session_factory) is None
+    probe.run(DebitUsage("acme", 500_000, "spend-2"))  # 400 < 500: the next crossing notifies
+    assert [k for k in _kinds(session_factory) if k == "low_balance"] == ["low_balance", "low_balance"]
