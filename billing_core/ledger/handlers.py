@@ -268,13 +268,13 @@ def _lock_hold_finding(
 ) -> tuple[_LockedHold | None, ExistingEntry | None]:
     """Lock the hold's wallet, and with ``key`` find its entry in the same statement: a replay answers with
     the entry (and no hold read); otherwise the hold, read under the lock."""
-    wallet, existing = book.lock_wallet_of_hold(hold_id, key, fp)
+    # The hold is read after the wallet's lock: a concurrent capture or release has committed or not, never half.
+    wallet, existing, rows = book.lock_wallet_of_hold(hold_id, key, fp, also=hold_rows.read_with_allocations(hold_id))
     if existing is not None:
         return None, existing
     if wallet is None:
         raise UnknownHold(f"no hold {hold_id!r}", hold_id=hold_id)
-    # Read under the wallet lock: a concurrent capture or release has committed or not, never half.
-    row, allocations = hold_rows.read_hold_with_allocations(book.session, hold_id, wallet.held_account_id)
+    row, allocations = hold_rows.hold_with_allocations(rows)
     return _LockedHold(hold_id, wallet, row.amount_mc, row.status, row.expires_at, allocations), None
 
 

@@ -15,8 +15,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any, LiteralString
 
-from sqlalchemy import BigInteger, Integer, String, Table, and_, bindparam, literal_column, or_, select
+from sqlalchemy import BigInteger, Integer, String, Table, bindparam, literal_column, or_, select
 from sqlalchemy.orm import Session
 
 from billing_core.db.tables import Hold, Posting, Wallet
@@ -35,23 +36,13 @@ _FOR_ENTRY = (
     .select_from(_HOLDS.join(_WALLETS, wallets.id == holds.wallet_id))
     .where(or_(holds.placed_entry_id == _entry, holds.settled_entry_id == _entry))
 )
-_READ_WITH_ALLOCATIONS = (
-    select(
-        holds.amount_mc,
-        holds.status,
-        holds.expires_at,
-        holds.placed_entry_id,
-        postings.grant_id,
-        postings.amount_mc.label("held_mc"),
-    )
-    .select_from(
-        _HOLDS.outerjoin(
-            _POSTINGS,
-            and_(postings.entry_id == holds.placed_entry_id, postings.account_id == bindparam("held")),
-        )
-    )
-    .where(holds.id == bindparam("h"))
-    .order_by(postings.line)
+# A hold and the postings of its placing entry on its wallet's held account, in drawing order (raw SQL: it runs
+# in the lock's pipeline, ``Book.lock_wallet_of_hold``).
+_READ_WITH_ALLOCATIONS: LiteralString = (
+    "SELECT h.amount_mc, h.status, h.expires_at, h.placed_entry_id, p.grant_id, p.amount_mc AS held_mc "
+    "FROM holds h JOIN wallets w ON w.id = h.wallet_id "
+    "LEFT JOIN postings p ON p.entry_id = h.placed_entry_id AND p.account_id = w.held_account_id "
+    "WHERE h.id = %(h)s ORDER BY p.line"
 )
 _DUE = (
     select(holds.id, holds.wallet_id)
@@ -89,15 +80,18 @@ def hold_for_entry(session: Session, entry_id: int) -> HoldView | None:
     return None if row is None else HoldView(*row)
 
 
-def read_hold_with_allocations(
-    session: Session, hold_id: str, held_account_id: int
-) -> tuple[HoldRow, list[tuple[int, int]]]:
+def read_with_allocations(hold_id: str) -> tuple[LiteralString, dict[str, Any]]:
+    """The statement that reads a hold with its allocations (``hold_with_allocations`` reads its rows), for the
+    pipeline of its wallet's lock."""
+    return _READ_WITH_ALLOCATIONS, {"h": hold_id}
+
+
+def hold_with_allocations(rows: list[Any]) -> tuple[HoldRow, list[tuple[int, int]]]:
     """The hold, and (grant id, amount) of each credit it took in the order it drew them: the placing entry's
     postings on the held account, which keep every grant's provenance for the capture and the release. One
     statement (the hold's row repeats on each of its postings)."""
-    rows = session.execute(_READ_WITH_ALLOCATIONS, {"h": hold_id, "held": held_account_id}).all()
     if not rows:
-        raise LookupError(f"no hold {hold_id!r}")  # the caller found it under the same lock: cannot happen
+        raise LookupError("no such hold")  # the caller found it under the same lock: cannot happen
     first = rows[0]
     hold = HoldRow(first.amount_mc, first.status, first.expires_at, first.placed_entry_id)
     allocations: list[tuple[int, int]] = []
