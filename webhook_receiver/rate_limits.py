@@ -189,7 +189,9 @@ def record_captured_tokens(account: str, items: Sequence[Any] | None, mode: str 
     if tokens:
         rt = runtime()
         try:
-            token_limits().record_settled(rt.session_factory, {account: tokens}, rt.prices.current())
+            token_limits().record_settled(
+                rt.session_factory, {account: tokens}, rt.prices.current(), read_session_factory=rt.read_session_factory
+            )
         except LimitsUnavailable:  # failing closed refuses new work; work already done is not refused
             log.warning("token limits: a capture's %s tokens were not counted (Redis unreachable)", tokens)
 

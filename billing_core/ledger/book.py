@@ -72,11 +72,13 @@ _LOTS_OF_ACCOUNT: LiteralString = (
 )
 # The open grants of a hold's wallet, and those the hold drew from even if they are empty now: a capture or a
 # release posts to every one of them (``Book.grant_lots`` would otherwise read those in a round trip more).
+# Two branches, not an OR: each keeps its index (the open grants' partial index, the placing entry's postings).
+# UNION ALL: a grant both open and drawn comes twice, and ``Book._locked`` keeps it once (cheaper than a sort).
 _LOTS_OF_HOLD: LiteralString = (
-    f"SELECT {_LOT_COLUMNS_SQL} FROM holds h JOIN grants g ON g.wallet_id = h.wallet_id "
-    "WHERE h.id = %(h)s AND (g.remaining_mc <> 0 OR g.id IN ("
-    "SELECT p.grant_id FROM postings p WHERE p.entry_id = h.placed_entry_id AND p.grant_id IS NOT NULL)) "
-    "ORDER BY g.id"
+    f"SELECT {_LOT_COLUMNS_SQL} FROM holds h JOIN grants g ON g.wallet_id = h.wallet_id AND g.remaining_mc <> 0 "
+    "WHERE h.id = %(h)s "
+    f"UNION ALL SELECT {_LOT_COLUMNS_SQL} FROM holds h JOIN postings p ON p.entry_id = h.placed_entry_id "
+    "JOIN grants g ON g.id = p.grant_id WHERE h.id = %(h)s"
 )
 # The entries of a flush, in idempotency-key order (the unique index is a lock: one order for everyone).
 _ENTRY_ROWS = """
@@ -157,6 +159,10 @@ _WRITE_HOLDS: LiteralString = (
     "WITH e AS (SELECT idempotency_key, id FROM ledger_entries "
     "WHERE idempotency_key = ANY(CAST(%(hok)b AS text[]) || CAST(%(hck)b AS text[]))), " + _HOLD_ROWS + " SELECT 1"
 )
+
+
+def _by_id(row: Any) -> int:
+    return int(row.id)
 
 
 def fingerprint(kind: str, body: dict[str, Any]) -> str:
@@ -373,8 +379,8 @@ class Book:
             if self.entries:
                 raise RuntimeError("wallets must all be locked before the first entry is drafted")
             known = self.wallets[row.account] = WalletState.of_row(row)
-        if known.lots is None:
-            known.lots = [grant_rows.lot_from_row(r) for r in lots]
+        if known.lots is None:  # by id, once each (``_LOTS_OF_HOLD`` may answer a grant twice)
+            known.lots = [grant_rows.lot_from_row(r) for r in sorted({r.id: r for r in lots}.values(), key=_by_id)]
         return known
 
     def _create_missing(self, accounts: list[str]) -> None:

@@ -749,15 +749,18 @@ class TokenLimits:
         batch: Mapping[str, int],
         table: PriceTable,
         now: datetime | None = None,
+        *,
+        read_session_factory: sessionmaker[Session] | None = None,
     ) -> int:
         """Count the tokens of holds settled outside a usage request (a capture over HTTP, after its commit)
         and notify the quota levels they crossed, in a short transaction of their own: the capture is done
-        whatever happens here. The policies come from the same cache as the checks'. How many notices were
-        new."""
+        whatever happens here. The policies come from the same cache as the checks'; a plan not cached is read
+        on ``read_session_factory`` when given (autocommit: one round trip, not a BEGIN and a ROLLBACK around
+        it). How many notices were new."""
         batch = {a: t for a, t in batch.items() if t > 0}
         if not batch:
             return 0
-        with session_factory() as session:
+        with (read_session_factory or session_factory)() as session:
             # Only the notice of a quota level depends on the policy here (the tokens are counted whatever
             # it says): a plan read up to NOTICE_POLICY_STALE_SECONDS ago will do, so that a capture served by
             # another process than its hold's does not read the plan again.

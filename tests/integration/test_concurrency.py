@@ -10,7 +10,7 @@ import pytest
 
 from billing_core.errors import InsufficientCredits
 from billing_core.ledger.batch_debit import APPLIED, DUPLICATE, apply_usage_batch
-from billing_core.ledger.commands import DebitUsage, PlaceHold, PurchaseCredits, TransferCredits
+from billing_core.ledger.commands import CaptureHold, DebitUsage, PlaceHold, PurchaseCredits, TransferCredits
 
 pytestmark = pytest.mark.integration
 
@@ -72,6 +72,39 @@ def test_64_threads_on_a_wallet_with_enough_for_10_exactly_10_succeed(probe):
     assert probe.system("usage_revenue") + held == 10_000
     assert watcher.samples > 0 and watcher.minimum >= 0
     probe.assert_consistent()
+
+
+def test_captures_above_their_holds_racing_debits_read_the_grants_each_left(probe):
+    # given a wallet of 20 units with ten holds of one unit each (10 units left available)
+    probe.run(PurchaseCredits("hot", 20_000, "buy"))
+    holds = [probe.run(PlaceHold("hot", 1_000, f"h{i}")).hold.id for i in range(10)]
+    start = threading.Barrier(20)
+
+    def attempt(i: int) -> str:
+        # a capture of 1.5 units takes its excess from available; a debit takes a whole unit
+        cmd = CaptureHold(holds[i // 2], 1_500, f"c{i}") if i % 2 else DebitUsage("hot", 1_000, f"d{i}")
+        start.wait()
+        try:
+            probe.run(cmd)
+            return "ok"
+        except InsufficientCredits:
+            return "refused"
+
+    # when the captures and the debits all run at once (each locks the wallet, then reads its grants in the
+    # same round trip: a read from before the lock would spend credits another had just taken)
+    with ThreadPoolExecutor(20) as pool:
+        results = list(pool.map(attempt, range(20)))
+
+    # then every capture lands (what it finds short is debt); the debits that found a unit took it
+    debits_ok = sum(1 for i, r in enumerate(results) if i % 2 == 0 and r == "ok")
+    assert all(r == "ok" for i, r in enumerate(results) if i % 2)
+    view = probe.wallet("hot")
+    assert view.held_mc == 0
+    # 20 units = 15 captured + the debits' units + what is left (a capture may run the wallet into debt)
+    assert probe.system("usage_revenue") == 15_000 + 1_000 * debits_ok
+    assert view.available_mc == 20_000 - 15_000 - 1_000 * debits_ok
+    assert view.flagged == (view.available_mc < 0)  # what a capture could not find became debt
+    probe.assert_consistent()  # every grant's remaining adds up to its balance: no grant was read stale
 
 
 def test_opposite_transfers_between_two_wallets_never_deadlock_and_net_to_zero(probe):
