@@ -8,10 +8,11 @@ lock (DESIGN rule 10):
 1. **Detect** (``candidates``, ``check``): after the worker applies a usage batch, one query over the armed
    settings of that usage partition whose wallet is below the threshold; the beat ``sweep`` does the same
    over every partition as the safety net (holds placed over HTTP, a lost message).
-2. **Trigger** (``trigger``): a guarded ``UPDATE ... SET state = 'pending' WHERE state = 'armed' AND
-   balance < threshold`` and the attempt's insert, in one transaction. Concurrent triggers of one wallet
-   queue on its settings row; the first flips it, the others find it ``pending`` and do nothing. A partial
-   unique index (one ``pending`` attempt per wallet) backs this in the database itself.
+2. **Trigger** (``trigger``): the settings row locked, then the balance read after the lock, then ``state =
+   'pending'`` (if it was ``armed`` and the balance below the threshold) and the attempt's insert, in one
+   transaction. Concurrent triggers of one wallet queue on its settings row; the first flips it, the others
+   find it ``pending`` and do nothing. A partial unique index (one ``pending`` attempt per wallet) backs this
+   in the database itself.
 3. **Charge** (``charge``): after commit, the PaymentIntent is created with the idempotency key
    ``auto_recharge:<attempt id>``, so a task retried after a crash, or the sweep recovering a stuck attempt,
    gets the same PaymentIntent back from Stripe instead of a second charge.
@@ -140,15 +141,16 @@ _CANDIDATES = (
     "JOIN ledger_accounts a ON a.id = w.available_account_id "
     "WHERE r.enabled AND r.state = 'armed' AND a.balance_mc < r.threshold_mc"
 )
-# The once-per-crossing step: only an armed row still below its threshold flips, and a concurrent trigger of
-# the same wallet waits on the row, then re-checks ``state = 'armed'`` on the flipped row and matches nothing.
-_FLIP = text(
-    "UPDATE auto_recharge r SET state = 'pending', updated_at = :now "
-    "FROM wallets w JOIN ledger_accounts a ON a.id = w.available_account_id "
-    "WHERE r.wallet_id = :wallet AND w.id = r.wallet_id AND r.enabled AND r.state = 'armed' "
-    "AND a.balance_mc < r.threshold_mc "
-    "RETURNING w.account, r.package, r.threshold_mc, a.balance_mc"
+# The once-per-crossing step, in three statements under the settings row's lock: lock it, read the balance,
+# flip it. Not one guarded ``UPDATE ... FROM`` the balance: a statement that waits for the row's lock re-checks
+# the row's new version against the balance its snapshot read before the wait, so a trigger that waited out a
+# whole recharge (flip, charge, credit, re-arm) found the row armed again beside the old balance, and charged a
+# second time. A statement started after the lock reads what the lock's last holder committed.
+_LOCK_ARMED = text(
+    "SELECT r.enabled, r.state, r.package, r.threshold_mc, w.available_account_id FROM auto_recharge r "
+    "JOIN wallets w ON w.id = r.wallet_id WHERE r.wallet_id = :wallet FOR UPDATE OF r"
 )
+_FLIP = text("UPDATE auto_recharge SET state = 'pending', updated_at = :now WHERE wallet_id = :wallet")
 _NEW_ATTEMPT = text(
     "INSERT INTO auto_recharge_attempts (wallet_id, package, credits_mc, amount, currency, threshold_mc, "
     "available_mc, status, failure_code, failure_message, created_at, updated_at) "
@@ -283,9 +285,14 @@ def trigger(
         session, now_ = uow.session, uow.book.now
         if sales_state(session, now_).paused:
             return None  # stays armed: the next check tries again once sales resume
-        flipped = session.execute(_FLIP, {"wallet": wallet_id, "now": now_}).first()
-        if flipped is None:
-            return None
+        settings = session.execute(_LOCK_ARMED, {"wallet": wallet_id}).first()
+        if settings is None or not settings.enabled or settings.state != ARMED:
+            return None  # another trigger won, or auto-recharge was turned off or has failed
+        balance = int(session.execute(_BALANCE, {"id": settings.available_account_id}).scalar_one())
+        if balance >= settings.threshold_mc:
+            return None  # topped up since it was found below
+        session.execute(_FLIP, {"wallet": wallet_id, "now": now_})
+        flipped = settings
         try:
             package: Package | None = find_package(table, flipped.package)
         except UnknownPackage:
@@ -297,7 +304,7 @@ def trigger(
             "amount": package.unit_amount if package else 0,
             "currency": package.currency if package else "",
             "threshold": flipped.threshold_mc,
-            "available": flipped.balance_mc,
+            "available": balance,
             "status": PENDING if package else FAILED,
             "code": None if package else UNKNOWN_PACKAGE,
             "message": None if package else f"package {flipped.package!r} is no longer sold",

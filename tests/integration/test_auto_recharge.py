@@ -5,11 +5,13 @@ once; failures stop it until the settings are saved again."""
 from __future__ import annotations
 
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
 import requests
+from sqlalchemy import text
 
 from billing_core.accounts.profile import update_account
 from billing_core.ledger.commands import DebitUsage, PurchaseCredits
@@ -171,6 +173,50 @@ def test_auto_recharge_racing_32_concurrent_debits_charges_exactly_once(
     assert probe.available("ar_race") == 36 * CREDIT + STARTER_MC
     assert state(session_factory, "ar_race").state == ARMED
     probe.assert_consistent()
+
+
+def test_a_trigger_whose_lock_waited_out_a_whole_recharge_reads_the_credited_balance(
+    stack: PayingStack, session_factory: Any, probe: Any
+) -> None:
+    # given a wallet below its threshold, armed, whose settings row another transaction holds locked
+    probe.run(PurchaseCredits("ar_late", 10 * CREDIT, "seed:ar_late"))
+    configure(stack, session_factory, "ar_late", 50)
+    with session_factory() as session:
+        [wallet_id] = auto_recharge.candidates(session, accounts=["ar_late"])
+    holder = session_factory()
+    try:
+        holder.execute(text("SELECT 1 FROM auto_recharge WHERE wallet_id = :w FOR UPDATE"), {"w": wallet_id})
+        # when a trigger starts (its first look sees the balance below the threshold) and waits for that lock,
+        late: dict[str, int | None] = {}
+        waiting = threading.Thread(
+            target=lambda: late.setdefault("attempt", auto_recharge.trigger(session_factory, wallet_id, table(stack)))
+        )
+        waiting.start()
+        wait_until_blocked(probe, "auto_recharge")
+        # and meanwhile a whole recharge happens: the wallet is credited and its row, armed again, is released
+        probe.run(PurchaseCredits("ar_late", STARTER_MC, "recharged:ar_late"))
+        holder.execute(text("UPDATE auto_recharge SET updated_at = now() WHERE wallet_id = :w"), {"w": wallet_id})
+        holder.commit()
+    finally:
+        holder.close()
+    waiting.join(30)
+    # then the late trigger sees the credited balance, not the one of its first look: no second charge
+    assert late == {"attempt": None}
+    assert attempts(probe, "ar_late") == []
+    assert state(session_factory, "ar_late").state == ARMED
+
+
+def wait_until_blocked(probe: Any, table_name: str, timeout: float = 30) -> None:
+    """Until a backend whose statement names ``table_name`` waits on a lock."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if probe.scalar(
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE :q",
+            q=f"%{table_name}%",
+        ):
+            return
+        time.sleep(0.01)  # polling the condition itself: there is nothing to be told by
+    raise AssertionError(f"no statement on {table_name} waited on a lock within {timeout}s")
 
 
 def test_32_concurrent_triggers_of_one_crossed_wallet_start_one_attempt(
