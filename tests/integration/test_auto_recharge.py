@@ -87,6 +87,15 @@ def configure(
     )
 
 
+def armed_below(stack: PayingStack, session_factory: Any, probe: Any, account: str) -> int:
+    """A wallet of 10 credits with auto-recharge below 50 (so already a candidate): its id."""
+    probe.run(PurchaseCredits(account, 10 * CREDIT, f"seed:{account}"))
+    configure(stack, session_factory, account, 50)
+    with session_factory() as session:
+        [wallet_id] = auto_recharge.candidates(session, accounts=[account])
+    return int(wallet_id)
+
+
 def state(session_factory: Any, account: str) -> auto_recharge.AutoRechargeView:
     with session_factory() as session:
         view = auto_recharge.read_settings(session, account)
@@ -179,10 +188,7 @@ def test_a_trigger_whose_lock_waited_out_a_whole_recharge_reads_the_credited_bal
     stack: PayingStack, session_factory: Any, probe: Any
 ) -> None:
     # given a wallet below its threshold, armed, whose settings row another transaction holds locked
-    probe.run(PurchaseCredits("ar_late", 10 * CREDIT, "seed:ar_late"))
-    configure(stack, session_factory, "ar_late", 50)
-    with session_factory() as session:
-        [wallet_id] = auto_recharge.candidates(session, accounts=["ar_late"])
+    wallet_id = armed_below(stack, session_factory, probe, "ar_late")
     holder = session_factory()
     try:
         holder.execute(text("SELECT 1 FROM auto_recharge WHERE wallet_id = :w FOR UPDATE"), {"w": wallet_id})
@@ -223,10 +229,7 @@ def test_32_concurrent_triggers_of_one_crossed_wallet_start_one_attempt(
     stack: PayingStack, session_factory: Any, probe: Any
 ) -> None:
     # given a wallet already below its threshold
-    probe.run(PurchaseCredits("ar_trig", 10 * CREDIT, "seed:ar_trig"))
-    configure(stack, session_factory, "ar_trig", 50)
-    with session_factory() as session:
-        [wallet_id] = auto_recharge.candidates(session, accounts=["ar_trig"])
+    wallet_id = armed_below(stack, session_factory, probe, "ar_trig")
     start = threading.Barrier(32)
 
     def fire(_: int) -> int | None:

@@ -44,6 +44,15 @@ class BalanceWatcher:
         self._thread.join()
 
 
+def run_or_refused(probe, cmd) -> str:
+    """``ok``, or ``refused`` when the wallet was short."""
+    try:
+        probe.run(cmd)
+        return "ok"
+    except InsufficientCredits:
+        return "refused"
+
+
 def test_64_threads_on_a_wallet_with_enough_for_10_exactly_10_succeed(probe):
     # given a wallet holding exactly ten units of 1,000 mc
     probe.run(PurchaseCredits("hot", 10_000, "buy"))
@@ -52,11 +61,7 @@ def test_64_threads_on_a_wallet_with_enough_for_10_exactly_10_succeed(probe):
     def attempt(i: int) -> str:
         cmd = PlaceHold("hot", 1_000, f"h{i}") if i % 2 else DebitUsage("hot", 1_000, f"d{i}")
         start.wait()
-        try:
-            probe.run(cmd)
-            return "ok"
-        except InsufficientCredits:
-            return "refused"
+        return run_or_refused(probe, cmd)
 
     # when 64 threads place holds and debits at the same instant
     with BalanceWatcher(probe, "hot") as watcher, ThreadPoolExecutor(64) as pool:
@@ -84,11 +89,7 @@ def test_captures_above_their_holds_racing_debits_read_the_grants_each_left(prob
         # a capture of 1.5 units takes its excess from available; a debit takes a whole unit
         cmd = CaptureHold(holds[i // 2], 1_500, f"c{i}") if i % 2 else DebitUsage("hot", 1_000, f"d{i}")
         start.wait()
-        try:
-            probe.run(cmd)
-            return "ok"
-        except InsufficientCredits:
-            return "refused"
+        return run_or_refused(probe, cmd)
 
     # when the captures and the debits all run at once (each locks the wallet, then reads its grants in the
     # same round trip: a read from before the lock would spend credits another had just taken)
