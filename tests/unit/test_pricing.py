@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from billing_core.errors import InvalidAmount, InvalidCommand, UnknownModel, UnknownPackage, UnknownPriceCode
 from billing_core.pricing.catalog import ModelPrice, PriceTable, load_price_table
 from billing_core.pricing.packages import Package
-from billing_core.pricing.quotes import Quote, price_items
+from billing_core.pricing.quotes import Quote, decimal_token_mc, price_items, token_mc
 from billing_core.types import MAX_ITEMS, MAX_QUANTITY, MAX_TOKENS
 from billing_core.units import MAX_CREDITS, MAX_MC
 from webhook_receiver.schemas import quote_json
@@ -412,6 +412,24 @@ def test_line_matches_exact_decimal_half_up(input_tokens, output_tokens):
     expected = (num * 2 + 10**9) // (2 * 10**9)
     got = price_items(_DEFAULT, [llm("openai", "gpt-4o-mini", input_tokens, output_tokens)]).total_mc
     assert got == expected
+
+
+_rates = st.decimals(min_value=0, max_value=10**9, places=9, allow_nan=False, allow_infinity=False)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.tuples(_tokens, _tokens, _tokens), st.tuples(_rates, _rates, _rates))
+def test_integer_token_pricing_equals_the_decimal_reference(tokens, rates):
+    # The hot path's integer arithmetic against the exact Decimal sum rounded by round_mc, for any rates of up to
+    # nine decimals (the catalog's credits per 1M tokens after markup) and any token counts a report may carry.
+    assert token_mc(tokens, rates) == decimal_token_mc(tokens, rates)
+
+
+def test_integer_token_pricing_rounds_half_up_at_the_millicredit():
+    # 1 token at 500 credits per 1M = 0.5 mc exactly: up; 499.999999 = 0.499999999 mc: down
+    assert token_mc((1, 0, 0), (Decimal("500"), Decimal(0), Decimal(0))) == 1
+    assert token_mc((1, 0, 0), (Decimal("499.999999"), Decimal(0), Decimal(0))) == 0
+    assert token_mc((3, 0, 0), (Decimal("500"), Decimal(0), Decimal(0))) == 2  # 1.5 mc: up, not to even
 
 
 # ------------------------------------------------------------------------------------------ the table
