@@ -5,7 +5,6 @@ once; failures stop it until the settings are saved again."""
 from __future__ import annotations
 
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -20,6 +19,7 @@ from billing_core.stripe import auto_recharge
 from billing_core.stripe.auto_recharge import ARMED, CHARGED, FAILED, PENDING
 from tests.integration import paying_stack as _paying
 from tests.integration.paying_stack import API_KEY, PayingStack
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -212,17 +212,16 @@ def test_a_trigger_whose_lock_waited_out_a_whole_recharge_reads_the_credited_bal
     assert state(session_factory, "ar_late").state == ARMED
 
 
-def wait_until_blocked(probe: Any, table_name: str, timeout: float = 30) -> None:
-    """Until a backend whose statement names ``table_name`` waits on a lock."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if probe.scalar(
+def wait_until_blocked(probe: Any, table_name: str) -> None:
+    """Until a backend whose statement names ``table_name`` waits on a lock (PostgreSQL tells no one)."""
+    wait_until(
+        lambda: probe.scalar(
             "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE :q",
             q=f"%{table_name}%",
-        ):
-            return
-        time.sleep(0.01)  # polling the condition itself: there is nothing to be told by
-    raise AssertionError(f"no statement on {table_name} waited on a lock within {timeout}s")
+        ),
+        timeout=30,
+        what=f"a statement on {table_name} to wait on a lock",
+    )
 
 
 def test_32_concurrent_triggers_of_one_crossed_wallet_start_one_attempt(
