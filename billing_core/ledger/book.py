@@ -52,7 +52,7 @@ _LOCK_WALLETS = text(
     "WHERE w.account = ANY(CAST(:accounts AS text[])) ORDER BY w.id FOR UPDATE OF w"
 )
 # The two hot commands (a hold's create and its capture) lock in a psycopg pipeline: the lock, then in the same
-# round trip the reads that need it (``_pipelined``). Each statement of a pipeline runs after the one before it
+# round trip the reads that need it (``pipelined``). Each statement of a pipeline runs after the one before it
 # with a snapshot of its own, so what follows the lock reads what the last holder of the lock committed.
 _LOCK_WALLET_FINDING_RAW: LiteralString = (
     f"SELECT {_WALLET_COLUMNS}, e.id AS entry_id, e.kind AS entry_kind, e.fingerprint AS entry_fp, "
@@ -64,7 +64,12 @@ _LOCK_HOLD_WALLET_FINDING_RAW: LiteralString = (
     "e.created_at AS entry_created_at FROM holds h JOIN wallets w ON w.id = h.wallet_id "
     "LEFT JOIN ledger_entries e ON e.idempotency_key = %(key)s WHERE h.id = %(h)s FOR UPDATE OF w"
 )
+# ``grant_rows.LOT_COLUMNS`` as plain SQL, for the reads on every debit's and hold's path.
 _LOT_COLUMNS_SQL = "g.id, g.wallet_id, g.source, g.amount_mc, g.remaining_mc, g.expires_at, g.priority, g.external_ref"
+_LOTS_OF_WALLETS = text(
+    f"SELECT {_LOT_COLUMNS_SQL} FROM grants g "
+    "WHERE g.wallet_id = ANY(CAST(:ids AS bigint[])) AND g.remaining_mc <> 0 ORDER BY g.id"
+)
 # The open grants of the account's wallet (a wallet's id never changes: no lock needed to find it).
 _LOTS_OF_ACCOUNT: LiteralString = (
     f"SELECT {_LOT_COLUMNS_SQL} FROM grants g "
@@ -161,10 +166,6 @@ _WRITE_HOLDS: LiteralString = (
 )
 
 
-def _by_id(row: Any) -> int:
-    return int(row.id)
-
-
 def fingerprint(kind: str, body: dict[str, Any]) -> str:
     """sha256 of the canonical JSON of a request: what makes a replay a replay and not a conflict."""
     canonical = json.dumps({"kind": kind, **body}, sort_keys=True, separators=(",", ":"), default=str)
@@ -253,8 +254,9 @@ def bulk_execute(session: Session, sql: LiteralString, params: dict[str, Any]) -
 
 
 def pipelined(session: Session, statements: list[tuple[LiteralString, dict[str, Any]]]) -> list[list[Any]]:
-    """Run statements one after the other on the server but in one round trip (psycopg's pipeline mode, with
-    the transaction's ``BEGIN`` in the same batch), inside the session's transaction; rows by column name.
+    """Run statements one after the other on the server but in one round trip (psycopg's pipeline mode),
+    inside the session's transaction; rows by column name. A transaction not begun yet costs a round trip
+    before it: psycopg sends its ``BEGIN`` with a sync of its own even in a pipeline.
 
     The hot commands read three or four times before they write (lock, grants, hold): one round trip instead
     of four, and the driver's cursor instead of the session's execution layer, which cost more CPU than the
@@ -380,7 +382,7 @@ class Book:
                 raise RuntimeError("wallets must all be locked before the first entry is drafted")
             known = self.wallets[row.account] = WalletState.of_row(row)
         if known.lots is None:  # by id, once each (``_LOTS_OF_HOLD`` may answer a grant twice)
-            known.lots = [grant_rows.lot_from_row(r) for r in sorted({r.id: r for r in lots}.values(), key=_by_id)]
+            known.lots = [grant_rows.lot_from_row(r) for _, r in sorted({r.id: r for r in lots}.items())]
         return known
 
     def _create_missing(self, accounts: list[str]) -> None:
@@ -423,14 +425,7 @@ class Book:
         if not todo:
             return
         loaded: dict[int, list[GrantLot]] = {wallet_id: [] for wallet_id in todo}
-        # The columns of grant_rows.LOT_COLUMNS, as plain SQL: this runs in every debit's transaction.
-        rows = self.session.execute(
-            text(
-                "SELECT id, wallet_id, source, amount_mc, remaining_mc, expires_at, priority, external_ref "
-                "FROM grants WHERE wallet_id = ANY(CAST(:ids AS bigint[])) AND remaining_mc <> 0 ORDER BY id"
-            ),
-            {"ids": list(todo)},
-        ).all()
+        rows = self.session.execute(_LOTS_OF_WALLETS, {"ids": list(todo)}).all()
         for r in rows:
             loaded[r.wallet_id].append(grant_rows.lot_from_row(r))
         for wallet_id, wallet in todo.items():
