@@ -141,16 +141,12 @@ _CANDIDATES = (
     "JOIN ledger_accounts a ON a.id = w.available_account_id "
     "WHERE r.enabled AND r.state = 'armed' AND a.balance_mc < r.threshold_mc"
 )
-# The once-per-crossing step, in three statements under the settings row's lock: lock it, read the balance,
-# flip it. Not one guarded ``UPDATE ... FROM`` the balance: a statement that waits for the row's lock re-checks
-# the row's new version against the balance its snapshot read before the wait, so a trigger that waited out a
-# whole recharge (flip, charge, credit, re-arm) found the row armed again beside the old balance, and charged a
-# second time. A statement started after the lock reads what the lock's last holder committed.
-_LOCK_ARMED = text(
-    "SELECT r.enabled, r.state, r.package, r.threshold_mc, w.available_account_id FROM auto_recharge r "
-    "JOIN wallets w ON w.id = r.wallet_id WHERE r.wallet_id = :wallet FOR UPDATE OF r"
-)
-_FLIP = text("UPDATE auto_recharge SET state = 'pending', updated_at = :now WHERE wallet_id = :wallet")
+# The once-per-crossing step is the settings row's lock (``_LOCK_SETTINGS``), then the balance read in a statement
+# of its own, then the attempt and the row's new state. Not one guarded ``UPDATE ... FROM`` the balance: a
+# statement that waits for the row's lock re-checks the row's new version against the balance its snapshot read
+# before the wait, so a trigger that waited out a whole recharge (flip, charge, credit, re-arm) found the row
+# armed again beside the old balance, and charged a second time. A statement started after the lock reads what
+# the lock's last holder committed.
 _NEW_ATTEMPT = text(
     "INSERT INTO auto_recharge_attempts (wallet_id, package, credits_mc, amount, currency, threshold_mc, "
     "available_mc, status, failure_code, failure_message, created_at, updated_at) "
@@ -161,7 +157,8 @@ _SET_LAST = text(
     "UPDATE auto_recharge SET last_attempt_id = :attempt, state = :state, updated_at = :now WHERE wallet_id = :wallet"
 )
 _LOCK_SETTINGS = text(
-    "SELECT state, last_attempt_id, threshold_mc FROM auto_recharge WHERE wallet_id = :wallet FOR UPDATE"
+    "SELECT r.enabled, r.state, r.package, r.threshold_mc, r.last_attempt_id, w.available_account_id "
+    "FROM auto_recharge r JOIN wallets w ON w.id = r.wallet_id WHERE r.wallet_id = :wallet FOR UPDATE OF r"
 )
 _LOCK_ATTEMPT = text(
     "SELECT a.status, a.payment_intent_id, a.wallet_id, w.available_account_id FROM auto_recharge_attempts a "
@@ -285,29 +282,27 @@ def trigger(
         session, now_ = uow.session, uow.book.now
         if sales_state(session, now_).paused:
             return None  # stays armed: the next check tries again once sales resume
-        settings = session.execute(_LOCK_ARMED, {"wallet": wallet_id}).first()
+        settings = session.execute(_LOCK_SETTINGS, {"wallet": wallet_id}).first()
         if settings is None or not settings.enabled or settings.state != ARMED:
             return None  # another trigger won, or auto-recharge was turned off or has failed
         balance = int(session.execute(_BALANCE, {"id": settings.available_account_id}).scalar_one())
         if balance >= settings.threshold_mc:
             return None  # topped up since it was found below
-        session.execute(_FLIP, {"wallet": wallet_id, "now": now_})
-        flipped = settings
         try:
-            package: Package | None = find_package(table, flipped.package)
+            package: Package | None = find_package(table, settings.package)
         except UnknownPackage:
             package = None  # dropped from the price file since it was chosen: the customer must choose again
         values = {
             "wallet": wallet_id,
-            "package": flipped.package,
+            "package": settings.package,
             "credits": package.total_mc if package else 0,
             "amount": package.unit_amount if package else 0,
             "currency": package.currency if package else "",
-            "threshold": flipped.threshold_mc,
+            "threshold": settings.threshold_mc,
             "available": balance,
             "status": PENDING if package else FAILED,
             "code": None if package else UNKNOWN_PACKAGE,
-            "message": None if package else f"package {flipped.package!r} is no longer sold",
+            "message": None if package else f"package {settings.package!r} is no longer sold",
             "now": now_,
         }
         attempt_id = int(session.execute(_NEW_ATTEMPT, values).scalar_one())
