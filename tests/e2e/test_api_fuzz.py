@@ -140,7 +140,23 @@ def test_every_operation_answers_what_the_document_says_and_never_5xx(web: Web, 
     operations = sum(len(methods) for methods in document["paths"].values())
     assert operations >= 30 and any(p.startswith("/v1/admin/") for p in document["paths"])
     # when schemathesis generates requests for each (examples, boundary cases, then random ones)
-    done = subprocess.run(
+    done = _fuzz(web, tmp_path)
+    if done.returncode != 0 and _INTERPRETER_BUG in done.stdout:
+        # CPython 3.11's ast.parse now and then raises this SystemError (its recursion-depth bookkeeping) when
+        # hypothesis describes one of its own lambdas, seen once in CI: a crash of the fuzzer, not an answer of ours.
+        # The same seed is run again; a second crash, or any other failure, fails the test.
+        done = _fuzz(web, tmp_path)
+    # then it found nothing: no 5xx, no status, content type or body the document does not describe
+    report = done.stdout[-12000:] + done.stderr[-2000:]
+    assert done.returncode == 0, report + "\n--- web log ---\n" + web.log.read_text(errors="replace")[-4000:]
+    assert "No issues found" in done.stdout or " passed" in done.stdout, report
+
+
+_INTERPRETER_BUG = "AST constructor recursion depth mismatch"
+
+
+def _fuzz(web: Web, tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
         [
             str(BIN / "st"),
             "run",
@@ -170,7 +186,3 @@ def test_every_operation_answers_what_the_document_says_and_never_5xx(web: Web, 
         cwd=tmp_path,  # its cache of found failures goes there, not into the repository
         env={**os.environ, "NO_COLOR": "1", "SCHEMATHESIS_TELEMETRY": "false"},
     )
-    # then it found nothing: no 5xx, no status, content type or body the document does not describe
-    report = done.stdout[-12000:] + done.stderr[-2000:]
-    assert done.returncode == 0, report + "\n--- web log ---\n" + web.log.read_text(errors="replace")[-4000:]
-    assert "No issues found" in done.stdout or " passed" in done.stdout, report
