@@ -6,9 +6,9 @@
 
 Set-up as ``bench.ingest``: a durable throwaway PostgreSQL migrated to head and a throwaway Redis (unless named),
 ``--accounts`` wallets funded by a grant each, an admin API key, and gunicorn serving
-``webhook_receiver:create_app()`` the way the Procfile does (its worker class, 2 workers, access log on). The same
-rate is first sent to a bare Flask endpoint (``bench.bare_app``) served the same way: the cost of the HTTP stack
-and of this client alone, the reference the figures compare against.
+``webhook_receiver:create_app()`` the way the Procfile does (its configuration and worker class, 2 workers,
+access log on). The same rate is first sent to a bare Flask endpoint (``bench.bare_app``) served the same way: the
+cost of the HTTP stack and of this client alone, the reference the figures compare against.
 
 The load is open loop: request *i* is due at ``start + i / rate`` whatever happened to the ones before, and its
 latency is counted from when it was due, so a slow answer that delays the next requests shows in their figures
@@ -16,6 +16,10 @@ too (no coordinated omission). ``--senders`` threads with one keep-alive connect
 Holds: a create is due every ``2 / rate`` seconds and its capture follows as soon as the create answers, so that
 creates and captures together make ``--rate`` requests per second; each request is reported on its own
 (``create``, ``capture``) and together (``hold``).
+
+Each part also reports ``server``: the same requests' times as the web process logged them (the access log's
+``duration_ms``, JSON lines as the Procfile's configuration writes them). The difference from the client's
+figures is the accept queue, loopback and this client's own threads.
 
 One JSON object goes to stdout, progress to stderr. Goals (reported, never asserted): check p99 < 5 ms, hold
 p99 < 10 ms, on 2 cores.
@@ -39,6 +43,7 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -315,16 +320,42 @@ def part(
     args: argparse.Namespace,
     cpu: CpuMeter,
     interval: float,
+    server_log: Path | None = None,
 ) -> dict[str, Any]:
     log(f"{name}: {args.rate:g} requests/s for {args.warmup_seconds:g} + {args.seconds:g} s")
     before = cpu.sample()
+    measured_from = time.time() + args.warmup_seconds
     samples, span = run_open_loop(
         url, headers, jobs, interval, args.warmup_seconds + args.seconds, args.senders, args.requests_per_connection
     )
     after = cpu.sample()
     result = summarize(samples, span, warmup=args.warmup_seconds)
     result["cpu"] = CpuMeter.usage(before, after, len(samples), "request")
+    if server_log is not None:
+        result["server"] = server_times(server_log, measured_from, time.time())
     return result
+
+
+def server_times(path: Path, since: float, until: float) -> dict[str, Any]:
+    """The requests' times as the server logged them (the access log's ``duration_ms``, from the request
+    read to the response written): what the client measures beyond it is the accept queue, the network and
+    the client itself."""
+    durations = []
+    for line in path.read_text(errors="replace").splitlines():
+        if '"gunicorn.access"' not in line:
+            continue
+        try:
+            entry = json.loads(line)
+            at = datetime.fromisoformat(entry["ts"]).timestamp()
+        except (ValueError, KeyError):
+            continue
+        if since <= at <= until and entry.get("path") != "/healthz" and "duration_ms" in entry:
+            durations.append(float(entry["duration_ms"]))
+    return {
+        "requests": len(durations),
+        "p50_ms": _ms(percentile(durations, 50)),
+        "p99_ms": _ms(percentile(durations, 99)),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -385,21 +416,24 @@ def main(argv: list[str] | None = None) -> int:
             log("starting the bare endpoint")
             bare_url = start_web(procs, "bare", "bench.bare_app:create_app()", args)
             cpu.track("bare", procs.procs["bare"].pid, "pgrp")
-            out["bare"] = part("bare", bare_url, headers, bare_jobs(), args, cpu, interval)
+            out["bare"] = part("bare", bare_url, headers, bare_jobs(), args, cpu, interval, procs.scratch / "bare.log")
             procs.stop("bare")
             cpu.forget("bare")
         log(f"starting gunicorn (--worker-class {args.worker_class} --workers {args.web_workers})")
         web_url = start_web(procs, "web", "webhook_receiver:create_app()", args)
         cpu.track("web", procs.procs["web"].pid, "pgrp")
+        web_log = procs.scratch / "web.log"
         with psycopg.connect(libpq_url(url), autocommit=True) as conn:
             conn.execute("ANALYZE")
             info = server_info(conn)
         if not args.skip_check:
-            out["check"] = part("check", web_url, headers, check_jobs(accounts), args, cpu, interval)
+            out["check"] = part("check", web_url, headers, check_jobs(accounts), args, cpu, interval, web_log)
             procs.check_alive("web")
         if not args.skip_holds:
             # A create every 2 / rate seconds, each followed by its capture: ``rate`` requests per second in all.
-            out["holds"] = part("holds", web_url, headers, hold_jobs(accounts, run_id), args, cpu, 2 * interval)
+            out["holds"] = part(
+                "holds", web_url, headers, hold_jobs(accounts, run_id), args, cpu, 2 * interval, web_log
+            )
             procs.check_alive("web")
         out["goals"] = {
             "check_p99_ms": CHECK_P99_GOAL_MS,

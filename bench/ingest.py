@@ -277,8 +277,10 @@ def wait_until(condition: Callable[[], Any], timeout: float, what: str, poll: fl
 
 
 def gunicorn_argv(app: str, port: int, args: argparse.Namespace) -> list[str]:
-    # The Procfile's web line, bound to loopback on a free port.
-    argv = [str(BIN / "gunicorn"), "--bind", f"127.0.0.1:{port}", "--worker-class", args.worker_class]
+    # The Procfile's web line (its configuration: the access log's format and redaction), bound to loopback on a
+    # free port.
+    argv = [str(BIN / "gunicorn"), "-c", "python:webhook_receiver.gunicorn_conf", "--bind", f"127.0.0.1:{port}"]
+    argv += ["--worker-class", args.worker_class]
     argv += ["--workers", str(args.web_workers), *args.gunicorn_arg]
     if args.worker_class == "gthread":
         argv += ["--threads", str(args.web_threads)]
