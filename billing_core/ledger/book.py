@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import defaultdict
+from collections.abc import Sized
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, LiteralString
@@ -97,9 +98,13 @@ _ENTRY_ROWS = """
     RETURNING idempotency_key, id
 """
 _INSERT_ENTRIES: LiteralString = _ENTRY_ROWS
+
+
 # Holds opened and closed by the flush's entries (``e``: idempotency key -> entry id). A close only takes a
 # hold still pending: one settled meanwhile is left as it is (the wallet lock makes that a double check).
-_HOLD_ROWS: LiteralString = """
+def _hold_rows(keyed: bool) -> LiteralString:
+    return (
+        """
 ho AS (
     INSERT INTO holds (id, wallet_id, amount_mc, status, expires_at, placed_entry_id)
     SELECT v.id, v.w, v.amt, 'pending', v.exp, e.id
@@ -111,8 +116,13 @@ ho AS (
     FROM unnest(CAST(%(hci)b AS text[]), CAST(%(hck)b AS text[]), CAST(%(hcs)b AS text[]),
                 CAST(%(hcc)b AS bigint[])) AS v(id, key, s, c)
     JOIN e ON e.idempotency_key = v.key
-    WHERE h.id = v.id AND h.status = 'pending' AND h.id = ANY(CAST(%(hci)b AS text[]))
+    WHERE h.id = v.id AND h.status = 'pending'"""
+        + (" AND h.id = ANY(CAST(%(hci)b AS text[]))" if keyed else "")
+        + """
 )"""
+    )
+
+
 # Which updated balances the balance watch must see: a wallet's available account (``t``, its low-balance
 # threshold, is NULL for every other account) below its threshold while armed, back at or above it while
 # notified, or brought from above zero to zero or below. A superset of what ``notify.low_balance.watch``
@@ -123,15 +133,23 @@ _MAY_CROSS: LiteralString = (
 )
 # Every row the sub-statements touch belongs to a wallet this transaction has locked, or is a new entry: their
 # order inside the statement cannot deadlock. Empty arrays make a sub-statement a no-op.
-# Each UPDATE also names its rows by ``id = ANY(ids)``, which the join already implies: psycopg prepares the
-# statement, and PostgreSQL's generic plan guesses 10 elements per ``unnest``; joined on that guess alone, a
-# table of a few thousand rows looked cheaper to read whole than to probe ten times (bench.check: every hold
-# read all 2,006 ledger accounts and 1,000 grants, ~0.3 ms of the statement's ~0.7). Named by key, the
-# primary key wins at any size (tests/integration/test_ledger_plans.py).
-_FLUSH_AT_ONCE: LiteralString = (
-    "WITH e AS ("
-    + _ENTRY_ROWS
-    + """
+#
+# Keyed (a flush of at most KEYED_ROWS rows per table: a command's, not a usage batch's), each UPDATE also names
+# its rows by ``id = ANY(ids)``, which the join already implies. psycopg prepares the statement, and
+# PostgreSQL's generic plan guesses 10 elements per ``unnest``: joined on that guess alone, a table of a few
+# thousand rows looked cheaper to read whole than to probe ten times (bench.check: every hold read all 2,006
+# ledger accounts and 1,000 grants, ~0.3 ms of the statement's ~0.7). Named by key, the primary key wins at
+# any size (tests/integration/test_ledger_plans.py). Not for batches: on a small table the plan may still
+# read it whole, and a parameter's ANY is matched element by element (PostgreSQL hashes constant arrays
+# only), hundreds of ids against every row; joined, a batch's rows are hashed once.
+KEYED_ROWS = 32
+
+
+def _flush_at_once(keyed: bool) -> LiteralString:
+    return (
+        "WITH e AS ("
+        + _ENTRY_ROWS
+        + """
 ), p AS (
     INSERT INTO postings (entry_id, line, account_id, grant_id, amount_mc)
     SELECT e.id, v.n, v.a, v.g, v.m
@@ -141,35 +159,56 @@ _FLUSH_AT_ONCE: LiteralString = (
 ), g AS (
     UPDATE grants g SET remaining_mc = v.rem, amount_mc = v.amt
     FROM unnest(CAST(%(gi)b AS bigint[]), CAST(%(gr)b AS bigint[]), CAST(%(ga)b AS bigint[])) AS v(id, rem, amt)
-    WHERE g.id = v.id AND g.id = ANY(CAST(%(gi)b AS bigint[]))
-), b AS (
-    UPDATE ledger_accounts la SET balance_mc = la.balance_mc + v.d
-    FROM unnest(CAST(%(bi)b AS bigint[]), CAST(%(bd)b AS bigint[]), CAST(%(bt)b AS bigint[]),
-                CAST(%(bn)b AS boolean[])) AS v(id, d, t, n)
-    WHERE la.id = v.id AND la.id = ANY(CAST(%(bi)b AS bigint[]))
-    RETURNING la.id, la.balance_mc, v.d, v.t, v.n
-), """
-    + _HOLD_ROWS
-    + """
+    WHERE g.id = v.id"""
+        + (" AND g.id = ANY(CAST(%(gi)b AS bigint[]))" if keyed else "")
+        + """
+), b AS ("""
+        + _add_to_balances(keyed)
+        + "), "
+        + _hold_rows(keyed)
+        + """
 SELECT idempotency_key, id, NULL::bigint AS balance_mc FROM e
 UNION ALL SELECT NULL, id, balance_mc FROM b WHERE """
-    + _MAY_CROSS
-    + """
-"""
-)
+        + _MAY_CROSS
+    )
+
+
+def _add_to_balances(keyed: bool) -> LiteralString:
+    return (
+        "UPDATE ledger_accounts la SET balance_mc = la.balance_mc + v.d FROM unnest("
+        "CAST(%(bi)b AS bigint[]), CAST(%(bd)b AS bigint[]), CAST(%(bt)b AS bigint[]), CAST(%(bn)b AS boolean[])) "
+        "AS v(id, d, t, n) WHERE la.id = v.id"
+        + (" AND la.id = ANY(CAST(%(bi)b AS bigint[]))" if keyed else "")
+        + " RETURNING la.id, la.balance_mc, v.d, v.t, v.n"
+    )
+
+
+def _keyed(*rows: Sized) -> bool:
+    """Whether a flush changing these rows (per table) names them by key as well (``KEYED_ROWS``)."""
+    return all(len(r) <= KEYED_ROWS for r in rows)
+
+
+# Each statement in its two forms, by ``_keyed``.
+_FLUSH_AT_ONCE = {keyed: _flush_at_once(keyed) for keyed in (False, True)}
 # The customers' balances, answering those the balance watch must look at (``_MAY_CROSS``).
-_ADD_TO_BALANCES: LiteralString = (
-    "WITH b AS (UPDATE ledger_accounts la SET balance_mc = la.balance_mc + v.d FROM unnest("
-    "CAST(%(bi)b AS bigint[]), CAST(%(bd)b AS bigint[]), CAST(%(bt)b AS bigint[]), CAST(%(bn)b AS boolean[])) "
-    "AS v(id, d, t, n) WHERE la.id = v.id AND la.id = ANY(CAST(%(bi)b AS bigint[])) "
-    "RETURNING la.id, la.balance_mc, v.d, v.t, v.n) "
-    "SELECT id, balance_mc FROM b WHERE " + _MAY_CROSS
-)
+_ADD_TO_BALANCES = {
+    keyed: "WITH b AS (" + _add_to_balances(keyed) + ") SELECT id, balance_mc FROM b WHERE " + _MAY_CROSS
+    for keyed in (False, True)
+}
+_UPDATE_GRANTS = {
+    keyed: "UPDATE grants g SET remaining_mc = v.rem, amount_mc = v.amt FROM unnest(CAST(%(ids)b AS bigint[]), "
+    "CAST(%(rems)b AS bigint[]), CAST(%(amts)b AS bigint[])) AS v(id, rem, amt) WHERE g.id = v.id"
+    + (" AND g.id = ANY(CAST(%(ids)b AS bigint[]))" if keyed else "")
+    for keyed in (False, True)
+}
 # After the entries were written on their own (``_flush_in_steps``): ``e`` is read back from the table.
-_WRITE_HOLDS: LiteralString = (
-    "WITH e AS (SELECT idempotency_key, id FROM ledger_entries "
-    "WHERE idempotency_key = ANY(CAST(%(hok)b AS text[]) || CAST(%(hck)b AS text[]))), " + _HOLD_ROWS + " SELECT 1"
-)
+_WRITE_HOLDS = {
+    keyed: "WITH e AS (SELECT idempotency_key, id FROM ledger_entries "
+    "WHERE idempotency_key = ANY(CAST(%(hok)b AS text[]) || CAST(%(hck)b AS text[]))), "
+    + _hold_rows(keyed)
+    + " SELECT 1"
+    for keyed in (False, True)
+}
 
 
 def fingerprint(kind: str, body: dict[str, Any]) -> str:
@@ -663,8 +702,10 @@ class Book:
         keys, lines, account_ids, grant_ids, amounts = (
             (list(c) for c in zip(*postings, strict=True)) if postings else ([], [], [], [], [])
         )
+        balance_ids = [*customer, *system]
+        hold_params = self._hold_params()
         rows = self._bulk(
-            _FLUSH_AT_ONCE,
+            _FLUSH_AT_ONCE[_keyed(dirty, balance_ids, hold_params["hci"])],
             {
                 **entry_params,
                 "pk": keys,
@@ -675,10 +716,10 @@ class Book:
                 "gi": [lot.id for lot in dirty],
                 "gr": [lot.remaining_mc for lot in dirty],
                 "ga": [lot.amount_mc for lot in dirty],
-                "bi": list(customer) + list(system),
+                "bi": balance_ids,
                 "bd": list(customer.values()) + list(system.values()),
-                **self._watch_params([*customer, *system]),
-                **self._hold_params(),
+                **self._watch_params(balance_ids),
+                **hold_params,
             },
         )
         self._set_entry_ids(ordered, rows)
@@ -737,9 +778,7 @@ class Book:
         dirty = self._dirty_lots()
         if dirty:
             self._bulk(
-                "UPDATE grants g SET remaining_mc = v.rem, amount_mc = v.amt FROM unnest(CAST(%(ids)b AS bigint[]), "
-                "CAST(%(rems)b AS bigint[]), CAST(%(amts)b AS bigint[])) AS v(id, rem, amt) "
-                "WHERE g.id = v.id AND g.id = ANY(CAST(%(ids)b AS bigint[]))",
+                _UPDATE_GRANTS[_keyed(dirty)],
                 {
                     "ids": [lot.id for lot in dirty],
                     "rems": [lot.remaining_mc for lot in dirty],
@@ -765,12 +804,13 @@ class Book:
         customer = self._customer_deltas()
         if customer:
             rows = self._bulk(
-                _ADD_TO_BALANCES,
+                _ADD_TO_BALANCES[_keyed(customer)],
                 {"bi": list(customer), "bd": list(customer.values()), **self._watch_params(list(customer))},
             )
             self.balances_after.update((account_id, balance) for account_id, balance in rows)
         if self.holds:
-            self._bulk(_WRITE_HOLDS, self._hold_params())
+            hold_params = self._hold_params()
+            self._bulk(_WRITE_HOLDS[_keyed(hold_params["hci"])], hold_params)
 
     def _write_flags(self) -> None:
         for wallet in self.wallets.values():

@@ -25,8 +25,7 @@ DEFAULT_THRESHOLD_MC = 1_000_000  # 1,000 credits
 
 _SET_FLAGS = text(
     "UPDATE wallets w SET low_balance_notified_at = CASE WHEN v.armed THEN NULL ELSE CAST(:now AS timestamptz) END "
-    "FROM unnest(CAST(:ids AS bigint[]), CAST(:armed AS boolean[])) AS v(id, armed) "
-    "WHERE w.id = v.id AND w.id = ANY(CAST(:ids AS bigint[]))"
+    "FROM unnest(CAST(:ids AS bigint[]), CAST(:armed AS boolean[])) AS v(id, armed) WHERE w.id = v.id"
 )
 _REARM = """
     UPDATE wallets w SET low_balance_notified_at = NULL

@@ -9,6 +9,9 @@ table is now also named by ``id = ANY(ids)``, which makes its primary key the ch
 
 The test forces the generic plan (``plan_cache_mode``) and reads the plans PostgreSQL chose from
 ``auto_explain``, sent back to the client as notices.
+
+A usage batch's flush keeps the join alone: there, a parameter's ``ANY`` (matched element by element: PostgreSQL
+hashes constant arrays only) could compare hundreds of ids with every row of a small table.
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ from sqlalchemy import Engine, event, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from billing_core.db.engine import make_engine, make_session_factory
+from billing_core.ledger.batch_debit import APPLIED, apply_usage_batch
+from billing_core.ledger.book import KEYED_ROWS
 from billing_core.ledger.commands import CaptureHold, DebitUsage, GrantCredits, PlaceHold, ReleaseHold
 from billing_core.ledger.handlers import execute
 
@@ -86,3 +91,19 @@ def test_the_flush_changes_balances_grants_and_holds_through_their_keys_on_a_gen
         assert "Index Scan on ledger_accounts_pkey" in plan or "using ledger_accounts_pkey" in plan, plan
     # The commands drew from their wallets' grants: those updates, too, went by key.
     assert all("grants_pkey" in p for p in flushes), flushes
+
+
+def test_a_batch_flush_joins_its_rows_without_naming_them_one_by_one(
+    session_factory: sessionmaker[Session], explained: tuple[Any, list[str]]
+) -> None:
+    wallets = KEYED_ROWS + 8
+    for n in range(wallets):
+        execute(session_factory, GrantCredits(f"acct-{n:04d}", 50_000, f"grant-{n}", source="promotional"))
+    factory, plans = explained
+    reports = [DebitUsage(f"acct-{n:04d}", 100, f"usage-{n}") for n in range(wallets)]
+    assert {o.status for o in apply_usage_batch(factory, reports)} == {APPLIED}
+    execute(factory, DebitUsage("acct-0000", 100, "one-more"))
+
+    batch, single = _flush_plans(plans)
+    assert "ANY" not in batch, batch  # neither in the statement nor in its plan
+    assert "la.id = ANY" in single, single  # a command's flush, after it, names its rows
