@@ -100,6 +100,11 @@ _ENTRY_ROWS = """
 _INSERT_ENTRIES: LiteralString = _ENTRY_ROWS
 
 
+def _by_key(keyed: bool, column: LiteralString, ids: LiteralString, sql_type: LiteralString) -> LiteralString:
+    """The keyed form's extra condition (``KEYED_ROWS``): ``column`` among the array parameter ``ids``."""
+    return " AND " + column + " = ANY(CAST(%(" + ids + ")b AS " + sql_type + "[]))" if keyed else ""
+
+
 # Holds opened and closed by the flush's entries (``e``: idempotency key -> entry id). A close only takes a
 # hold still pending: one settled meanwhile is left as it is (the wallet lock makes that a double check).
 def _hold_rows(keyed: bool) -> LiteralString:
@@ -117,7 +122,7 @@ ho AS (
                 CAST(%(hcc)b AS bigint[])) AS v(id, key, s, c)
     JOIN e ON e.idempotency_key = v.key
     WHERE h.id = v.id AND h.status = 'pending'"""
-        + (" AND h.id = ANY(CAST(%(hci)b AS text[]))" if keyed else "")
+        + _by_key(keyed, "h.id", "hci", "text")
         + """
 )"""
     )
@@ -156,13 +161,9 @@ def _flush_at_once(keyed: bool) -> LiteralString:
     FROM unnest(CAST(%(pk)b AS text[]), CAST(%(pn)b AS smallint[]), CAST(%(pa)b AS bigint[]),
                 CAST(%(pg)b AS bigint[]), CAST(%(pm)b AS bigint[])) AS v(key, n, a, g, m)
     JOIN e ON e.idempotency_key = v.key
-), g AS (
-    UPDATE grants g SET remaining_mc = v.rem, amount_mc = v.amt
-    FROM unnest(CAST(%(gi)b AS bigint[]), CAST(%(gr)b AS bigint[]), CAST(%(ga)b AS bigint[])) AS v(id, rem, amt)
-    WHERE g.id = v.id"""
-        + (" AND g.id = ANY(CAST(%(gi)b AS bigint[]))" if keyed else "")
-        + """
-), b AS ("""
+), g AS ("""
+        + _update_grants(keyed, "gi", "gr", "ga")
+        + """), b AS ("""
         + _add_to_balances(keyed)
         + "), "
         + _hold_rows(keyed)
@@ -178,8 +179,21 @@ def _add_to_balances(keyed: bool) -> LiteralString:
         "UPDATE ledger_accounts la SET balance_mc = la.balance_mc + v.d FROM unnest("
         "CAST(%(bi)b AS bigint[]), CAST(%(bd)b AS bigint[]), CAST(%(bt)b AS bigint[]), CAST(%(bn)b AS boolean[])) "
         "AS v(id, d, t, n) WHERE la.id = v.id"
-        + (" AND la.id = ANY(CAST(%(bi)b AS bigint[]))" if keyed else "")
+        + _by_key(keyed, "la.id", "bi", "bigint")
         + " RETURNING la.id, la.balance_mc, v.d, v.t, v.n"
+    )
+
+
+def _update_grants(keyed: bool, ids: LiteralString, rems: LiteralString, amts: LiteralString) -> LiteralString:
+    # A grant's remaining and amount, set (not added): the book computed them under the wallet lock.
+    return (
+        "UPDATE grants g SET remaining_mc = v.rem, amount_mc = v.amt FROM unnest(CAST(%(" + ids + ")b AS bigint[]), "
+        "CAST(%("
+        + rems
+        + ")b AS bigint[]), CAST(%("
+        + amts
+        + ")b AS bigint[])) AS v(id, rem, amt) WHERE g.id = v.id"
+        + _by_key(keyed, "g.id", ids, "bigint")
     )
 
 
@@ -195,12 +209,7 @@ _ADD_TO_BALANCES = {
     keyed: "WITH b AS (" + _add_to_balances(keyed) + ") SELECT id, balance_mc FROM b WHERE " + _MAY_CROSS
     for keyed in (False, True)
 }
-_UPDATE_GRANTS = {
-    keyed: "UPDATE grants g SET remaining_mc = v.rem, amount_mc = v.amt FROM unnest(CAST(%(ids)b AS bigint[]), "
-    "CAST(%(rems)b AS bigint[]), CAST(%(amts)b AS bigint[])) AS v(id, rem, amt) WHERE g.id = v.id"
-    + (" AND g.id = ANY(CAST(%(ids)b AS bigint[]))" if keyed else "")
-    for keyed in (False, True)
-}
+_UPDATE_GRANTS = {keyed: _update_grants(keyed, "ids", "rems", "amts") for keyed in (False, True)}
 # After the entries were written on their own (``_flush_in_steps``): ``e`` is read back from the table.
 _WRITE_HOLDS = {
     keyed: "WITH e AS (SELECT idempotency_key, id FROM ledger_entries "
